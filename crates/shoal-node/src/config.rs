@@ -1,0 +1,188 @@
+//! Command-line flags, each with an environment variable (`SHOAL_*`), and their checks.
+
+use std::{net::SocketAddr, num::NonZeroU32, path::PathBuf, time::Duration};
+
+use clap::Parser;
+use libp2p::Multiaddr;
+
+/// A Shoal signalling node: introduces browser peers to each other and relays only
+/// their WebRTC signalling.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "shoal-node", version, about)]
+pub struct Config {
+    /// UDP address for the `/webrtc-direct` listener browsers dial.
+    #[arg(long, env = "SHOAL_WEBRTC_LISTEN", default_value = "0.0.0.0:9090")]
+    pub webrtc_listen: SocketAddr,
+
+    /// TCP address for the WebSocket listener (browsers without UDP, other nodes);
+    /// `off` disables it.
+    #[arg(long, env = "SHOAL_WS_LISTEN", default_value = "0.0.0.0:9091")]
+    pub ws_listen: ListenToggle,
+
+    /// TCP address of the HTTP server (`/.well-known/shoal.json`, the demo, metrics);
+    /// `off` disables it.
+    #[arg(long, env = "SHOAL_HTTP_LISTEN", default_value = "0.0.0.0:8080")]
+    pub http_listen: ListenToggle,
+
+    /// Address to advertise to browsers, e.g. `/ip4/203.0.113.7/udp/9090/webrtc-direct`
+    /// (the node adds certhash and PeerId). Repeatable. Without it, the node advertises
+    /// the non-loopback addresses it listens on.
+    #[arg(
+        long = "external-address",
+        env = "SHOAL_EXTERNAL_ADDRESSES",
+        value_delimiter = ','
+    )]
+    pub external_addresses: Vec<Multiaddr>,
+
+    /// Directory holding the node's identity key and WebRTC certificate; both are
+    /// created on first run so the PeerId and certhash survive restarts.
+    #[arg(long, env = "SHOAL_DATA_DIR", default_value = ".shoal-node")]
+    pub data_dir: PathBuf,
+
+    /// Directory whose `index.html`, `pkg/` and `web/` the HTTP server serves.
+    #[arg(long, env = "SHOAL_STATIC_DIR", default_value = ".")]
+    pub static_dir: PathBuf,
+
+    /// Other nodes to federate with (browser-dialable or WebSocket multiaddrs ending in
+    /// `/p2p/<id>`). Repeatable.
+    #[arg(long = "federate", env = "SHOAL_FEDERATE", value_delimiter = ',')]
+    pub federate: Vec<Multiaddr>,
+
+    /// Most relay reservations held at once (one per listening browser).
+    #[arg(long, env = "SHOAL_MAX_RESERVATIONS", default_value_t = 10_000)]
+    pub max_reservations: usize,
+
+    /// Most reservations per peer.
+    #[arg(long, env = "SHOAL_MAX_RESERVATIONS_PER_PEER", default_value_t = 2)]
+    pub max_reservations_per_peer: usize,
+
+    /// Most relayed circuits open at once. Each lives only for one WebRTC handshake.
+    #[arg(long, env = "SHOAL_MAX_CIRCUITS", default_value_t = 4096)]
+    pub max_circuits: usize,
+
+    /// Most circuits per peer at once (a joining peer dials several members at once).
+    #[arg(long, env = "SHOAL_MAX_CIRCUITS_PER_PEER", default_value_t = 64)]
+    pub max_circuits_per_peer: usize,
+
+    /// Lifetime of a circuit, in seconds: long enough for a handshake, too short to
+    /// carry a video.
+    #[arg(long, env = "SHOAL_MAX_CIRCUIT_SECS", default_value_t = 60)]
+    pub max_circuit_secs: u64,
+
+    /// Bytes a circuit may carry: SDP, candidates and Noise take ~10 KiB.
+    #[arg(long, env = "SHOAL_MAX_CIRCUIT_BYTES", default_value_t = 128 * 1024)]
+    pub max_circuit_bytes: u64,
+
+    /// New circuits a peer may open per minute.
+    #[arg(long, env = "SHOAL_CIRCUITS_PER_PEER_PER_MINUTE", default_value_t = NonZeroU32::new(120).unwrap_or(NonZeroU32::MIN))]
+    pub circuits_per_peer_per_minute: NonZeroU32,
+
+    /// New circuits one IP address may open per minute.
+    #[arg(long, env = "SHOAL_CIRCUITS_PER_IP_PER_MINUTE", default_value_t = NonZeroU32::new(600).unwrap_or(NonZeroU32::MIN))]
+    pub circuits_per_ip_per_minute: NonZeroU32,
+
+    /// Reservations one IP address may make per minute.
+    #[arg(long, env = "SHOAL_RESERVATIONS_PER_IP_PER_MINUTE", default_value_t = NonZeroU32::new(120).unwrap_or(NonZeroU32::MIN))]
+    pub reservations_per_ip_per_minute: NonZeroU32,
+
+    /// Most connections from one IP address.
+    #[arg(long, env = "SHOAL_MAX_CONNECTIONS_PER_IP", default_value_t = 256)]
+    pub max_connections_per_ip: usize,
+
+    /// Most connections in all.
+    #[arg(long, env = "SHOAL_MAX_CONNECTIONS", default_value_t = 20_000)]
+    pub max_connections: u32,
+
+    /// Most (peer, swarm) memberships held at once.
+    #[arg(long, env = "SHOAL_MAX_MEMBERSHIPS", default_value_t = 100_000)]
+    pub max_memberships: usize,
+
+    /// Most swarms a peer may join at once.
+    #[arg(long, env = "SHOAL_MAX_SWARMS_PER_PEER", default_value_t = 8)]
+    pub max_swarms_per_peer: usize,
+
+    /// Members returned per join.
+    #[arg(long, env = "SHOAL_SAMPLE_SIZE", default_value_t = 32)]
+    pub sample_size: usize,
+
+    /// Close connections idle for this many seconds.
+    #[arg(long, env = "SHOAL_IDLE_TIMEOUT_SECS", default_value_t = 60)]
+    pub idle_timeout_secs: u64,
+}
+
+/// A listen address or `off`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ListenToggle(pub Option<SocketAddr>);
+
+impl std::str::FromStr for ListenToggle {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        if s.eq_ignore_ascii_case("off") {
+            return Ok(Self(None));
+        }
+        s.parse()
+            .map(|a| Self(Some(a)))
+            .map_err(|e| format!("`{s}` is neither `off` nor an IP:port address ({e})"))
+    }
+}
+
+impl Config {
+    /// Checks what clap cannot.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.sample_size == 0 {
+            return Err("--sample-size must be at least 1".into());
+        }
+        if self.max_circuit_secs == 0 || self.max_circuit_bytes < 16 * 1024 {
+            return Err(
+                "a circuit needs at least 1 s and 16 KiB to carry a WebRTC handshake".into(),
+            );
+        }
+        for addr in &self.external_addresses {
+            if !addr.iter().any(|p| {
+                matches!(
+                    p,
+                    libp2p::multiaddr::Protocol::WebRTCDirect | libp2p::multiaddr::Protocol::Ws(_)
+                )
+            }) {
+                return Err(format!(
+                    "--external-address {addr} is neither /webrtc-direct nor /ws"
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn circuit_duration(&self) -> Duration {
+        Duration::from_secs(self.max_circuit_secs)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_parse_and_validate() {
+        let config = Config::try_parse_from(["shoal-node"]).unwrap();
+        config.validate().unwrap();
+        assert_eq!(config.webrtc_listen.port(), 9090);
+    }
+
+    #[test]
+    fn bad_flags_are_errors() {
+        assert!(Config::try_parse_from(["shoal-node", "--webrtc-listen", "nonsense"]).is_err());
+        assert!(
+            Config::try_parse_from(["shoal-node", "--http-listen", "off"])
+                .unwrap()
+                .http_listen
+                .0
+                .is_none()
+        );
+        let config =
+            Config::try_parse_from(["shoal-node", "--external-address", "/ip4/1.2.3.4/tcp/1"])
+                .unwrap();
+        assert!(config.validate().is_err());
+        let config = Config::try_parse_from(["shoal-node", "--sample-size", "0"]).unwrap();
+        assert!(config.validate().is_err());
+    }
+}

@@ -1,0 +1,542 @@
+//! The Shoal signalling node.
+//!
+//! Browsers reach it over `/webrtc-direct` (no TLS certificate needed: they check the
+//! certhash in its address) or WebSocket. It does three things for them and nothing else:
+//! - holds circuit relay v2 reservations, so browsers can be dialled through it, with
+//!   circuits capped in time and bytes to what a WebRTC handshake needs;
+//! - keeps swarm membership (`/shoal/membership/1`, see `shoal-proto`);
+//! - serves `/.well-known/shoal.json`, `/metrics`, and the demo page.
+//!
+//! The binary (`main.rs`) is a thin wrapper over [`Node`].
+
+pub mod config;
+mod http;
+mod identity;
+mod ip_limits;
+pub mod membership;
+mod metrics;
+
+use std::{
+    io,
+    net::SocketAddr,
+    path::PathBuf,
+    sync::{Arc, RwLock},
+    time::Duration,
+};
+
+use futures::StreamExt;
+use libp2p::{
+    Multiaddr, PeerId, StreamProtocol, Swarm, Transport, connection_limits,
+    core::{muxing::StreamMuxerBox, transport::ListenerId, upgrade::Version},
+    identify,
+    identity::Keypair,
+    multiaddr::Protocol,
+    noise, ping, relay,
+    request_response::{self, ProtocolSupport},
+    swarm::{NetworkBehaviour, SwarmEvent},
+    tcp, websocket, yamux,
+};
+use prometheus_client::registry::Registry;
+use rand::SeedableRng;
+use shoal_proto::{MembershipRequest, MembershipResponse, WELL_KNOWN_VERSION, WellKnown};
+use thiserror::Error;
+
+pub use config::Config;
+use metrics::{Metrics, OutcomeLabels, RequestLabels};
+
+/// Why the node could not start or stopped.
+#[derive(Debug, Error)]
+pub enum NodeError {
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("identity file {}: {reason}", path.display())]
+    Identity { path: PathBuf, reason: String },
+    #[error("cannot listen on {addr}: {reason}")]
+    Listen { addr: Multiaddr, reason: String },
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    #[error("setting up transports: {0}")]
+    Transport(String),
+}
+
+#[derive(NetworkBehaviour)]
+struct Behaviour {
+    ip_limits: ip_limits::Behaviour,
+    limits: connection_limits::Behaviour,
+    relay: relay::Behaviour,
+    identify: identify::Behaviour,
+    ping: ping::Behaviour,
+    membership: request_response::json::Behaviour<MembershipRequest, MembershipResponse>,
+}
+
+/// A running signalling node. See the crate docs.
+pub struct Node {
+    swarm: Swarm<Behaviour>,
+    config: Config,
+    members: membership::Registry,
+    metrics: Arc<Metrics>,
+    well_known: Arc<RwLock<WellKnown>>,
+    http: Option<(
+        SocketAddr,
+        futures::future::BoxFuture<'static, io::Result<()>>,
+    )>,
+    /// Listen addresses as reported by the transports (certhash included).
+    listen_addrs: Vec<(ListenerId, Multiaddr)>,
+    rng: rand::rngs::StdRng,
+}
+
+impl Node {
+    /// Loads the identity, binds every listener and the HTTP server. Fails with a clear
+    /// error on a bad flag, a busy port or an unreadable key file.
+    pub async fn new(config: Config, extra_routes: axum::Router) -> Result<Self, NodeError> {
+        config.validate().map_err(NodeError::Config)?;
+        let (keypair, certificate) = identity::load_or_create(&config.data_dir)?;
+        let peer_id = keypair.public().to_peer_id();
+
+        let transport = build_transport(&keypair, certificate)?;
+        let behaviour = build_behaviour(&keypair, &config);
+        let swarm_config = libp2p::swarm::Config::with_tokio_executor()
+            .with_idle_connection_timeout(Duration::from_secs(config.idle_timeout_secs));
+        let mut swarm = Swarm::new(transport, behaviour, peer_id, swarm_config);
+        // Browsers reach us at the addresses we advertise; no need to wait for the relay
+        // to learn it is public.
+        swarm
+            .behaviour_mut()
+            .relay
+            .set_status(Some(relay::Status::Enable));
+
+        let webrtc: Multiaddr = Multiaddr::from(config.webrtc_listen.ip())
+            .with(Protocol::Udp(config.webrtc_listen.port()))
+            .with(Protocol::WebRTCDirect);
+        listen(&mut swarm, webrtc)?;
+        if let Some(ws) = config.ws_listen.0 {
+            let ws: Multiaddr = Multiaddr::from(ws.ip())
+                .with(Protocol::Tcp(ws.port()))
+                .with(Protocol::Ws("/".into()));
+            listen(&mut swarm, ws)?;
+        }
+
+        let metrics = Arc::new(Metrics::default());
+        let mut registry = Registry::default();
+        metrics.register(&mut registry);
+        let well_known = Arc::new(RwLock::new(WellKnown {
+            version: WELL_KNOWN_VERSION,
+            peer_id: peer_id.to_string(),
+            multiaddrs: Vec::new(),
+            federation: Vec::new(),
+        }));
+        let http = match config.http_listen.0 {
+            Some(addr) => {
+                let shared = http::Shared {
+                    well_known: well_known.clone(),
+                    registry: Arc::new(registry),
+                };
+                let (bound, serve) =
+                    http::bind(addr, &config.static_dir, shared, extra_routes).await?;
+                Some((
+                    bound,
+                    Box::pin(serve) as futures::future::BoxFuture<'static, io::Result<()>>,
+                ))
+            }
+            None => None,
+        };
+
+        let members = membership::Registry::new(membership::Limits {
+            max_memberships: config.max_memberships,
+            max_swarms_per_peer: config.max_swarms_per_peer,
+            sample_size: config.sample_size,
+        });
+        Ok(Self {
+            swarm,
+            config,
+            members,
+            metrics,
+            well_known,
+            http,
+            listen_addrs: Vec::new(),
+            rng: rand::rngs::StdRng::from_entropy(),
+        })
+    }
+
+    pub fn peer_id(&self) -> PeerId {
+        *self.swarm.local_peer_id()
+    }
+
+    /// The bound HTTP address, if HTTP is on.
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http.as_ref().map(|(a, _)| *a)
+    }
+
+    /// Runs until Ctrl-C / SIGTERM, or until the HTTP server fails.
+    pub async fn run(mut self) -> Result<(), NodeError> {
+        let mut http = self
+            .http
+            .take()
+            .map(|(_, serve)| serve)
+            .unwrap_or_else(|| Box::pin(futures::future::pending()));
+        let shutdown = shutdown_signal();
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                event = self.swarm.select_next_some() => self.on_event(event),
+                result = &mut http => {
+                    return result.map_err(|source| NodeError::Io { context: "HTTP server".into(), source });
+                }
+                () = &mut shutdown => {
+                    tracing::info!("shutting down");
+                    return Ok(());
+                }
+            }
+        }
+    }
+
+    fn on_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
+        match event {
+            SwarmEvent::NewListenAddr {
+                listener_id,
+                address,
+            } => {
+                tracing::info!(%address, "listening");
+                self.listen_addrs.push((listener_id, address));
+                self.refresh_advertised();
+            }
+            SwarmEvent::ExpiredListenAddr { address, .. } => {
+                self.listen_addrs.retain(|(_, a)| *a != address);
+                self.refresh_advertised();
+            }
+            SwarmEvent::ListenerError { error, .. } => tracing::warn!(%error, "listener error"),
+            SwarmEvent::ConnectionEstablished {
+                peer_id,
+                num_established,
+                ..
+            } => {
+                self.metrics.connections.inc();
+                if num_established.get() == 1 {
+                    self.metrics.connected_peers.inc();
+                }
+                tracing::debug!(%peer_id, "connected");
+            }
+            SwarmEvent::ConnectionClosed {
+                peer_id,
+                num_established,
+                cause,
+                ..
+            } => {
+                self.metrics.connections.dec();
+                if num_established == 0 {
+                    self.metrics.connected_peers.dec();
+                    let removed = self.members.remove_peer(&peer_id);
+                    self.update_membership_gauges();
+                    tracing::debug!(%peer_id, removed, cause = ?cause, "disconnected");
+                }
+            }
+            SwarmEvent::IncomingConnectionError { error, .. } => {
+                self.metrics.connection_errors.inc();
+                tracing::debug!(%error, "incoming connection failed");
+            }
+            SwarmEvent::OutgoingConnectionError { error, .. } => {
+                self.metrics.connection_errors.inc();
+                tracing::debug!(%error, "outgoing connection failed");
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Membership(event)) => self.on_membership(event),
+            SwarmEvent::Behaviour(BehaviourEvent::Relay(event)) => self.on_relay(event),
+            _ => {}
+        }
+    }
+
+    fn on_membership(
+        &mut self,
+        event: request_response::Event<MembershipRequest, MembershipResponse>,
+    ) {
+        let request_response::Event::Message {
+            peer,
+            message:
+                request_response::Message::Request {
+                    request, channel, ..
+                },
+            ..
+        } = event
+        else {
+            if let request_response::Event::InboundFailure { peer, error, .. } = event {
+                tracing::debug!(%peer, %error, "membership request failed");
+            }
+            return;
+        };
+        let (kind, response) = match request {
+            MembershipRequest::Join { swarm, token: _ } => {
+                let response = match self.members.join(peer, &swarm, &mut self.rng) {
+                    Ok(members) => {
+                        tracing::debug!(%peer, %swarm, sample = members.len(), "joined");
+                        MembershipResponse::Joined { members }
+                    }
+                    Err(reason) => MembershipResponse::Refused { reason },
+                };
+                ("join", response)
+            }
+            MembershipRequest::Leave { swarm } => {
+                self.members.leave(&peer, &swarm);
+                ("leave", MembershipResponse::Left)
+            }
+        };
+        let outcome = if matches!(response, MembershipResponse::Refused { .. }) {
+            "refused"
+        } else {
+            "ok"
+        };
+        self.metrics
+            .membership_requests
+            .get_or_create(&RequestLabels { kind, outcome })
+            .inc();
+        self.update_membership_gauges();
+        if self
+            .swarm
+            .behaviour_mut()
+            .membership
+            .send_response(channel, response)
+            .is_err()
+        {
+            tracing::debug!(%peer, "membership response undeliverable: peer went away");
+        }
+    }
+
+    fn on_relay(&mut self, event: relay::Event) {
+        let count = |outcome| OutcomeLabels { outcome };
+        match event {
+            relay::Event::ReservationReqAccepted {
+                src_peer_id,
+                renewed,
+            } => {
+                if !renewed {
+                    self.metrics.reservations.inc();
+                }
+                self.metrics
+                    .reservation_requests
+                    .get_or_create(&count("accepted"))
+                    .inc();
+                tracing::debug!(peer = %src_peer_id, renewed, "reservation accepted");
+            }
+            relay::Event::ReservationReqDenied { src_peer_id, .. } => {
+                self.metrics
+                    .reservation_requests
+                    .get_or_create(&count("denied"))
+                    .inc();
+                tracing::debug!(peer = %src_peer_id, "reservation denied");
+            }
+            relay::Event::ReservationClosed { .. } | relay::Event::ReservationTimedOut { .. } => {
+                self.metrics.reservations.dec();
+            }
+            relay::Event::CircuitReqAccepted { .. } => {
+                self.metrics.circuits.inc();
+                self.metrics
+                    .circuit_requests
+                    .get_or_create(&count("accepted"))
+                    .inc();
+            }
+            relay::Event::CircuitReqDenied {
+                src_peer_id,
+                dst_peer_id,
+                ..
+            } => {
+                self.metrics
+                    .circuit_requests
+                    .get_or_create(&count("denied"))
+                    .inc();
+                tracing::debug!(src = %src_peer_id, dst = %dst_peer_id, "circuit denied");
+            }
+            relay::Event::CircuitClosed { .. } => {
+                self.metrics.circuits.dec();
+            }
+            _ => {}
+        }
+    }
+
+    fn update_membership_gauges(&self) {
+        self.metrics
+            .memberships
+            .set(self.members.membership_count() as i64);
+        self.metrics.swarms.set(self.members.swarm_count() as i64);
+    }
+
+    /// Recomputes what browsers are told: the configured external addresses, or else
+    /// the listen addresses a browser can use.
+    fn refresh_advertised(&mut self) {
+        let local = *self.swarm.local_peer_id();
+        let certhash = self
+            .listen_addrs
+            .iter()
+            .flat_map(|(_, a)| a.iter())
+            .find_map(|p| match p {
+                Protocol::Certhash(hash) => Some(hash),
+                _ => None,
+            });
+        let mut advertised: Vec<Multiaddr> = if self.config.external_addresses.is_empty() {
+            self.listen_addrs
+                .iter()
+                .map(|(_, a)| a.clone())
+                .filter(browser_dialable)
+                .collect()
+        } else {
+            self.config
+                .external_addresses
+                .iter()
+                .map(|a| {
+                    let mut a = a.clone();
+                    let is_webrtc = a.iter().any(|p| matches!(p, Protocol::WebRTCDirect));
+                    let has_hash = a.iter().any(|p| matches!(p, Protocol::Certhash(_)));
+                    if is_webrtc
+                        && !has_hash
+                        && let Some(hash) = certhash.clone()
+                    {
+                        a.push(Protocol::Certhash(hash));
+                    }
+                    a
+                })
+                .collect()
+        };
+        for addr in &mut advertised {
+            if !matches!(addr.iter().last(), Some(Protocol::P2p(_))) {
+                addr.push(Protocol::P2p(local));
+            }
+        }
+        advertised.sort_by_key(|a| {
+            (
+                !a.iter().any(|p| matches!(p, Protocol::WebRTCDirect)),
+                a.to_string(),
+            )
+        });
+        advertised.dedup();
+        for addr in &advertised {
+            self.swarm.add_external_address(addr.clone());
+        }
+        self.members.set_node_addrs(advertised.clone());
+        if let Ok(mut doc) = self.well_known.write() {
+            doc.multiaddrs = advertised.iter().map(Multiaddr::to_string).collect();
+        }
+    }
+}
+
+/// Whether a browser can dial this listen address: WebRTC needs a non-loopback,
+/// specific IP (webrtc-rs gathers no loopback candidates); WebSocket works anywhere.
+fn browser_dialable(addr: &Multiaddr) -> bool {
+    let ip_ok = |loopback_ok: bool| {
+        addr.iter().any(|p| match p {
+            Protocol::Ip4(ip) => !ip.is_unspecified() && (loopback_ok || !ip.is_loopback()),
+            Protocol::Ip6(ip) => !ip.is_unspecified() && (loopback_ok || !ip.is_loopback()),
+            _ => false,
+        })
+    };
+    if addr.iter().any(|p| matches!(p, Protocol::WebRTCDirect)) {
+        return ip_ok(false);
+    }
+    addr.iter().any(|p| matches!(p, Protocol::Ws(_))) && ip_ok(true)
+}
+
+fn listen(swarm: &mut Swarm<Behaviour>, addr: Multiaddr) -> Result<(), NodeError> {
+    swarm
+        .listen_on(addr.clone())
+        .map(|_| ())
+        .map_err(|e| NodeError::Listen {
+            reason: error_chain(&e),
+            addr,
+        })
+}
+
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+fn build_transport(
+    keypair: &Keypair,
+    certificate: libp2p_webrtc::tokio::Certificate,
+) -> Result<libp2p::core::transport::Boxed<(PeerId, StreamMuxerBox)>, NodeError> {
+    let webrtc = libp2p_webrtc::tokio::Transport::new(keypair.clone(), certificate)
+        .map(|(peer, conn), _| (peer, StreamMuxerBox::new(conn)));
+    let noise = noise::Config::new(keypair).map_err(|e| NodeError::Transport(e.to_string()))?;
+    let ws = websocket::Config::new(tcp::tokio::Transport::new(
+        tcp::Config::default().nodelay(true),
+    ))
+    .upgrade(Version::V1Lazy)
+    .authenticate(noise)
+    .multiplex(yamux::Config::default())
+    .map(|(peer, conn), _| (peer, StreamMuxerBox::new(conn)));
+    Ok(webrtc
+        .or_transport(ws)
+        .map(|either, _| either.into_inner())
+        .boxed())
+}
+
+fn build_behaviour(keypair: &Keypair, config: &Config) -> Behaviour {
+    let peer_id = keypair.public().to_peer_id();
+    let per_minute = Duration::from_secs(60);
+    let relay_config = relay::Config {
+        max_reservations: config.max_reservations,
+        max_reservations_per_peer: config.max_reservations_per_peer,
+        reservation_duration: Duration::from_secs(60 * 60),
+        max_circuits: config.max_circuits,
+        max_circuits_per_peer: config.max_circuits_per_peer,
+        max_circuit_duration: config.circuit_duration(),
+        max_circuit_bytes: config.max_circuit_bytes,
+        ..relay::Config::default()
+    }
+    // The defaults' rate limiters are replaced by ours.
+    .reservation_rate_per_ip(config.reservations_per_ip_per_minute, per_minute)
+    .circuit_src_per_peer(config.circuits_per_peer_per_minute, per_minute)
+    .circuit_src_per_ip(config.circuits_per_ip_per_minute, per_minute);
+    let membership = request_response::json::Behaviour::with_codec(
+        request_response::json::codec::Codec::default()
+            .set_request_size_maximum(16 * 1024)
+            .set_response_size_maximum(1024 * 1024),
+        [(
+            StreamProtocol::new(shoal_proto::MEMBERSHIP_PROTOCOL),
+            ProtocolSupport::Inbound,
+        )],
+        request_response::Config::default().with_request_timeout(Duration::from_secs(10)),
+    );
+    Behaviour {
+        ip_limits: ip_limits::Behaviour::new(config.max_connections_per_ip),
+        limits: connection_limits::Behaviour::new(
+            connection_limits::ConnectionLimits::default()
+                .with_max_established(Some(config.max_connections))
+                .with_max_established_per_peer(Some(4)),
+        ),
+        relay: relay::Behaviour::new(peer_id, relay_config),
+        identify: identify::Behaviour::new(identify::Config::new(
+            "/shoal/1".into(),
+            keypair.public(),
+        )),
+        ping: ping::Behaviour::new(ping::Config::new()),
+        membership,
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => futures::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = futures::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = term => {}
+    }
+}

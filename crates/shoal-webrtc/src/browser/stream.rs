@@ -1,0 +1,294 @@
+//! A libp2p stream on one `RTCDataChannel`, framed by [`StreamCore`].
+//!
+//! Flow control is the browser's own send queue: writes go straight to `send()` while
+//! `bufferedAmount` is under the high-water mark and wait for `bufferedamountlow` past
+//! it. Unlike webrtc-websys (which stops at 16 KiB queued) this keeps the SCTP
+//! association busy, which is what reaches raw-channel throughput.
+//!
+//! Incoming messages are parsed in the `message` callback itself, so flags take effect —
+//! and `FIN_ACK` is sent — even while the application is not reading.
+
+use std::{
+    cell::RefCell,
+    io,
+    pin::Pin,
+    rc::Rc,
+    task::{Context, Poll, Waker},
+};
+
+use futures::{AsyncRead, AsyncWrite, FutureExt};
+use futures_timer::Delay;
+use send_wrapper::SendWrapper;
+use wasm_bindgen::{JsCast, prelude::Closure};
+use web_sys::{Event, MessageEvent, RtcDataChannel, RtcDataChannelState, RtcDataChannelType};
+
+use super::Config;
+use crate::frame::{Flag, ReadOutcome, StreamCore, WriteRefused, encode_frame};
+
+/// A stream over a WebRTC data channel.
+pub struct Stream {
+    inner: SendWrapper<Inner>,
+}
+
+struct Inner {
+    channel: RtcDataChannel,
+    shared: Rc<RefCell<Shared>>,
+    high_water: u32,
+    fin_ack_timeout: std::time::Duration,
+    fin_ack_deadline: Option<Delay>,
+    scratch: Vec<u8>,
+    _on_message: Closure<dyn FnMut(MessageEvent)>,
+    _on_wake: Closure<dyn FnMut(Event)>,
+}
+
+struct Shared {
+    core: StreamCore,
+    read_waker: Option<Waker>,
+    write_waker: Option<Waker>,
+    /// Why the remote's bytes ended the stream, if they did.
+    error: Option<String>,
+}
+
+impl Shared {
+    fn wake_all(&mut self) {
+        if let Some(w) = self.read_waker.take() {
+            w.wake();
+        }
+        if let Some(w) = self.write_waker.take() {
+            w.wake();
+        }
+    }
+}
+
+impl Stream {
+    pub(crate) fn new(channel: RtcDataChannel, config: &Config) -> Self {
+        channel.set_binary_type(RtcDataChannelType::Arraybuffer);
+        channel.set_buffered_amount_low_threshold(config.send_low_water);
+        let shared = Rc::new(RefCell::new(Shared {
+            core: StreamCore::new(config.max_unread_per_stream),
+            read_waker: None,
+            write_waker: None,
+            error: None,
+        }));
+
+        let on_message = Closure::<dyn FnMut(MessageEvent)>::new({
+            let shared = shared.clone();
+            let channel = channel.clone();
+            move |event: MessageEvent| on_message(&shared, &channel, event)
+        });
+        // open, close, error and bufferedamountlow all mean "look again".
+        let on_wake = Closure::<dyn FnMut(Event)>::new({
+            let shared = shared.clone();
+            move |_: Event| shared.borrow_mut().wake_all()
+        });
+        channel.set_onmessage(Some(on_message.as_ref().unchecked_ref()));
+        channel.set_onopen(Some(on_wake.as_ref().unchecked_ref()));
+        channel.set_onclose(Some(on_wake.as_ref().unchecked_ref()));
+        channel.set_onerror(Some(on_wake.as_ref().unchecked_ref()));
+        channel.set_onbufferedamountlow(Some(on_wake.as_ref().unchecked_ref()));
+
+        Self {
+            inner: SendWrapper::new(Inner {
+                channel,
+                shared,
+                high_water: config.send_high_water,
+                fin_ack_timeout: config.fin_ack_timeout,
+                fin_ack_deadline: None,
+                scratch: Vec::with_capacity(crate::frame::MAX_FRAME_LEN),
+                _on_message: on_message,
+                _on_wake: on_wake,
+            }),
+        }
+    }
+}
+
+fn on_message(shared: &Rc<RefCell<Shared>>, channel: &RtcDataChannel, event: MessageEvent) {
+    let data = event.data();
+    let Some(buffer) = data.dyn_ref::<js_sys::ArrayBuffer>() else {
+        // Text messages are not part of the protocol.
+        tracing::debug!("ignoring non-binary data channel message");
+        return;
+    };
+    let view = js_sys::Uint8Array::new(buffer);
+    let mut bytes = vec![0u8; view.length() as usize];
+    view.copy_to(&mut bytes);
+
+    let mut shared = shared.borrow_mut();
+    match shared.core.on_bytes(&bytes) {
+        Ok(replies) => {
+            for flag in replies {
+                let mut frame = Vec::with_capacity(4);
+                encode_frame(Some(flag), &[], &mut frame);
+                let _ = channel.send_with_u8_array(&frame);
+            }
+        }
+        Err(error) => {
+            tracing::debug!(%error, "resetting stream after bad frame");
+            shared.error = Some(error.to_string());
+            let mut frame = Vec::with_capacity(4);
+            encode_frame(Some(Flag::Reset), &[], &mut frame);
+            let _ = channel.send_with_u8_array(&frame);
+            channel.close();
+        }
+    }
+    shared.wake_all();
+}
+
+fn refused(reason: WriteRefused) -> io::Error {
+    let kind = match reason {
+        WriteRefused::Closed => io::ErrorKind::BrokenPipe,
+        WriteRefused::StoppedByRemote => io::ErrorKind::BrokenPipe,
+        WriteRefused::Reset => io::ErrorKind::ConnectionReset,
+    };
+    io::Error::new(kind, reason)
+}
+
+impl Inner {
+    fn reset_error(&self) -> Option<io::Error> {
+        let shared = self.shared.borrow();
+        shared
+            .error
+            .as_ref()
+            .map(|e| io::Error::new(io::ErrorKind::ConnectionReset, e.clone()))
+    }
+
+    fn send(&self, frame: &[u8]) -> io::Result<()> {
+        self.channel
+            .send_with_u8_array(frame)
+            .map_err(|e| io::Error::new(io::ErrorKind::BrokenPipe, super::js_error(e)))
+    }
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut [u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = &mut *self.get_mut().inner;
+        if let Some(error) = this.reset_error() {
+            return Poll::Ready(Err(error));
+        }
+        let mut shared = this.shared.borrow_mut();
+        match shared.core.read(buf) {
+            ReadOutcome::Data(n) => Poll::Ready(Ok(n)),
+            ReadOutcome::Eof => Poll::Ready(Ok(0)),
+            ReadOutcome::Reset => Poll::Ready(Err(io::ErrorKind::ConnectionReset.into())),
+            ReadOutcome::Pending => match this.channel.ready_state() {
+                RtcDataChannelState::Closing | RtcDataChannelState::Closed => {
+                    Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "data channel closed without FIN",
+                    )))
+                }
+                _ => {
+                    shared.read_waker = Some(cx.waker().clone());
+                    Poll::Pending
+                }
+            },
+        }
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = &mut *self.get_mut().inner;
+        if let Some(error) = this.reset_error() {
+            return Poll::Ready(Err(error));
+        }
+        this.shared
+            .borrow()
+            .core
+            .check_writable()
+            .map_err(refused)?;
+        match this.channel.ready_state() {
+            RtcDataChannelState::Connecting => {
+                this.shared.borrow_mut().write_waker = Some(cx.waker().clone());
+                return Poll::Pending;
+            }
+            RtcDataChannelState::Open => {}
+            _ => return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into())),
+        }
+        if this.channel.buffered_amount() > this.high_water {
+            // `bufferedamountlow` fires once the queue drains to the low-water mark.
+            this.shared.borrow_mut().write_waker = Some(cx.waker().clone());
+            return Poll::Pending;
+        }
+        this.scratch.clear();
+        let n = this
+            .shared
+            .borrow()
+            .core
+            .encode_data(buf, &mut this.scratch)
+            .map_err(refused)?;
+        this.send(&this.scratch)?;
+        Poll::Ready(Ok(n))
+    }
+
+    /// Bytes passed to `send()` are the browser's to deliver; there is nothing to flush.
+    /// Delivery is confirmed on close, by the remote's `FIN_ACK`.
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.inner.reset_error() {
+            Some(error) => Poll::Ready(Err(error)),
+            None => Poll::Ready(Ok(())),
+        }
+    }
+
+    fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = &mut *self.get_mut().inner;
+        if this.shared.borrow().core.write_closed() {
+            return Poll::Ready(Ok(()));
+        }
+        match this.channel.ready_state() {
+            RtcDataChannelState::Connecting => {
+                this.shared.borrow_mut().write_waker = Some(cx.waker().clone());
+                return Poll::Pending;
+            }
+            RtcDataChannelState::Open => {}
+            // The channel is gone: nothing more can be said to the remote.
+            _ => return Poll::Ready(Ok(())),
+        }
+        this.scratch.clear();
+        if this.shared.borrow_mut().core.close_write(&mut this.scratch) {
+            this.send(&this.scratch)?;
+            this.fin_ack_deadline = Some(Delay::new(this.fin_ack_timeout));
+        }
+        if let Some(deadline) = this.fin_ack_deadline.as_mut()
+            && deadline.poll_unpin(cx).is_ready()
+        {
+            tracing::debug!("no FIN_ACK in time; considering the write half closed");
+            this.shared.borrow_mut().core.give_up_fin_ack();
+        }
+        let mut shared = this.shared.borrow_mut();
+        if shared.core.write_closed() {
+            return Poll::Ready(Ok(()));
+        }
+        shared.write_waker = Some(cx.waker().clone());
+        Poll::Pending
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // Detach the callbacks first: the channel outlives this struct in JS, and a
+        // callback firing into a dropped closure is what makes webrtc-websys log
+        // "closure invoked recursively or after being dropped".
+        self.channel.set_onmessage(None);
+        self.channel.set_onopen(None);
+        self.channel.set_onclose(None);
+        self.channel.set_onerror(None);
+        self.channel.set_onbufferedamountlow(None);
+        let graceful = self.shared.borrow().core.fully_closed();
+        if !graceful && self.channel.ready_state() == RtcDataChannelState::Open {
+            let mut frame = Vec::with_capacity(4);
+            encode_frame(Some(Flag::Reset), &[], &mut frame);
+            let _ = self.channel.send_with_u8_array(&frame);
+        }
+        // close() still delivers what is queued before closing.
+        self.channel.close();
+    }
+}

@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Installs what building and testing Shoal needs, skipping what is already there:
+# the wasm32 target, wasm-bindgen-cli at the version Cargo.lock pins, Debian's Chromium
+# and ffmpeg, and the npm packages of package-lock.json.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+step() { printf '\n== %s\n' "$*"; }
+
+# rust-toolchain.toml names the toolchain and the wasm32 target; rustup installs both
+# on first use, but ask explicitly so a missing target fails here, clearly.
+if ! rustup target list --installed 2>/dev/null | grep -qx wasm32-unknown-unknown; then
+  step "adding the wasm32-unknown-unknown target"
+  rustup target add wasm32-unknown-unknown
+fi
+
+want_bindgen=$(awk '/^name = "wasm-bindgen"$/ { getline; gsub(/[^0-9.]/, ""); print; exit }' Cargo.lock)
+have_bindgen=$(wasm-bindgen --version 2>/dev/null | awk '{print $2}' || true)
+if [ "$have_bindgen" != "$want_bindgen" ]; then
+  step "installing wasm-bindgen-cli $want_bindgen (found: ${have_bindgen:-none})"
+  cargo install wasm-bindgen-cli --version "$want_bindgen" --locked
+fi
+
+missing=()
+command -v chromium >/dev/null || missing+=(chromium)
+command -v chromedriver >/dev/null || missing+=(chromium-driver)
+command -v ffmpeg >/dev/null || missing+=(ffmpeg)
+if [ ${#missing[@]} -gt 0 ]; then
+  step "installing ${missing[*]} from Debian"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+# npm ci only when node_modules does not match the lock file.
+if [ ! -f node_modules/.package-lock.json ] || ! cmp -s package-lock.json node_modules/.shoal-lock-stamp; then
+  step "installing npm packages"
+  npm ci --no-audit --no-fund --loglevel=error
+  cp package-lock.json node_modules/.shoal-lock-stamp
+fi

@@ -1,0 +1,148 @@
+// Shared pieces of the end-to-end tests and benchmarks: a real signalling node process,
+// a real headless Chromium, pages running the real wasm package.
+//
+// Everything runs inside the private network namespace that scripts/test.sh and
+// scripts/bench.sh create (loopback + 10.99.0.1 on a veth pair that never leaves it).
+
+import { spawn } from 'node:child_process';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { chromium } from 'playwright-core';
+
+export const ROOT = new URL('../..', import.meta.url).pathname;
+export const NODE_BIN = process.env.SHOAL_NODE_BIN ?? join(ROOT, 'target/release/shoal-node');
+/** The namespace's non-loopback address, which the node's WebRTC listener needs. */
+export const TEST_IP = process.env.SHOAL_TEST_IP ?? '10.99.0.1';
+
+let portBase = 20000 + (process.pid % 1000) * 10;
+/** Fresh ports per node so tests in one process never collide. */
+export function allocatePorts() {
+  const base = portBase;
+  portBase += 3;
+  return { webrtc: base, ws: base + 1, http: base + 2 };
+}
+
+/** Polls `check` until it returns a truthy value, or throws `message` after `timeout` ms. */
+export async function waitFor(check, { timeout = 15000, interval = 100, message = 'condition' } = {}) {
+  const deadline = Date.now() + timeout;
+  let last;
+  for (;;) {
+    try {
+      last = await check();
+      if (last) return last;
+    } catch (error) {
+      last = error;
+    }
+    if (Date.now() > deadline) {
+      throw new Error(`timed out after ${timeout} ms waiting for ${message}; last: ${last instanceof Error ? last.stack : JSON.stringify(last)}`);
+    }
+    await sleep(interval);
+  }
+}
+
+/**
+ * Starts `shoal-node` with its own data directory and ports. `restart()` kills it with
+ * SIGKILL and starts it again on the same ports and identity.
+ */
+export async function startNode({ ports = allocatePorts(), dataDir, extraArgs = [], log = false } = {}) {
+  const dir = dataDir ?? mkdtempSync(join(tmpdir(), 'shoal-node-'));
+  const ownsDir = !dataDir;
+  const args = [
+    '--webrtc-listen', `${TEST_IP}:${ports.webrtc}`,
+    '--ws-listen', `${TEST_IP}:${ports.ws}`,
+    '--http-listen', `0.0.0.0:${ports.http}`,
+    '--data-dir', dir,
+    '--static-dir', ROOT,
+    ...extraArgs,
+  ];
+  const node = {
+    ports,
+    dataDir: dir,
+    url: `http://127.0.0.1:${ports.http}`,
+    proc: null,
+    output: '',
+    async start() {
+      this.output = '';
+      this.proc = spawn(NODE_BIN, args, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, SHOAL_LOG: process.env.SHOAL_LOG ?? 'info,webrtc=off,webrtc_sctp=off,webrtc_ice=off,webrtc_dtls=off,libp2p_webrtc=off' } });
+      const collect = (chunk) => {
+        this.output += chunk;
+        if (log) process.stderr.write(chunk);
+      };
+      this.proc.stdout.on('data', collect);
+      this.proc.stderr.on('data', collect);
+      const exited = new Promise((resolve) => this.proc.once('exit', resolve));
+      await waitFor(async () => {
+        if (this.proc.exitCode !== null) throw new Error(`node exited: ${this.output}`);
+        const res = await fetch(`${this.url}/.well-known/shoal.json`);
+        const doc = await res.json();
+        return doc.multiaddrs.some((a) => a.includes('/webrtc-direct/')) && doc;
+      }, { timeout: 20000, message: 'the signalling node to serve its well-known document' });
+      this.exited = exited;
+    },
+    async kill(signal = 'SIGKILL') {
+      if (!this.proc || this.proc.exitCode !== null) return;
+      this.proc.kill(signal);
+      await this.exited;
+    },
+    async restart() {
+      await this.kill();
+      await this.start();
+    },
+    async metrics() {
+      const text = await (await fetch(`${this.url}/metrics`)).text();
+      const values = {};
+      for (const line of text.split('\n')) {
+        const m = /^(shoal_[a-z_]+)(\{[^}]*\})? ([0-9.e+-]+)$/.exec(line);
+        if (m) values[m[1] + (m[2] ?? '')] = Number(m[3]);
+      }
+      return values;
+    },
+    async stop() {
+      await this.kill('SIGTERM');
+      if (ownsDir) rmSync(dir, { recursive: true, force: true });
+    },
+  };
+  await node.start();
+  return node;
+}
+
+export const CHROMIUM_ARGS = [
+  '--headless=new', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
+  '--disable-background-networking', '--disable-component-update', '--disable-sync',
+  '--allow-loopback-in-peer-connection', '--disable-features=WebRtcHideLocalIpsWithMdns',
+  '--use-fake-ui-for-media-stream', '--autoplay-policy=no-user-gesture-required',
+  // Background tabs must keep their timers: every tab here is a viewer.
+  '--disable-background-timer-throttling', '--disable-renderer-backgrounding', '--disable-backgrounding-occluded-windows',
+];
+
+export async function launchBrowser() {
+  return chromium.launch({ executablePath: process.env.CHROMIUM ?? '/usr/bin/chromium', args: CHROMIUM_ARGS });
+}
+
+/** Opens the harness page in a new tab and waits for the package to load. */
+export async function openHarness(context, node) {
+  const page = await context.newPage();
+  page.on('pageerror', (error) => console.error(`[page error] ${error.stack ?? error}`));
+  page.on('console', (msg) => {
+    if (msg.type() === 'error' || process.env.SHOAL_PAGE_LOG) console.error(`[page ${msg.type()}] ${msg.text()}`);
+  });
+  await page.goto(`${node.url}/web/test/harness.html`);
+  await page.waitForFunction(() => window.harnessReady === true);
+  return page;
+}
+
+export async function newContext(browser, node) {
+  const context = await browser.newContext();
+  await context.grantPermissions(['camera', 'microphone'], { origin: node.url });
+  return context;
+}
+
+/** Starts a peer in `page`; resolves to its PeerId. */
+export function startPeer(page, config) {
+  return page.evaluate((config) => window.harness.start(config), config);
+}
+
+export const stats = (page) => page.evaluate(() => window.harness.stats());
+export const events = (page, type) => page.evaluate((type) => window.harness.eventsOf(type), type);
