@@ -36,9 +36,7 @@ fn init_logging(level: Option<&str>) {
         "trace" => tracing::Level::TRACE,
         _ => tracing::Level::INFO,
     };
-    let config = tracing_wasm::WASMLayerConfigBuilder::new()
-        .set_max_level(level)
-        .build();
+    let config = tracing_wasm::WASMLayerConfigBuilder::new().set_max_level(level).build();
     // A second peer in the same page keeps the first subscriber.
     let _ = std::panic::catch_unwind(|| tracing_wasm::set_as_global_default_with_config(config));
 }
@@ -47,12 +45,8 @@ fn init_logging(level: Option<&str>) {
 impl ShoalPeer {
     /// Starts a peer: finds the signalling node, joins `config.swarm` and connects
     /// directly to its other members. `onEvent` receives `{type, ...}` objects.
-    pub async fn start(
-        config: JsValue,
-        on_event: Option<js_sys::Function>,
-    ) -> Result<ShoalPeer, JsValue> {
-        let config: Config =
-            serde_wasm_bindgen::from_value(config).map_err(|e| error("invalid-config", e))?;
+    pub async fn start(config: JsValue, on_event: Option<js_sys::Function>) -> Result<ShoalPeer, JsValue> {
+        let config: Config = serde_wasm_bindgen::from_value(config).map_err(|e| error("invalid-config", e))?;
         config.validate().map_err(|e| error("invalid-config", e))?;
         init_logging(config.log_level.as_deref());
 
@@ -64,16 +58,10 @@ impl ShoalPeer {
         let nodes: Vec<Multiaddr> = nodes
             .iter()
             .filter_map(|a| a.parse::<Multiaddr>().ok())
-            .filter(|a| {
-                a.iter()
-                    .any(|p| matches!(p, libp2p::multiaddr::Protocol::WebRTCDirect))
-            })
+            .filter(|a| a.iter().any(|p| matches!(p, libp2p::multiaddr::Protocol::WebRTCDirect)))
             .collect();
         if nodes.is_empty() {
-            return Err(error(
-                "no-node",
-                "no /webrtc-direct signalling node address",
-            ));
+            return Err(error("no-node", "no /webrtc-direct signalling node address"));
         }
 
         let on_event = Rc::new(RefCell::new(on_event));
@@ -91,8 +79,7 @@ impl ShoalPeer {
                 }
             })
         };
-        let handle =
-            runtime::start(config, nodes, emit.clone()).map_err(|e| error("start-failed", e))?;
+        let handle = runtime::start(config, nodes, emit.clone()).map_err(|e| error("start-failed", e))?;
         accept_bulk(handle.control.clone(), emit);
         Ok(ShoalPeer { handle, on_event })
     }
@@ -112,8 +99,7 @@ impl ShoalPeer {
     /// Node link, direct connections and counters, as a plain object.
     pub fn stats(&self) -> Result<JsValue, JsValue> {
         let serializer = serde_wasm_bindgen::Serializer::json_compatible();
-        serde::Serialize::serialize(&*self.handle.snapshot.borrow(), &serializer)
-            .map_err(|e| error("internal", e))
+        serde::Serialize::serialize(&*self.handle.snapshot.borrow(), &serializer).map_err(|e| error("internal", e))
     }
 
     /// Each direct connection as its `RTCPeerConnection` sees it: selected ICE candidate
@@ -140,9 +126,7 @@ impl ShoalPeer {
             .await
             .map_err(|e| error("stream-failed", e))?;
         let seed = js_sys::Math::random().to_bits();
-        let verified = bulk::send(&mut stream, bytes as u64, seed)
-            .await
-            .map_err(|e| error("transfer-failed", e))?;
+        let verified = bulk::send(&mut stream, bytes as u64, seed).await.map_err(|e| error("transfer-failed", e))?;
         let ms = js_sys::Date::now() - started;
         let result = js_sys::Object::new();
         let set = |k: &str, v: JsValue| js_sys::Reflect::set(&result, &JsValue::from_str(k), &v);
@@ -152,9 +136,33 @@ impl ShoalPeer {
         Ok(result.into())
     }
 
+    /// Diagnostics: opens a raw libp2p stream speaking `protocol` to `peer`. With
+    /// `viaRelay`, a relayed connection through the signalling node is opened first (the
+    /// path WebRTC signalling takes). Tests use it to play a misbehaving peer.
+    #[wasm_bindgen(js_name = debugOpenStream)]
+    pub async fn debug_open_stream(&self, peer: String, protocol: String, via_relay: bool) -> Result<RawStream, JsValue> {
+        let peer: PeerId = peer.parse().map_err(|e| error("invalid-peer", e))?;
+        let protocol = StreamProtocol::try_from_owned(protocol).map_err(|e| error("invalid-argument", e))?;
+        if via_relay {
+            let (reply, done) = futures::channel::oneshot::channel();
+            self.handle
+                .commands
+                .clone()
+                .send(Command::DialRelayed(peer, reply))
+                .await
+                .map_err(|_| error("stopped", "peer is stopped"))?;
+            done.await.map_err(|_| error("stopped", "peer is stopped"))?.map_err(|e| error("dial-failed", e))?;
+        }
+        let stream = self.handle.control.clone().open_stream(peer, protocol).await.map_err(|e| error("stream-failed", e))?;
+        Ok(RawStream { stream: Rc::new(futures::lock::Mutex::new(Some(stream))) })
+    }
+
     /// Stops the peer and closes every connection.
     pub async fn stop(&self) {
-        let _ = self.handle.commands.clone().send(Command::Stop).await;
+        let (done, stopped) = futures::channel::oneshot::channel();
+        if self.handle.commands.clone().send(Command::Stop(done)).await.is_ok() {
+            let _ = stopped.await;
+        }
     }
 }
 
@@ -175,9 +183,7 @@ fn accept_bulk(mut control: libp2p_stream::Control, emit: EventSink) {
                         intact: v.intact,
                         ms: js_sys::Date::now() - started,
                     }),
-                    Err(e) => emit(Event::Error {
-                        message: format!("bulk transfer from {peer}: {e}"),
-                    }),
+                    Err(e) => emit(Event::Error { message: format!("bulk transfer from {peer}: {e}") }),
                 }
             });
         }
@@ -190,41 +196,66 @@ async fn fetch_well_known(url: Option<&str>) -> Result<Vec<String>, JsValue> {
         Some(url) => url.to_owned(),
         None => format!(
             "{}{}",
-            window
-                .location()
-                .origin()
-                .map_err(|e| error("no-node", format!("{e:?}")))?,
+            window.location().origin().map_err(|e| error("no-node", format!("{e:?}")))?,
             shoal_proto::WELL_KNOWN_PATH
         ),
     };
-    let fetched = |e: JsValue| {
-        error(
-            "no-node",
-            format!(
-                "fetching {url}: {}",
-                e.as_string().unwrap_or_else(|| format!("{e:?}"))
-            ),
-        )
-    };
-    let response: web_sys::Response = JsFuture::from(window.fetch_with_str(&url))
-        .await
-        .map_err(fetched)?
-        .dyn_into()
-        .map_err(fetched)?;
+    let fetched =
+        |e: JsValue| error("no-node", format!("fetching {url}: {}", e.as_string().unwrap_or_else(|| format!("{e:?}"))));
+    let response: web_sys::Response =
+        JsFuture::from(window.fetch_with_str(&url)).await.map_err(fetched)?.dyn_into().map_err(fetched)?;
     if !response.ok() {
-        return Err(error(
-            "no-node",
-            format!("fetching {url}: HTTP {}", response.status()),
-        ));
+        return Err(error("no-node", format!("fetching {url}: HTTP {}", response.status())));
     }
-    let json = JsFuture::from(response.json().map_err(fetched)?)
-        .await
-        .map_err(fetched)?;
-    let doc: WellKnown = serde_wasm_bindgen::from_value(json).map_err(|e| {
-        error(
-            "no-node",
-            format!("{url} is not a Shoal well-known document: {e}"),
-        )
-    })?;
+    let json = JsFuture::from(response.json().map_err(fetched)?).await.map_err(fetched)?;
+    let doc: WellKnown = serde_wasm_bindgen::from_value(json)
+        .map_err(|e| error("no-node", format!("{url} is not a Shoal well-known document: {e}")))?;
     Ok(doc.multiaddrs)
+}
+
+/// A raw libp2p stream (see `debugOpenStream`).
+#[wasm_bindgen]
+pub struct RawStream {
+    stream: Rc<futures::lock::Mutex<Option<libp2p::Stream>>>,
+}
+
+#[wasm_bindgen]
+impl RawStream {
+    /// Writes and flushes `bytes`.
+    pub async fn write(&self, bytes: Vec<u8>) -> Result<(), JsValue> {
+        use futures::AsyncWriteExt;
+        let mut guard = self.stream.lock().await;
+        let stream = guard.as_mut().ok_or_else(|| error("closed", "stream closed"))?;
+        stream.write_all(&bytes).await.map_err(|e| error("io", e))?;
+        stream.flush().await.map_err(|e| error("io", e))
+    }
+
+    /// Reads what is available; `undefined` at end of stream.
+    pub async fn read(&self) -> Result<Option<Vec<u8>>, JsValue> {
+        use futures::AsyncReadExt;
+        let mut guard = self.stream.lock().await;
+        let stream = guard.as_mut().ok_or_else(|| error("closed", "stream closed"))?;
+        let mut buf = vec![0u8; 64 * 1024];
+        let n = stream.read(&mut buf).await.map_err(|e| error("io", e))?;
+        if n == 0 {
+            return Ok(None);
+        }
+        buf.truncate(n);
+        Ok(Some(buf))
+    }
+
+    /// Closes the write half.
+    pub async fn close(&self) -> Result<(), JsValue> {
+        use futures::AsyncWriteExt;
+        let mut guard = self.stream.lock().await;
+        if let Some(stream) = guard.as_mut() {
+            stream.close().await.map_err(|e| error("io", e))?;
+        }
+        Ok(())
+    }
+
+    /// Drops the stream without closing it (a reset, as a crashing peer would).
+    pub async fn reset(&self) {
+        self.stream.lock().await.take();
+    }
 }

@@ -75,9 +75,7 @@ pub async fn send<S: AsyncRead + AsyncWrite + Unpin>(
 }
 
 /// Receives one transfer, checking every byte, and replies with the verdict.
-pub async fn receive<S: AsyncRead + AsyncWrite + Unpin>(
-    stream: &mut S,
-) -> Result<Verified, BulkError> {
+pub async fn receive<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut S) -> Result<Verified, BulkError> {
     let mut header = [0u8; 16];
     stream.read_exact(&mut header).await?;
     let len = u64::from_be_bytes(header[..8].try_into().unwrap_or_default());
@@ -101,10 +99,7 @@ pub async fn receive<S: AsyncRead + AsyncWrite + Unpin>(
             }
         }
     }
-    let verified = Verified {
-        bytes: good,
-        intact: intact && good == len,
-    };
+    let verified = Verified { bytes: good, intact: intact && good == len };
     let mut reply = [0u8; 9];
     reply[0] = if verified.intact { 0 } else { 1 };
     reply[1..].copy_from_slice(&good.to_be_bytes());
@@ -160,10 +155,7 @@ mod tests {
 
     fn transfer(len: u64, corrupt_at: Option<usize>) -> (Verified, Verified) {
         // Sender writes into a pipe whose reply is prepared after the receiver ran.
-        let mut sender_out = Pipe {
-            read: Cursor::new(Vec::new()),
-            written: Vec::new(),
-        };
+        let mut sender_out = Pipe { read: Cursor::new(Vec::new()), written: Vec::new() };
         // First run the sender up to its read of the reply, which fails on an empty
         // cursor; what it wrote is the wire image.
         let _ = block_on(send(&mut sender_out, len, 7));
@@ -171,15 +163,9 @@ mod tests {
         if let Some(at) = corrupt_at {
             wire[16 + at] ^= 0xff;
         }
-        let mut receiver = Pipe {
-            read: Cursor::new(wire.clone()),
-            written: Vec::new(),
-        };
+        let mut receiver = Pipe { read: Cursor::new(wire.clone()), written: Vec::new() };
         let verdict = block_on(receive(&mut receiver)).unwrap();
-        let mut sender = Pipe {
-            read: Cursor::new(receiver.written),
-            written: Vec::new(),
-        };
+        let mut sender = Pipe { read: Cursor::new(receiver.written), written: Vec::new() };
         let (reported, _) = block_on(join(send(&mut sender, len, 7), async {}));
         (verdict, reported.unwrap())
     }
@@ -187,13 +173,7 @@ mod tests {
     #[test]
     fn intact_transfer_verifies() {
         let (receiver, sender) = transfer(200_000, None);
-        assert_eq!(
-            receiver,
-            Verified {
-                bytes: 200_000,
-                intact: true
-            }
-        );
+        assert_eq!(receiver, Verified { bytes: 200_000, intact: true });
         assert_eq!(sender, receiver);
     }
 
@@ -210,13 +190,7 @@ mod tests {
         let mut header = Vec::new();
         header.extend_from_slice(&(MAX_LEN + 1).to_be_bytes());
         header.extend_from_slice(&0u64.to_be_bytes());
-        let mut pipe = Pipe {
-            read: Cursor::new(header),
-            written: Vec::new(),
-        };
-        assert!(matches!(
-            block_on(receive(&mut pipe)),
-            Err(BulkError::TooLong(_))
-        ));
+        let mut pipe = Pipe { read: Cursor::new(header), written: Vec::new() };
+        assert!(matches!(block_on(receive(&mut pipe)), Err(BulkError::TooLong(_))));
     }
 }

@@ -99,11 +99,7 @@ impl Config {
         if self.rejoin_interval_ms < 1000 {
             return Err(ConfigError::RejoinInterval);
         }
-        if self
-            .ice_servers
-            .iter()
-            .any(|s| s.urls.clone().into_vec().is_empty())
-        {
+        if self.ice_servers.iter().any(|s| s.urls.clone().into_vec().is_empty()) {
             return Err(ConfigError::IceServer);
         }
         Ok(())

@@ -27,11 +27,7 @@ pub struct Config {
     /// Address to advertise to browsers, e.g. `/ip4/203.0.113.7/udp/9090/webrtc-direct`
     /// (the node adds certhash and PeerId). Repeatable. Without it, the node advertises
     /// the non-loopback addresses it listens on.
-    #[arg(
-        long = "external-address",
-        env = "SHOAL_EXTERNAL_ADDRESSES",
-        value_delimiter = ','
-    )]
+    #[arg(long = "external-address", env = "SHOAL_EXTERNAL_ADDRESSES", value_delimiter = ',')]
     pub external_addresses: Vec<Multiaddr>,
 
     /// Directory holding the node's identity key and WebRTC certificate; both are
@@ -120,9 +116,7 @@ impl std::str::FromStr for ListenToggle {
         if s.eq_ignore_ascii_case("off") {
             return Ok(Self(None));
         }
-        s.parse()
-            .map(|a| Self(Some(a)))
-            .map_err(|e| format!("`{s}` is neither `off` nor an IP:port address ({e})"))
+        s.parse().map(|a| Self(Some(a))).map_err(|e| format!("`{s}` is neither `off` nor an IP:port address ({e})"))
     }
 }
 
@@ -133,20 +127,14 @@ impl Config {
             return Err("--sample-size must be at least 1".into());
         }
         if self.max_circuit_secs == 0 || self.max_circuit_bytes < 16 * 1024 {
-            return Err(
-                "a circuit needs at least 1 s and 16 KiB to carry a WebRTC handshake".into(),
-            );
+            return Err("a circuit needs at least 1 s and 16 KiB to carry a WebRTC handshake".into());
         }
         for addr in &self.external_addresses {
-            if !addr.iter().any(|p| {
-                matches!(
-                    p,
-                    libp2p::multiaddr::Protocol::WebRTCDirect | libp2p::multiaddr::Protocol::Ws(_)
-                )
-            }) {
-                return Err(format!(
-                    "--external-address {addr} is neither /webrtc-direct nor /ws"
-                ));
+            if !addr
+                .iter()
+                .any(|p| matches!(p, libp2p::multiaddr::Protocol::WebRTCDirect | libp2p::multiaddr::Protocol::Ws(_)))
+            {
+                return Err(format!("--external-address {addr} is neither /webrtc-direct nor /ws"));
             }
         }
         Ok(())
@@ -171,16 +159,8 @@ mod tests {
     #[test]
     fn bad_flags_are_errors() {
         assert!(Config::try_parse_from(["shoal-node", "--webrtc-listen", "nonsense"]).is_err());
-        assert!(
-            Config::try_parse_from(["shoal-node", "--http-listen", "off"])
-                .unwrap()
-                .http_listen
-                .0
-                .is_none()
-        );
-        let config =
-            Config::try_parse_from(["shoal-node", "--external-address", "/ip4/1.2.3.4/tcp/1"])
-                .unwrap();
+        assert!(Config::try_parse_from(["shoal-node", "--http-listen", "off"]).unwrap().http_listen.0.is_none());
+        let config = Config::try_parse_from(["shoal-node", "--external-address", "/ip4/1.2.3.4/tcp/1"]).unwrap();
         assert!(config.validate().is_err());
         let config = Config::try_parse_from(["shoal-node", "--sample-size", "0"]).unwrap();
         assert!(config.validate().is_err());

@@ -38,23 +38,12 @@ pub async fn bind(
     static_dir: &Path,
     shared: Shared,
     extra: Router,
-) -> Result<
-    (
-        SocketAddr,
-        impl std::future::Future<Output = std::io::Result<()>> + use<>,
-    ),
-    NodeError,
-> {
+) -> Result<(SocketAddr, impl std::future::Future<Output = std::io::Result<()>> + use<>), NodeError> {
     let listener = tokio::net::TcpListener::bind(addr)
         .await
-        .map_err(|source| NodeError::Io {
-            context: format!("binding HTTP listener on {addr}"),
-            source,
-        })?;
-    let bound = listener.local_addr().map_err(|source| NodeError::Io {
-        context: "reading HTTP address".into(),
-        source,
-    })?;
+        .map_err(|source| NodeError::Io { context: format!("binding HTTP listener on {addr}"), source })?;
+    let bound =
+        listener.local_addr().map_err(|source| NodeError::Io { context: "reading HTTP address".into(), source })?;
 
     // Only the demo page and what it loads are served: never the rest of the directory.
     let static_files = Router::new()
@@ -63,10 +52,7 @@ pub async fn bind(
         .nest_service("/pkg", ServeDir::new(static_dir.join("pkg")))
         .nest_service("/web", ServeDir::new(static_dir.join("web")))
         // The page and the package change together during development; never serve stale.
-        .layer(SetResponseHeaderLayer::overriding(
-            header::CACHE_CONTROL,
-            HeaderValue::from_static("no-cache"),
-        ));
+        .layer(SetResponseHeaderLayer::overriding(header::CACHE_CONTROL, HeaderValue::from_static("no-cache")));
 
     let app = Router::new()
         .route(WELL_KNOWN_PATH, get(well_known))
@@ -92,13 +78,7 @@ async fn well_known(State(shared): State<Shared>) -> impl IntoResponse {
 async fn metrics(State(shared): State<Shared>) -> impl IntoResponse {
     let mut body = String::new();
     match prometheus_client::encoding::text::encode(&mut body, &shared.registry) {
-        Ok(()) => (
-            [(
-                header::CONTENT_TYPE,
-                "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            )],
-            body,
-        )
+        Ok(()) => ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], body)
             .into_response(),
         Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
     }

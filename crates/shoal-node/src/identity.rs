@@ -18,10 +18,8 @@ const CERT_FILE: &str = "webrtc-certificate.pem";
 
 /// Loads the identity from `dir`, creating what is missing.
 pub fn load_or_create(dir: &Path) -> Result<(Keypair, Certificate), NodeError> {
-    fs::create_dir_all(dir).map_err(|source| NodeError::Io {
-        context: format!("creating data directory {}", dir.display()),
-        source,
-    })?;
+    fs::create_dir_all(dir)
+        .map_err(|source| NodeError::Io { context: format!("creating data directory {}", dir.display()), source })?;
     let keypair = load_or_create_key(&dir.join(KEY_FILE))?;
     let certificate = load_or_create_certificate(&dir.join(CERT_FILE))?;
     Ok((keypair, certificate))
@@ -29,26 +27,18 @@ pub fn load_or_create(dir: &Path) -> Result<(Keypair, Certificate), NodeError> {
 
 fn load_or_create_key(path: &Path) -> Result<Keypair, NodeError> {
     match fs::read(path) {
-        Ok(bytes) => Keypair::from_protobuf_encoding(&bytes).map_err(|e| NodeError::Identity {
-            path: path.to_owned(),
-            reason: format!("not a libp2p key: {e}"),
-        }),
+        Ok(bytes) => Keypair::from_protobuf_encoding(&bytes)
+            .map_err(|e| NodeError::Identity { path: path.to_owned(), reason: format!("not a libp2p key: {e}") }),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let keypair = Keypair::generate_ed25519();
             let bytes = keypair
                 .to_protobuf_encoding()
-                .map_err(|e| NodeError::Identity {
-                    path: path.to_owned(),
-                    reason: e.to_string(),
-                })?;
+                .map_err(|e| NodeError::Identity { path: path.to_owned(), reason: e.to_string() })?;
             write_private(path, &bytes)?;
             tracing::info!(path = %path.display(), peer_id = %keypair.public().to_peer_id(), "created node identity");
             Ok(keypair)
         }
-        Err(source) => Err(NodeError::Io {
-            context: format!("reading {}", path.display()),
-            source,
-        }),
+        Err(source) => Err(NodeError::Io { context: format!("reading {}", path.display()), source }),
     }
 }
 
@@ -59,19 +49,13 @@ fn load_or_create_certificate(path: &Path) -> Result<Certificate, NodeError> {
             reason: format!("not a WebRTC certificate: {e}"),
         }),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let certificate =
-                Certificate::generate(&mut rand_10::rng()).map_err(|e| NodeError::Identity {
-                    path: path.to_owned(),
-                    reason: e.to_string(),
-                })?;
+            let certificate = Certificate::generate(&mut rand_10::rng())
+                .map_err(|e| NodeError::Identity { path: path.to_owned(), reason: e.to_string() })?;
             write_private(path, certificate.serialize_pem().as_bytes())?;
             tracing::info!(path = %path.display(), "created WebRTC certificate");
             Ok(certificate)
         }
-        Err(source) => Err(NodeError::Io {
-            context: format!("reading {}", path.display()),
-            source,
-        }),
+        Err(source) => Err(NodeError::Io { context: format!("reading {}", path.display()), source }),
     }
 }
 
@@ -79,10 +63,7 @@ fn load_or_create_certificate(path: &Path) -> Result<Certificate, NodeError> {
 /// half-written key that would change the node's identity on the next start.
 fn write_private(path: &Path, bytes: &[u8]) -> Result<(), NodeError> {
     let tmp: PathBuf = path.with_extension("tmp");
-    let io = |source| NodeError::Io {
-        context: format!("writing {}", path.display()),
-        source,
-    };
+    let io = |source| NodeError::Io { context: format!("writing {}", path.display()), source };
     {
         let mut options = fs::OpenOptions::new();
         options.write(true).create(true).truncate(true);
@@ -113,9 +94,6 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         fs::write(dir.path().join(KEY_FILE), b"garbage").unwrap();
         let err = load_or_create(dir.path()).unwrap_err().to_string();
-        assert!(
-            err.contains("identity.key") && err.contains("not a libp2p key"),
-            "{err}"
-        );
+        assert!(err.contains("identity.key") && err.contains("not a libp2p key"), "{err}");
     }
 }

@@ -13,8 +13,8 @@ use libp2p::{
     core::{Endpoint, transport::PortUse},
     multiaddr::Protocol,
     swarm::{
-        ConnectionDenied, ConnectionId, FromSwarm, NetworkBehaviour, THandler, THandlerInEvent,
-        THandlerOutEvent, ToSwarm, dummy,
+        ConnectionDenied, ConnectionId, FromSwarm, NetworkBehaviour, THandler, THandlerInEvent, THandlerOutEvent,
+        ToSwarm, dummy,
     },
 };
 
@@ -35,11 +35,7 @@ pub struct Behaviour {
 
 impl Behaviour {
     pub fn new(limit: usize) -> Self {
-        Self {
-            limit,
-            established: HashMap::new(),
-            by_connection: HashMap::new(),
-        }
+        Self { limit, established: HashMap::new(), by_connection: HashMap::new() }
     }
 }
 
@@ -68,10 +64,7 @@ impl NetworkBehaviour for Behaviour {
         if let Some(ip) = ip_of(remote_addr)
             && self.established.get(&ip).copied().unwrap_or(0) >= self.limit
         {
-            return Err(ConnectionDenied::new(TooManyFromIp {
-                ip,
-                limit: self.limit,
-            }));
+            return Err(ConnectionDenied::new(TooManyFromIp { ip, limit: self.limit }));
         }
         Ok(())
     }
@@ -86,10 +79,7 @@ impl NetworkBehaviour for Behaviour {
         if let Some(ip) = ip_of(remote_addr) {
             let count = self.established.entry(ip).or_default();
             if *count >= self.limit {
-                return Err(ConnectionDenied::new(TooManyFromIp {
-                    ip,
-                    limit: self.limit,
-                }));
+                return Err(ConnectionDenied::new(TooManyFromIp { ip, limit: self.limit }));
             }
             *count += 1;
             self.by_connection.insert(connection_id, ip);
@@ -120,12 +110,7 @@ impl NetworkBehaviour for Behaviour {
         }
     }
 
-    fn on_connection_handler_event(
-        &mut self,
-        _: PeerId,
-        _: ConnectionId,
-        event: THandlerOutEvent<Self>,
-    ) {
+    fn on_connection_handler_event(&mut self, _: PeerId, _: ConnectionId, event: THandlerOutEvent<Self>) {
         match event {}
     }
 

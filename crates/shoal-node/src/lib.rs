@@ -80,10 +80,7 @@ pub struct Node {
     members: membership::Registry,
     metrics: Arc<Metrics>,
     well_known: Arc<RwLock<WellKnown>>,
-    http: Option<(
-        SocketAddr,
-        futures::future::BoxFuture<'static, io::Result<()>>,
-    )>,
+    http: Option<(SocketAddr, futures::future::BoxFuture<'static, io::Result<()>>)>,
     /// Listen addresses as reported by the transports (certhash included).
     listen_addrs: Vec<(ListenerId, Multiaddr)>,
     rng: rand::rngs::StdRng,
@@ -104,19 +101,14 @@ impl Node {
         let mut swarm = Swarm::new(transport, behaviour, peer_id, swarm_config);
         // Browsers reach us at the addresses we advertise; no need to wait for the relay
         // to learn it is public.
-        swarm
-            .behaviour_mut()
-            .relay
-            .set_status(Some(relay::Status::Enable));
+        swarm.behaviour_mut().relay.set_status(Some(relay::Status::Enable));
 
         let webrtc: Multiaddr = Multiaddr::from(config.webrtc_listen.ip())
             .with(Protocol::Udp(config.webrtc_listen.port()))
             .with(Protocol::WebRTCDirect);
         listen(&mut swarm, webrtc)?;
         if let Some(ws) = config.ws_listen.0 {
-            let ws: Multiaddr = Multiaddr::from(ws.ip())
-                .with(Protocol::Tcp(ws.port()))
-                .with(Protocol::Ws("/".into()));
+            let ws: Multiaddr = Multiaddr::from(ws.ip()).with(Protocol::Tcp(ws.port())).with(Protocol::Ws("/".into()));
             listen(&mut swarm, ws)?;
         }
 
@@ -131,16 +123,9 @@ impl Node {
         }));
         let http = match config.http_listen.0 {
             Some(addr) => {
-                let shared = http::Shared {
-                    well_known: well_known.clone(),
-                    registry: Arc::new(registry),
-                };
-                let (bound, serve) =
-                    http::bind(addr, &config.static_dir, shared, extra_routes).await?;
-                Some((
-                    bound,
-                    Box::pin(serve) as futures::future::BoxFuture<'static, io::Result<()>>,
-                ))
+                let shared = http::Shared { well_known: well_known.clone(), registry: Arc::new(registry) };
+                let (bound, serve) = http::bind(addr, &config.static_dir, shared, extra_routes).await?;
+                Some((bound, Box::pin(serve) as futures::future::BoxFuture<'static, io::Result<()>>))
             }
             None => None,
         };
@@ -173,11 +158,7 @@ impl Node {
 
     /// Runs until Ctrl-C / SIGTERM, or until the HTTP server fails.
     pub async fn run(mut self) -> Result<(), NodeError> {
-        let mut http = self
-            .http
-            .take()
-            .map(|(_, serve)| serve)
-            .unwrap_or_else(|| Box::pin(futures::future::pending()));
+        let mut http = self.http.take().map(|(_, serve)| serve).unwrap_or_else(|| Box::pin(futures::future::pending()));
         let shutdown = shutdown_signal();
         tokio::pin!(shutdown);
         loop {
@@ -196,10 +177,7 @@ impl Node {
 
     fn on_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
         match event {
-            SwarmEvent::NewListenAddr {
-                listener_id,
-                address,
-            } => {
+            SwarmEvent::NewListenAddr { listener_id, address } => {
                 tracing::info!(%address, "listening");
                 self.listen_addrs.push((listener_id, address));
                 self.refresh_advertised();
@@ -209,23 +187,14 @@ impl Node {
                 self.refresh_advertised();
             }
             SwarmEvent::ListenerError { error, .. } => tracing::warn!(%error, "listener error"),
-            SwarmEvent::ConnectionEstablished {
-                peer_id,
-                num_established,
-                ..
-            } => {
+            SwarmEvent::ConnectionEstablished { peer_id, num_established, .. } => {
                 self.metrics.connections.inc();
                 if num_established.get() == 1 {
                     self.metrics.connected_peers.inc();
                 }
                 tracing::debug!(%peer_id, "connected");
             }
-            SwarmEvent::ConnectionClosed {
-                peer_id,
-                num_established,
-                cause,
-                ..
-            } => {
+            SwarmEvent::ConnectionClosed { peer_id, num_established, cause, .. } => {
                 self.metrics.connections.dec();
                 if num_established == 0 {
                     self.metrics.connected_peers.dec();
@@ -244,20 +213,19 @@ impl Node {
             }
             SwarmEvent::Behaviour(BehaviourEvent::Membership(event)) => self.on_membership(event),
             SwarmEvent::Behaviour(BehaviourEvent::Relay(event)) => self.on_relay(event),
+            SwarmEvent::Behaviour(BehaviourEvent::Ping(ping::Event { peer, connection, result: Err(error) })) => {
+                // A browser tab that vanished sends nothing; don't keep handing it out.
+                tracing::debug!(%peer, %error, "ping failed; closing connection");
+                self.swarm.close_connection(connection);
+            }
             _ => {}
         }
     }
 
-    fn on_membership(
-        &mut self,
-        event: request_response::Event<MembershipRequest, MembershipResponse>,
-    ) {
+    fn on_membership(&mut self, event: request_response::Event<MembershipRequest, MembershipResponse>) {
         let request_response::Event::Message {
             peer,
-            message:
-                request_response::Message::Request {
-                    request, channel, ..
-                },
+            message: request_response::Message::Request { request, channel, .. },
             ..
         } = event
         else {
@@ -282,23 +250,10 @@ impl Node {
                 ("leave", MembershipResponse::Left)
             }
         };
-        let outcome = if matches!(response, MembershipResponse::Refused { .. }) {
-            "refused"
-        } else {
-            "ok"
-        };
-        self.metrics
-            .membership_requests
-            .get_or_create(&RequestLabels { kind, outcome })
-            .inc();
+        let outcome = if matches!(response, MembershipResponse::Refused { .. }) { "refused" } else { "ok" };
+        self.metrics.membership_requests.get_or_create(&RequestLabels { kind, outcome }).inc();
         self.update_membership_gauges();
-        if self
-            .swarm
-            .behaviour_mut()
-            .membership
-            .send_response(channel, response)
-            .is_err()
-        {
+        if self.swarm.behaviour_mut().membership.send_response(channel, response).is_err() {
             tracing::debug!(%peer, "membership response undeliverable: peer went away");
         }
     }
@@ -306,24 +261,15 @@ impl Node {
     fn on_relay(&mut self, event: relay::Event) {
         let count = |outcome| OutcomeLabels { outcome };
         match event {
-            relay::Event::ReservationReqAccepted {
-                src_peer_id,
-                renewed,
-            } => {
+            relay::Event::ReservationReqAccepted { src_peer_id, renewed } => {
                 if !renewed {
                     self.metrics.reservations.inc();
                 }
-                self.metrics
-                    .reservation_requests
-                    .get_or_create(&count("accepted"))
-                    .inc();
+                self.metrics.reservation_requests.get_or_create(&count("accepted")).inc();
                 tracing::debug!(peer = %src_peer_id, renewed, "reservation accepted");
             }
             relay::Event::ReservationReqDenied { src_peer_id, .. } => {
-                self.metrics
-                    .reservation_requests
-                    .get_or_create(&count("denied"))
-                    .inc();
+                self.metrics.reservation_requests.get_or_create(&count("denied")).inc();
                 tracing::debug!(peer = %src_peer_id, "reservation denied");
             }
             relay::Event::ReservationClosed { .. } | relay::Event::ReservationTimedOut { .. } => {
@@ -331,20 +277,10 @@ impl Node {
             }
             relay::Event::CircuitReqAccepted { .. } => {
                 self.metrics.circuits.inc();
-                self.metrics
-                    .circuit_requests
-                    .get_or_create(&count("accepted"))
-                    .inc();
+                self.metrics.circuit_requests.get_or_create(&count("accepted")).inc();
             }
-            relay::Event::CircuitReqDenied {
-                src_peer_id,
-                dst_peer_id,
-                ..
-            } => {
-                self.metrics
-                    .circuit_requests
-                    .get_or_create(&count("denied"))
-                    .inc();
+            relay::Event::CircuitReqDenied { src_peer_id, dst_peer_id, .. } => {
+                self.metrics.circuit_requests.get_or_create(&count("denied")).inc();
                 tracing::debug!(src = %src_peer_id, dst = %dst_peer_id, "circuit denied");
             }
             relay::Event::CircuitClosed { .. } => {
@@ -355,9 +291,7 @@ impl Node {
     }
 
     fn update_membership_gauges(&self) {
-        self.metrics
-            .memberships
-            .set(self.members.membership_count() as i64);
+        self.metrics.memberships.set(self.members.membership_count() as i64);
         self.metrics.swarms.set(self.members.swarm_count() as i64);
     }
 
@@ -365,20 +299,12 @@ impl Node {
     /// the listen addresses a browser can use.
     fn refresh_advertised(&mut self) {
         let local = *self.swarm.local_peer_id();
-        let certhash = self
-            .listen_addrs
-            .iter()
-            .flat_map(|(_, a)| a.iter())
-            .find_map(|p| match p {
-                Protocol::Certhash(hash) => Some(hash),
-                _ => None,
-            });
+        let certhash = self.listen_addrs.iter().flat_map(|(_, a)| a.iter()).find_map(|p| match p {
+            Protocol::Certhash(hash) => Some(hash),
+            _ => None,
+        });
         let mut advertised: Vec<Multiaddr> = if self.config.external_addresses.is_empty() {
-            self.listen_addrs
-                .iter()
-                .map(|(_, a)| a.clone())
-                .filter(browser_dialable)
-                .collect()
+            self.listen_addrs.iter().map(|(_, a)| a.clone()).filter(browser_dialable).collect()
         } else {
             self.config
                 .external_addresses
@@ -402,12 +328,7 @@ impl Node {
                 addr.push(Protocol::P2p(local));
             }
         }
-        advertised.sort_by_key(|a| {
-            (
-                !a.iter().any(|p| matches!(p, Protocol::WebRTCDirect)),
-                a.to_string(),
-            )
-        });
+        advertised.sort_by_key(|a| (!a.iter().any(|p| matches!(p, Protocol::WebRTCDirect)), a.to_string()));
         advertised.dedup();
         for addr in &advertised {
             self.swarm.add_external_address(addr.clone());
@@ -436,21 +357,19 @@ fn browser_dialable(addr: &Multiaddr) -> bool {
 }
 
 fn listen(swarm: &mut Swarm<Behaviour>, addr: Multiaddr) -> Result<(), NodeError> {
-    swarm
-        .listen_on(addr.clone())
-        .map(|_| ())
-        .map_err(|e| NodeError::Listen {
-            reason: error_chain(&e),
-            addr,
-        })
+    swarm.listen_on(addr.clone()).map(|_| ()).map_err(|e| NodeError::Listen { reason: error_chain(&e), addr })
 }
 
 fn error_chain(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();
     let mut source = error.source();
     while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
+        // Many errors print their source in their own message; don't say it twice.
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
         source = cause.source();
     }
     text
@@ -463,17 +382,12 @@ fn build_transport(
     let webrtc = libp2p_webrtc::tokio::Transport::new(keypair.clone(), certificate)
         .map(|(peer, conn), _| (peer, StreamMuxerBox::new(conn)));
     let noise = noise::Config::new(keypair).map_err(|e| NodeError::Transport(e.to_string()))?;
-    let ws = websocket::Config::new(tcp::tokio::Transport::new(
-        tcp::Config::default().nodelay(true),
-    ))
-    .upgrade(Version::V1Lazy)
-    .authenticate(noise)
-    .multiplex(yamux::Config::default())
-    .map(|(peer, conn), _| (peer, StreamMuxerBox::new(conn)));
-    Ok(webrtc
-        .or_transport(ws)
-        .map(|either, _| either.into_inner())
-        .boxed())
+    let ws = websocket::Config::new(tcp::tokio::Transport::new(tcp::Config::default().nodelay(true)))
+        .upgrade(Version::V1Lazy)
+        .authenticate(noise)
+        .multiplex(yamux::Config::default())
+        .map(|(peer, conn), _| (peer, StreamMuxerBox::new(conn)));
+    Ok(webrtc.or_transport(ws).map(|either, _| either.into_inner()).boxed())
 }
 
 fn build_behaviour(keypair: &Keypair, config: &Config) -> Behaviour {
@@ -497,10 +411,7 @@ fn build_behaviour(keypair: &Keypair, config: &Config) -> Behaviour {
         request_response::json::codec::Codec::default()
             .set_request_size_maximum(16 * 1024)
             .set_response_size_maximum(1024 * 1024),
-        [(
-            StreamProtocol::new(shoal_proto::MEMBERSHIP_PROTOCOL),
-            ProtocolSupport::Inbound,
-        )],
+        [(StreamProtocol::new(shoal_proto::MEMBERSHIP_PROTOCOL), ProtocolSupport::Inbound)],
         request_response::Config::default().with_request_timeout(Duration::from_secs(10)),
     );
     Behaviour {
@@ -511,11 +422,10 @@ fn build_behaviour(keypair: &Keypair, config: &Config) -> Behaviour {
                 .with_max_established_per_peer(Some(4)),
         ),
         relay: relay::Behaviour::new(peer_id, relay_config),
-        identify: identify::Behaviour::new(identify::Config::new(
-            "/shoal/1".into(),
-            keypair.public(),
-        )),
-        ping: ping::Behaviour::new(ping::Config::new()),
+        identify: identify::Behaviour::new(identify::Config::new("/shoal/1".into(), keypair.public())),
+        ping: ping::Behaviour::new(
+            ping::Config::new().with_interval(Duration::from_secs(5)).with_timeout(Duration::from_secs(10)),
+        ),
         membership,
     }
 }

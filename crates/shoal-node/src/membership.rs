@@ -20,11 +20,7 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Self {
-            max_memberships: 100_000,
-            max_swarms_per_peer: 8,
-            sample_size: 32,
-        }
+        Self { max_memberships: 100_000, max_swarms_per_peer: 8, sample_size: 32 }
     }
 }
 
@@ -71,13 +67,7 @@ pub struct Registry {
 
 impl Registry {
     pub fn new(limits: Limits) -> Self {
-        Self {
-            limits,
-            swarms: HashMap::new(),
-            memberships: HashMap::new(),
-            node_addrs: Vec::new(),
-            total: 0,
-        }
+        Self { limits, swarms: HashMap::new(), memberships: HashMap::new(), node_addrs: Vec::new(), total: 0 }
     }
 
     /// Sets the addresses members are advertised through.
@@ -96,12 +86,7 @@ impl Registry {
     }
 
     /// Adds `peer` to `swarm` (idempotent) and returns a random sample of the others.
-    pub fn join(
-        &mut self,
-        peer: PeerId,
-        swarm: &str,
-        rng: &mut impl Rng,
-    ) -> Result<Vec<Member>, RefusalReason> {
+    pub fn join(&mut self, peer: PeerId, swarm: &str, rng: &mut impl Rng) -> Result<Vec<Member>, RefusalReason> {
         validate_swarm_id(swarm)?;
         let joined = self.memberships.get(&peer);
         let already = joined.is_some_and(|s| s.contains(swarm));
@@ -112,14 +97,8 @@ impl Registry {
             if self.total >= self.limits.max_memberships {
                 return Err(RefusalReason::NodeFull);
             }
-            self.swarms
-                .entry(swarm.to_owned())
-                .or_default()
-                .insert(peer);
-            self.memberships
-                .entry(peer)
-                .or_default()
-                .insert(swarm.to_owned());
+            self.swarms.entry(swarm.to_owned()).or_default().insert(peer);
+            self.memberships.entry(peer).or_default().insert(swarm.to_owned());
             self.total += 1;
         }
         Ok(self.sample(swarm, &peer, rng))
@@ -132,11 +111,7 @@ impl Registry {
         let others = members.members.len().saturating_sub(1);
         let amount = self.limits.sample_size.min(others);
         // Sample one extra so dropping `exclude` still leaves `amount`.
-        let picks = index::sample(
-            rng,
-            members.members.len(),
-            (amount + 1).min(members.members.len()),
-        );
+        let picks = index::sample(rng, members.members.len(), (amount + 1).min(members.members.len()));
         picks
             .into_iter()
             .map(|i| members.members[i])
@@ -150,18 +125,9 @@ impl Registry {
         let addrs = self
             .node_addrs
             .iter()
-            .map(|a| {
-                a.clone()
-                    .with(Protocol::P2pCircuit)
-                    .with(Protocol::WebRTC)
-                    .with(Protocol::P2p(peer))
-                    .to_string()
-            })
+            .map(|a| a.clone().with(Protocol::P2pCircuit).with(Protocol::WebRTC).with(Protocol::P2p(peer)).to_string())
             .collect();
-        Member {
-            peer: peer.to_string(),
-            addrs,
-        }
+        Member { peer: peer.to_string(), addrs }
     }
 
     /// Removes `peer` from `swarm`.
@@ -207,17 +173,9 @@ mod tests {
     use rand::SeedableRng;
 
     fn registry(sample_size: usize) -> Registry {
-        let mut r = Registry::new(Limits {
-            sample_size,
-            max_swarms_per_peer: 2,
-            max_memberships: 5,
-        });
-        let node: Multiaddr = format!(
-            "/ip4/10.99.0.1/udp/9090/webrtc-direct/p2p/{}",
-            PeerId::random()
-        )
-        .parse()
-        .unwrap();
+        let mut r = Registry::new(Limits { sample_size, max_swarms_per_peer: 2, max_memberships: 5 });
+        let node: Multiaddr =
+            format!("/ip4/10.99.0.1/udp/9090/webrtc-direct/p2p/{}", PeerId::random()).parse().unwrap();
         r.set_node_addrs(vec![node]);
         r
     }
@@ -231,11 +189,7 @@ mod tests {
         let seen = r.join(b, "s", &mut rng).unwrap();
         assert_eq!(seen.len(), 1);
         assert_eq!(seen[0].peer, a.to_string());
-        assert!(
-            seen[0].addrs[0].ends_with(&format!("/p2p-circuit/webrtc/p2p/{a}")),
-            "{}",
-            seen[0].addrs[0]
-        );
+        assert!(seen[0].addrs[0].ends_with(&format!("/p2p-circuit/webrtc/p2p/{a}")), "{}", seen[0].addrs[0]);
         // Joining again is idempotent.
         r.join(b, "s", &mut rng).unwrap();
         assert_eq!(r.membership_count(), 2);
@@ -244,10 +198,7 @@ mod tests {
     #[test]
     fn sample_is_bounded_and_excludes_self() {
         let mut rng = rand::rngs::StdRng::seed_from_u64(2);
-        let mut r = Registry::new(Limits {
-            sample_size: 3,
-            ..Limits::default()
-        });
+        let mut r = Registry::new(Limits { sample_size: 3, ..Limits::default() });
         let peers: Vec<PeerId> = (0..20).map(|_| PeerId::random()).collect();
         for p in &peers {
             r.join(*p, "s", &mut rng).unwrap();
@@ -266,18 +217,12 @@ mod tests {
         let a = PeerId::random();
         r.join(a, "one", &mut rng).unwrap();
         r.join(a, "two", &mut rng).unwrap();
-        assert_eq!(
-            r.join(a, "three", &mut rng),
-            Err(RefusalReason::TooManySwarms)
-        );
+        assert_eq!(r.join(a, "three", &mut rng), Err(RefusalReason::TooManySwarms));
         assert_eq!(r.join(a, "", &mut rng), Err(RefusalReason::BadSwarmId));
         for _ in 0..3 {
             r.join(PeerId::random(), "one", &mut rng).unwrap();
         }
-        assert_eq!(
-            r.join(PeerId::random(), "one", &mut rng),
-            Err(RefusalReason::NodeFull)
-        );
+        assert_eq!(r.join(PeerId::random(), "one", &mut rng), Err(RefusalReason::NodeFull));
         assert_eq!(r.remove_peer(&a), 2);
         assert_eq!(r.membership_count(), 3);
         assert_eq!(r.swarm_count(), 1);

@@ -36,50 +36,14 @@ impl Metrics {
     pub fn register(&self, registry: &mut Registry) {
         let r = registry.sub_registry_with_prefix("shoal");
         r.register("connections", "Open connections", self.connections.clone());
-        r.register(
-            "connected_peers",
-            "Peers with at least one connection",
-            self.connected_peers.clone(),
-        );
-        r.register(
-            "swarms",
-            "Swarms with at least one member here",
-            self.swarms.clone(),
-        );
-        r.register(
-            "memberships",
-            "(peer, swarm) memberships held",
-            self.memberships.clone(),
-        );
-        r.register(
-            "membership_requests",
-            "Membership requests by kind and outcome",
-            self.membership_requests.clone(),
-        );
-        r.register(
-            "relay_reservations",
-            "Active relay reservations",
-            self.reservations.clone(),
-        );
-        r.register(
-            "relay_reservation_requests",
-            "Reservation requests by outcome",
-            self.reservation_requests.clone(),
-        );
-        r.register(
-            "relay_circuits",
-            "Open relayed circuits",
-            self.circuits.clone(),
-        );
-        r.register(
-            "relay_circuit_requests",
-            "Circuit requests by outcome",
-            self.circuit_requests.clone(),
-        );
-        r.register(
-            "connection_errors",
-            "Failed incoming or outgoing connections",
-            self.connection_errors.clone(),
-        );
+        r.register("connected_peers", "Peers with at least one connection", self.connected_peers.clone());
+        r.register("swarms", "Swarms with at least one member here", self.swarms.clone());
+        r.register("memberships", "(peer, swarm) memberships held", self.memberships.clone());
+        r.register("membership_requests", "Membership requests by kind and outcome", self.membership_requests.clone());
+        r.register("relay_reservations", "Active relay reservations", self.reservations.clone());
+        r.register("relay_reservation_requests", "Reservation requests by outcome", self.reservation_requests.clone());
+        r.register("relay_circuits", "Open relayed circuits", self.circuits.clone());
+        r.register("relay_circuit_requests", "Circuit requests by outcome", self.circuit_requests.clone());
+        r.register("connection_errors", "Failed incoming or outgoing connections", self.connection_errors.clone());
     }
 }

@@ -111,23 +111,11 @@ mod tests {
 
     #[test]
     fn requests_have_a_stable_json_shape() {
-        let join = MembershipRequest::Join {
-            swarm: "live/720p".into(),
-            token: None,
-        };
-        assert_eq!(
-            serde_json::to_string(&join).unwrap(),
-            r#"{"type":"join","swarm":"live/720p"}"#
-        );
-        let refused = MembershipResponse::Refused {
-            reason: RefusalReason::Unauthorized,
-        };
-        assert_eq!(
-            serde_json::to_string(&refused).unwrap(),
-            r#"{"type":"refused","reason":"unauthorized"}"#
-        );
-        let parsed: MembershipRequest =
-            serde_json::from_str(r#"{"type":"leave","swarm":"x"}"#).unwrap();
+        let join = MembershipRequest::Join { swarm: "live/720p".into(), token: None };
+        assert_eq!(serde_json::to_string(&join).unwrap(), r#"{"type":"join","swarm":"live/720p"}"#);
+        let refused = MembershipResponse::Refused { reason: RefusalReason::Unauthorized };
+        assert_eq!(serde_json::to_string(&refused).unwrap(), r#"{"type":"refused","reason":"unauthorized"}"#);
+        let parsed: MembershipRequest = serde_json::from_str(r#"{"type":"leave","swarm":"x"}"#).unwrap();
         assert_eq!(parsed, MembershipRequest::Leave { swarm: "x".into() });
     }
 
@@ -140,10 +128,7 @@ mod tests {
     #[test]
     fn swarm_ids_are_bounded() {
         assert_eq!(validate_swarm_id(""), Err(RefusalReason::BadSwarmId));
-        assert_eq!(
-            validate_swarm_id(&"x".repeat(MAX_SWARM_ID_LEN + 1)),
-            Err(RefusalReason::BadSwarmId)
-        );
+        assert_eq!(validate_swarm_id(&"x".repeat(MAX_SWARM_ID_LEN + 1)), Err(RefusalReason::BadSwarmId));
         assert!(validate_swarm_id("https://cdn.example/live/master.m3u8").is_ok());
     }
 }

@@ -18,12 +18,9 @@ pub struct WebRtcDialAddr {
 /// Parses `<relay>/p2p-circuit/webrtc/p2p/<peer>`; `None` for any other shape.
 pub fn parse_dial_addr(addr: &Multiaddr) -> Option<WebRtcDialAddr> {
     let protocols: Vec<Protocol<'_>> = addr.iter().collect();
-    let circuit = protocols
-        .iter()
-        .position(|p| matches!(p, Protocol::P2pCircuit))?;
+    let circuit = protocols.iter().position(|p| matches!(p, Protocol::P2pCircuit))?;
     // Exactly `/p2p-circuit/webrtc/p2p/<peer>` at the end, and a relay peer id before it.
-    let [Protocol::P2pCircuit, Protocol::WebRTC, Protocol::P2p(peer)] = &protocols[circuit..]
-    else {
+    let [Protocol::P2pCircuit, Protocol::WebRTC, Protocol::P2p(peer)] = &protocols[circuit..] else {
         return None;
     };
     let relay = &protocols[..circuit];
@@ -33,10 +30,7 @@ pub fn parse_dial_addr(addr: &Multiaddr) -> Option<WebRtcDialAddr> {
     let mut relayed: Multiaddr = relay.iter().cloned().collect();
     relayed.push(Protocol::P2pCircuit);
     relayed.push(Protocol::P2p(*peer));
-    Some(WebRtcDialAddr {
-        peer: *peer,
-        relayed,
-    })
+    Some(WebRtcDialAddr { peer: *peer, relayed })
 }
 
 /// Whether `addr` is one we listen on: `/webrtc` or `<relay>/p2p-circuit/webrtc`.
@@ -120,21 +114,12 @@ mod tests {
     #[test]
     fn listen_and_reservation_addrs() {
         assert!(is_listen_addr(&"/webrtc".parse().unwrap()));
-        let reservation: Multiaddr =
-            format!("/ip4/1.2.3.4/tcp/1/p2p/{RELAY}/p2p-circuit/p2p/{PEER}")
-                .parse()
-                .unwrap();
+        let reservation: Multiaddr = format!("/ip4/1.2.3.4/tcp/1/p2p/{RELAY}/p2p-circuit/p2p/{PEER}").parse().unwrap();
         let advertised = webrtc_addr_for_reservation(&reservation).unwrap();
-        assert_eq!(
-            advertised.to_string(),
-            format!("/ip4/1.2.3.4/tcp/1/p2p/{RELAY}/p2p-circuit/webrtc")
-        );
+        assert_eq!(advertised.to_string(), format!("/ip4/1.2.3.4/tcp/1/p2p/{RELAY}/p2p-circuit/webrtc"));
         assert!(is_listen_addr(&advertised));
         assert!(!is_listen_addr(&reservation));
-        assert_eq!(
-            webrtc_addr_for_reservation(&"/ip4/1.2.3.4/tcp/1".parse().unwrap()),
-            None
-        );
+        assert_eq!(webrtc_addr_for_reservation(&"/ip4/1.2.3.4/tcp/1".parse().unwrap()), None);
     }
 }
 

@@ -25,13 +25,11 @@ use libp2p::{
     Multiaddr, PeerId, Stream,
     core::{Endpoint, transport::PortUse, upgrade::ReadyUpgrade},
     swarm::{
-        CloseConnection, ConnectionDenied, ConnectionHandler, ConnectionHandlerEvent, ConnectionId,
-        FromSwarm, NetworkBehaviour, NotifyHandler, StreamUpgradeError, SubstreamProtocol,
-        THandler, THandlerInEvent, THandlerOutEvent, ToSwarm,
+        CloseConnection, ConnectionDenied, ConnectionHandler, ConnectionHandlerEvent, ConnectionId, FromSwarm,
+        NetworkBehaviour, NotifyHandler, StreamUpgradeError, SubstreamProtocol, THandler, THandlerInEvent,
+        THandlerOutEvent, ToSwarm,
         dial_opts::{DialOpts, PeerCondition},
-        handler::{
-            ConnectionEvent, DialUpgradeError, FullyNegotiatedInbound, FullyNegotiatedOutbound,
-        },
+        handler::{ConnectionEvent, DialUpgradeError, FullyNegotiatedInbound, FullyNegotiatedOutbound},
     },
 };
 
@@ -60,13 +58,7 @@ pub(crate) struct InboundSignaling {
 pub(crate) const CHANNEL_DEPTH: usize = 16;
 
 /// Creates the channels that connect a transport to its behaviour.
-pub(crate) fn channels() -> (
-    (
-        mpsc::Sender<SignalingRequest>,
-        mpsc::Receiver<InboundSignaling>,
-    ),
-    Behaviour,
-) {
+pub(crate) fn channels() -> ((mpsc::Sender<SignalingRequest>, mpsc::Receiver<InboundSignaling>), Behaviour) {
     let (request_tx, request_rx) = mpsc::channel(CHANNEL_DEPTH);
     let (inbound_tx, inbound_rx) = mpsc::channel(CHANNEL_DEPTH);
     (
@@ -108,11 +100,7 @@ pub struct Behaviour {
 
 impl Behaviour {
     fn on_request(&mut self, request: SignalingRequest) {
-        let existing = self
-            .relayed
-            .iter()
-            .find(|(_, (peer, _))| *peer == request.peer)
-            .map(|(id, _)| *id);
+        let existing = self.relayed.iter().find(|(_, (peer, _))| *peer == request.peer).map(|(id, _)| *id);
         match existing {
             Some(connection) => self.open_on(connection, request),
             None => {
@@ -140,27 +128,16 @@ impl Behaviour {
     }
 
     fn close_relayed_to(&mut self, peer: PeerId) {
-        let ids: Vec<ConnectionId> = self
-            .relayed
-            .iter()
-            .filter(|(_, (p, _))| *p == peer)
-            .map(|(id, _)| *id)
-            .collect();
+        let ids: Vec<ConnectionId> = self.relayed.iter().filter(|(_, (p, _))| *p == peer).map(|(id, _)| *id).collect();
         if ids.is_empty() {
             return;
         }
         for &connection in &ids {
             self.relayed.remove(&connection);
-            self.queued.push_back(ToSwarm::CloseConnection {
-                peer_id: peer,
-                connection: CloseConnection::One(connection),
-            });
+            self.queued
+                .push_back(ToSwarm::CloseConnection { peer_id: peer, connection: CloseConnection::One(connection) });
         }
-        self.queued
-            .push_back(ToSwarm::GenerateEvent(Event::RelayedConnectionsClosed {
-                peer,
-                count: ids.len(),
-            }));
+        self.queued.push_back(ToSwarm::GenerateEvent(Event::RelayedConnectionsClosed { peer, count: ids.len() }));
     }
 
     fn on_inbound_stream(&mut self, peer: PeerId, connection: ConnectionId, stream: Stream) {
@@ -169,27 +146,15 @@ impl Behaviour {
             return;
         };
         let relayed = relayed.clone();
-        if let Err(e) = self.inbound.try_send(InboundSignaling {
-            peer,
-            relayed,
-            stream,
-        }) {
-            let reason = if e.is_full() {
-                "too many handshakes in progress"
-            } else {
-                "not listening for /webrtc"
-            };
+        if let Err(e) = self.inbound.try_send(InboundSignaling { peer, relayed, stream }) {
+            let reason = if e.is_full() { "too many handshakes in progress" } else { "not listening for /webrtc" };
             self.refuse(peer, reason);
         }
     }
 
     fn refuse(&mut self, peer: PeerId, reason: &'static str) {
         tracing::debug!(%peer, reason, "refusing inbound signalling stream");
-        self.queued
-            .push_back(ToSwarm::GenerateEvent(Event::InboundSignalingRefused {
-                peer,
-                reason,
-            }));
+        self.queued.push_back(ToSwarm::GenerateEvent(Event::InboundSignalingRefused { peer, reason }));
     }
 }
 
@@ -207,9 +172,7 @@ impl NetworkBehaviour for Behaviour {
         // An inbound circuit reports `/p2p/<src>` as its remote address; the relay is in
         // the local one (`<relay>/p2p-circuit`).
         let remote = if addr::is_relayed(local_addr) && !addr::is_relayed(remote_addr) {
-            local_addr
-                .clone()
-                .with(libp2p::multiaddr::Protocol::P2p(peer))
+            local_addr.clone().with(libp2p::multiaddr::Protocol::P2p(peer))
         } else {
             remote_addr.clone()
         };
@@ -237,17 +200,14 @@ impl NetworkBehaviour for Behaviour {
             FromSwarm::DialFailure(failure) => {
                 if let Some(requests) = self.dialing.remove(&failure.connection_id) {
                     for request in requests {
-                        let _ = request
-                            .reply
-                            .send(Err(format!("relayed connection failed: {}", failure.error)));
+                        let _ = request.reply.send(Err(format!("relayed connection failed: {}", failure.error)));
                     }
                 }
             }
             FromSwarm::NewListenAddr(listen) if addr::is_relayed(listen.addr) => {
                 // A relay reservation: advertise the browser-to-browser address beside it.
                 if let Some(webrtc) = addr::webrtc_addr_for_reservation(listen.addr) {
-                    self.queued
-                        .push_back(ToSwarm::ExternalAddrConfirmed(webrtc));
+                    self.queued.push_back(ToSwarm::ExternalAddrConfirmed(webrtc));
                 }
             }
             FromSwarm::ExpiredListenAddr(expired) if addr::is_relayed(expired.addr) => {
@@ -259,12 +219,7 @@ impl NetworkBehaviour for Behaviour {
         }
     }
 
-    fn on_connection_handler_event(
-        &mut self,
-        peer: PeerId,
-        connection: ConnectionId,
-        event: THandlerOutEvent<Self>,
-    ) {
+    fn on_connection_handler_event(&mut self, peer: PeerId, connection: ConnectionId, event: THandlerOutEvent<Self>) {
         match event {
             HandlerOut::Inbound(stream) => self.on_inbound_stream(peer, connection, stream),
             HandlerOut::Opened(id, result) => {
@@ -275,10 +230,7 @@ impl NetworkBehaviour for Behaviour {
         }
     }
 
-    fn poll(
-        &mut self,
-        cx: &mut Context<'_>,
-    ) -> Poll<ToSwarm<Self::ToSwarm, THandlerInEvent<Self>>> {
+    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<ToSwarm<Self::ToSwarm, THandlerInEvent<Self>>> {
         while let Poll::Ready(Some(request)) = self.requests.poll_next_unpin(cx) {
             self.on_request(request);
         }
@@ -339,10 +291,7 @@ impl ConnectionHandler for Handler {
         SubstreamProtocol::new(ReadyUpgrade::new(SIGNALING_PROTOCOL), ())
     }
 
-    fn poll(
-        &mut self,
-        _cx: &mut Context<'_>,
-    ) -> Poll<ConnectionHandlerEvent<Self::OutboundProtocol, u64, HandlerOut>> {
+    fn poll(&mut self, _cx: &mut Context<'_>) -> Poll<ConnectionHandlerEvent<Self::OutboundProtocol, u64, HandlerOut>> {
         if let Some(event) = self.events.pop_front() {
             return Poll::Ready(ConnectionHandlerEvent::NotifyBehaviour(event));
         }
@@ -360,31 +309,18 @@ impl ConnectionHandler for Handler {
         }
     }
 
-    fn on_connection_event(
-        &mut self,
-        event: ConnectionEvent<Self::InboundProtocol, Self::OutboundProtocol, (), u64>,
-    ) {
+    fn on_connection_event(&mut self, event: ConnectionEvent<Self::InboundProtocol, Self::OutboundProtocol, (), u64>) {
         match event {
-            ConnectionEvent::FullyNegotiatedInbound(FullyNegotiatedInbound {
-                protocol: stream,
-                ..
-            }) => {
+            ConnectionEvent::FullyNegotiatedInbound(FullyNegotiatedInbound { protocol: stream, .. }) => {
                 self.events.push_back(HandlerOut::Inbound(stream));
             }
-            ConnectionEvent::FullyNegotiatedOutbound(FullyNegotiatedOutbound {
-                protocol: stream,
-                info: id,
-            }) => {
+            ConnectionEvent::FullyNegotiatedOutbound(FullyNegotiatedOutbound { protocol: stream, info: id }) => {
                 self.events.push_back(HandlerOut::Opened(id, Ok(stream)));
             }
             ConnectionEvent::DialUpgradeError(DialUpgradeError { info: id, error }) => {
                 let message = match error {
-                    StreamUpgradeError::Timeout => {
-                        "timed out opening the signalling stream".to_owned()
-                    }
-                    StreamUpgradeError::NegotiationFailed => {
-                        "remote does not speak /webrtc-signaling".to_owned()
-                    }
+                    StreamUpgradeError::Timeout => "timed out opening the signalling stream".to_owned(),
+                    StreamUpgradeError::NegotiationFailed => "remote does not speak /webrtc-signaling".to_owned(),
                     StreamUpgradeError::Io(e) => format!("signalling stream: {e}"),
                     StreamUpgradeError::Apply(never) => match never {},
                 };

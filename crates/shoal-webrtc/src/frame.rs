@@ -11,8 +11,7 @@ use std::collections::VecDeque;
 use thiserror::Error;
 
 use crate::proto::{
-    Field, FieldReader, ProtoError, WIRE_LEN, WIRE_VARINT, get_varint, put_tag, put_varint,
-    varint_len,
+    Field, FieldReader, ProtoError, WIRE_LEN, WIRE_VARINT, get_varint, put_tag, put_varint, varint_len,
 };
 
 /// Largest encoded frame, length prefix included, that we send (the spec's limit).
@@ -180,11 +179,7 @@ impl StreamCore {
     }
 
     /// Handles every complete frame at the front of `buf`; returns the bytes consumed.
-    fn parse_frames(
-        &mut self,
-        buf: &[u8],
-        replies: &mut Vec<Flag>,
-    ) -> (usize, Result<(), FrameError>) {
+    fn parse_frames(&mut self, buf: &[u8], replies: &mut Vec<Flag>) -> (usize, Result<(), FrameError>) {
         let mut consumed = 0;
         loop {
             let rest = &buf[consumed..];
@@ -213,25 +208,17 @@ impl StreamCore {
         let mut reader = FieldReader::new(body);
         while let Some(field) = reader.next_field()? {
             match field {
-                Field::Varint(1, value) => {
-                    flag = Some(Flag::from_wire(value).ok_or(FrameError::UnknownFlag(value))?)
-                }
+                Field::Varint(1, value) => flag = Some(Flag::from_wire(value).ok_or(FrameError::UnknownFlag(value))?),
                 Field::Bytes(2, bytes) => data = bytes,
                 Field::Bytes(1, _) => {
-                    return Err(ProtoError::WrongWireType {
-                        field: 1,
-                        wire_type: WIRE_LEN,
-                        expected: WIRE_VARINT,
-                    }
-                    .into());
+                    return Err(
+                        ProtoError::WrongWireType { field: 1, wire_type: WIRE_LEN, expected: WIRE_VARINT }.into()
+                    );
                 }
                 Field::Varint(2, _) => {
-                    return Err(ProtoError::WrongWireType {
-                        field: 2,
-                        wire_type: WIRE_VARINT,
-                        expected: WIRE_LEN,
-                    }
-                    .into());
+                    return Err(
+                        ProtoError::WrongWireType { field: 2, wire_type: WIRE_VARINT, expected: WIRE_LEN }.into()
+                    );
                 }
                 _ => {}
             }
@@ -332,10 +319,7 @@ impl StreamCore {
     /// Whether the write half is done: the remote acknowledged our `FIN`, or stopped
     /// reading, or the stream was reset.
     pub fn write_closed(&self) -> bool {
-        matches!(
-            self.write,
-            WriteHalf::FinAcked | WriteHalf::Stopped | WriteHalf::Reset
-        )
+        matches!(self.write, WriteHalf::FinAcked | WriteHalf::Stopped | WriteHalf::Reset)
     }
 
     /// Whether we sent `FIN` and still wait for its acknowledgement.
@@ -391,11 +375,7 @@ mod tests {
         let mut out = Vec::new();
         let n = core.encode_data(&vec![1; 100_000], &mut out).unwrap();
         assert_eq!(n, MAX_DATA_LEN);
-        assert!(
-            out.len() <= MAX_FRAME_LEN,
-            "{} > {MAX_FRAME_LEN}",
-            out.len()
-        );
+        assert!(out.len() <= MAX_FRAME_LEN, "{} > {MAX_FRAME_LEN}", out.len());
         // A FIN with the largest payload must fit too.
         let with_flag = frames(Some(Flag::Fin), &vec![1; MAX_DATA_LEN]);
         assert_eq!(with_flag.len(), MAX_FRAME_LEN);
@@ -410,11 +390,7 @@ mod tests {
             #[prost(bytes = "vec", optional, tag = "2")]
             message: Option<Vec<u8>>,
         }
-        for (flag, data) in [
-            (None, b"hello".to_vec()),
-            (Some(Flag::FinAck), vec![]),
-            (Some(Flag::Fin), vec![9; 300]),
-        ] {
+        for (flag, data) in [(None, b"hello".to_vec()), (Some(Flag::FinAck), vec![]), (Some(Flag::Fin), vec![9; 300])] {
             let theirs = prost::Message::encode_length_delimited_to_vec(&Message {
                 flag: flag.map(|f| f as i32),
                 message: (!data.is_empty()).then(|| data.clone()),
@@ -453,8 +429,7 @@ mod tests {
     #[test]
     fn stop_sending_and_reset() {
         let mut core = StreamCore::new(BIG);
-        core.on_bytes(&frames(Some(Flag::StopSending), &[]))
-            .unwrap();
+        core.on_bytes(&frames(Some(Flag::StopSending), &[])).unwrap();
         assert_eq!(core.check_writable(), Err(WriteRefused::StoppedByRemote));
         core.on_bytes(&frames(None, b"still readable")).unwrap();
         core.on_bytes(&frames(Some(Flag::Reset), &[])).unwrap();
@@ -475,20 +450,14 @@ mod tests {
     #[test]
     fn overflow_and_oversize_reset_the_stream() {
         let mut core = StreamCore::new(8);
-        assert_eq!(
-            core.on_bytes(&frames(None, b"123456789")),
-            Err(FrameError::Overflow(8))
-        );
+        assert_eq!(core.on_bytes(&frames(None, b"123456789")), Err(FrameError::Overflow(8)));
         assert!(core.is_reset());
         let mut core = StreamCore::new(BIG);
         let mut huge = Vec::new();
         put_varint(&mut huge, (MAX_INBOUND_FRAME_LEN + 1) as u64);
         assert!(matches!(core.on_bytes(&huge), Err(FrameError::TooLarge(_))));
         let mut core = StreamCore::new(BIG);
-        assert_eq!(
-            core.on_bytes(&[2, 0x08, 9]),
-            Err(FrameError::UnknownFlag(9))
-        );
+        assert_eq!(core.on_bytes(&[2, 0x08, 9]), Err(FrameError::UnknownFlag(9)));
     }
 
     proptest! {

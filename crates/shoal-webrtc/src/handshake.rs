@@ -164,10 +164,7 @@ impl Handshake {
 
     fn check_live(&self) -> Result<(), HandshakeError> {
         match self.phase {
-            Phase::Failed => Err(HandshakeError::Unexpected {
-                message: "event after failure",
-                phase: Phase::Failed,
-            }),
+            Phase::Failed => Err(HandshakeError::Unexpected { message: "event after failure", phase: Phase::Failed }),
             _ => Ok(()),
         }
     }
@@ -175,10 +172,7 @@ impl Handshake {
     /// Begins the attempt.
     pub fn start(&mut self) -> Result<Vec<Action>, HandshakeError> {
         if self.phase != Phase::Start {
-            return self.fail(HandshakeError::Unexpected {
-                message: "second start",
-                phase: self.phase,
-            });
+            return self.fail(HandshakeError::Unexpected { message: "second start", phase: self.phase });
         }
         match self.role {
             Role::Dialer => {
@@ -204,18 +198,12 @@ impl Handshake {
                 self.phase = Phase::Connecting;
                 Ok(vec![Action::Send(SignalingMessage::Answer(sdp))])
             }
-            (_, phase) => self.fail(HandshakeError::Unexpected {
-                message: "local description",
-                phase,
-            }),
+            (_, phase) => self.fail(HandshakeError::Unexpected { message: "local description", phase }),
         }
     }
 
     /// The browser gathered a local candidate (`None`: gathering finished).
-    pub fn on_local_candidate(
-        &mut self,
-        candidate: Option<IceCandidate>,
-    ) -> Result<Vec<Action>, HandshakeError> {
+    pub fn on_local_candidate(&mut self, candidate: Option<IceCandidate>) -> Result<Vec<Action>, HandshakeError> {
         self.check_live()?;
         if !self.signaling_open || self.phase == Phase::Connected {
             return Ok(Vec::new());
@@ -250,14 +238,12 @@ impl Handshake {
                 self.queued_candidates.push(candidate);
                 Ok(Vec::new())
             }
-            (SignalingMessage::Offer(_), _, phase) => self.fail(HandshakeError::Unexpected {
-                message: "SDP offer",
-                phase,
-            }),
-            (SignalingMessage::Answer(_), _, phase) => self.fail(HandshakeError::Unexpected {
-                message: "SDP answer",
-                phase,
-            }),
+            (SignalingMessage::Offer(_), _, phase) => {
+                self.fail(HandshakeError::Unexpected { message: "SDP offer", phase })
+            }
+            (SignalingMessage::Answer(_), _, phase) => {
+                self.fail(HandshakeError::Unexpected { message: "SDP answer", phase })
+            }
         }
     }
 
@@ -276,10 +262,7 @@ impl Handshake {
     pub fn on_remote_description_set(&mut self) -> Result<Vec<Action>, HandshakeError> {
         self.check_live()?;
         if self.phase != Phase::ApplyingRemoteDescription {
-            return self.fail(HandshakeError::Unexpected {
-                message: "remote description applied",
-                phase: self.phase,
-            });
+            return self.fail(HandshakeError::Unexpected { message: "remote description applied", phase: self.phase });
         }
         self.remote_description_set = true;
         let mut actions = Vec::with_capacity(self.queued_candidates.len() + 1);
@@ -290,11 +273,7 @@ impl Handshake {
                 actions.push(Action::CreateLocalDescription);
             }
         }
-        actions.extend(
-            self.queued_candidates
-                .drain(..)
-                .map(Action::AddRemoteCandidate),
-        );
+        actions.extend(self.queued_candidates.drain(..).map(Action::AddRemoteCandidate));
         Ok(actions)
     }
 
@@ -309,10 +288,7 @@ impl Handshake {
         match state {
             PeerConnectionState::Connected => {
                 if self.phase != Phase::Connecting {
-                    return self.fail(HandshakeError::Unexpected {
-                        message: "connected state",
-                        phase: self.phase,
-                    });
+                    return self.fail(HandshakeError::Unexpected { message: "connected state", phase: self.phase });
                 }
                 if let (Some(seen), Some(expected)) = (remote_certificate, self.remote_fingerprint)
                     && seen != expected
@@ -326,9 +302,9 @@ impl Handshake {
                 let phase = self.phase;
                 self.fail(HandshakeError::ConnectionFailed(state, phase))
             }
-            PeerConnectionState::New
-            | PeerConnectionState::Connecting
-            | PeerConnectionState::Disconnected => Ok(Vec::new()),
+            PeerConnectionState::New | PeerConnectionState::Connecting | PeerConnectionState::Disconnected => {
+                Ok(Vec::new())
+            }
         }
     }
 
@@ -383,10 +359,7 @@ mod tests {
 
     fn candidate(n: u16) -> IceCandidate {
         IceCandidate {
-            candidate: format!(
-                "candidate:{n} 1 udp 2122260223 127.0.0.1 {} typ host",
-                50000 + n
-            ),
+            candidate: format!("candidate:{n} 1 udp 2122260223 127.0.0.1 {} typ host", 50000 + n),
             sdp_mid: Some("0".into()),
             sdp_m_line_index: Some(0),
             username_fragment: None,
@@ -400,82 +373,41 @@ mod tests {
         let mut dialer = Handshake::new(Role::Dialer);
         let mut listener = Handshake::new(Role::Listener);
         assert!(listener.start().unwrap().is_empty());
-        assert_eq!(
-            dialer.start().unwrap(),
-            vec![Action::CreateLocalDescription]
-        );
+        assert_eq!(dialer.start().unwrap(), vec![Action::CreateLocalDescription]);
 
         let offer = dialer.on_local_description(CHROME_OFFER.into()).unwrap();
-        let [Action::Send(offer)] = offer.as_slice() else {
-            panic!("expected to send the offer: {offer:?}")
-        };
+        let [Action::Send(offer)] = offer.as_slice() else { panic!("expected to send the offer: {offer:?}") };
         // A candidate from the dialer overtakes nothing: it is queued at the listener
         // until the offer is applied.
         let sent = dialer.on_local_candidate(Some(candidate(1))).unwrap();
-        let [Action::Send(early)] = sent.as_slice() else {
-            panic!()
-        };
+        let [Action::Send(early)] = sent.as_slice() else { panic!() };
 
         let apply = listener.on_message(offer.clone()).unwrap();
-        assert!(matches!(
-            apply.as_slice(),
-            [Action::SetRemoteDescription {
-                kind: SdpKind::Offer,
-                ..
-            }]
-        ));
-        assert!(
-            listener.on_message(early.clone()).unwrap().is_empty(),
-            "queued, not applied yet"
-        );
+        assert!(matches!(apply.as_slice(), [Action::SetRemoteDescription { kind: SdpKind::Offer, .. }]));
+        assert!(listener.on_message(early.clone()).unwrap().is_empty(), "queued, not applied yet");
         let after = listener.on_remote_description_set().unwrap();
-        assert_eq!(
-            after,
-            vec![
-                Action::CreateLocalDescription,
-                Action::AddRemoteCandidate(Some(candidate(1)))
-            ]
-        );
+        assert_eq!(after, vec![Action::CreateLocalDescription, Action::AddRemoteCandidate(Some(candidate(1)))]);
         let answer = listener.on_local_description(answer_sdp()).unwrap();
-        let [Action::Send(answer)] = answer.as_slice() else {
-            panic!()
-        };
+        let [Action::Send(answer)] = answer.as_slice() else { panic!() };
 
         let apply = dialer.on_message(answer.clone()).unwrap();
-        assert!(matches!(
-            apply.as_slice(),
-            [Action::SetRemoteDescription {
-                kind: SdpKind::Answer,
-                ..
-            }]
-        ));
+        assert!(matches!(apply.as_slice(), [Action::SetRemoteDescription { kind: SdpKind::Answer, .. }]));
         assert!(dialer.on_remote_description_set().unwrap().is_empty());
         assert_eq!(
-            dialer
-                .on_message(SignalingMessage::Candidate(Some(candidate(2))))
-                .unwrap(),
+            dialer.on_message(SignalingMessage::Candidate(Some(candidate(2)))).unwrap(),
             vec![Action::AddRemoteCandidate(Some(candidate(2)))]
         );
         let fingerprint = dialer.remote_fingerprint();
         assert_eq!(
-            dialer
-                .on_connection_state(PeerConnectionState::Connected, fingerprint)
-                .unwrap(),
+            dialer.on_connection_state(PeerConnectionState::Connected, fingerprint).unwrap(),
             vec![Action::Connected]
         );
         assert_eq!(
-            listener
-                .on_connection_state(PeerConnectionState::Connected, None)
-                .unwrap(),
+            listener.on_connection_state(PeerConnectionState::Connected, None).unwrap(),
             vec![Action::Connected]
         );
         // Late candidates after success are ignored, not errors.
-        assert!(
-            dialer
-                .on_message(SignalingMessage::Candidate(None))
-                .unwrap()
-                .is_empty()
-        );
+        assert!(dialer.on_message(SignalingMessage::Candidate(None)).unwrap().is_empty());
         assert!(dialer.on_local_candidate(None).unwrap().is_empty());
     }
 
@@ -489,13 +421,9 @@ mod tests {
     #[test]
     fn wrong_certificate_is_refused() {
         let mut dialer = dialer_awaiting_answer();
-        dialer
-            .on_message(SignalingMessage::Answer(answer_sdp()))
-            .unwrap();
+        dialer.on_message(SignalingMessage::Answer(answer_sdp())).unwrap();
         dialer.on_remote_description_set().unwrap();
-        let err = dialer
-            .on_connection_state(PeerConnectionState::Connected, Some([7; 32]))
-            .unwrap_err();
+        let err = dialer.on_connection_state(PeerConnectionState::Connected, Some([7; 32])).unwrap_err();
         assert_eq!(err, HandshakeError::FingerprintMismatch);
         assert_eq!(dialer.phase(), Phase::Failed);
     }
@@ -505,26 +433,14 @@ mod tests {
         let mut listener = Handshake::new(Role::Listener);
         listener.start().unwrap();
         assert_eq!(
-            listener
-                .on_message(SignalingMessage::Answer(answer_sdp()))
-                .unwrap_err(),
-            HandshakeError::Unexpected {
-                message: "SDP answer",
-                phase: Phase::AwaitingOffer
-            }
+            listener.on_message(SignalingMessage::Answer(answer_sdp())).unwrap_err(),
+            HandshakeError::Unexpected { message: "SDP answer", phase: Phase::AwaitingOffer }
         );
         let mut dialer = dialer_awaiting_answer();
-        dialer
-            .on_message(SignalingMessage::Answer(answer_sdp()))
-            .unwrap();
+        dialer.on_message(SignalingMessage::Answer(answer_sdp())).unwrap();
         assert_eq!(
-            dialer
-                .on_message(SignalingMessage::Answer(answer_sdp()))
-                .unwrap_err(),
-            HandshakeError::Unexpected {
-                message: "SDP answer",
-                phase: Phase::ApplyingRemoteDescription
-            }
+            dialer.on_message(SignalingMessage::Answer(answer_sdp())).unwrap_err(),
+            HandshakeError::Unexpected { message: "SDP answer", phase: Phase::ApplyingRemoteDescription }
         );
         // Anything after a failure is refused too.
         assert!(dialer.on_remote_description_set().is_err());
@@ -533,15 +449,10 @@ mod tests {
     #[test]
     fn answer_without_fingerprint_is_refused() {
         let mut dialer = dialer_awaiting_answer();
-        let stripped: String = answer_sdp()
-            .lines()
-            .filter(|l| !l.starts_with("a=fingerprint"))
-            .map(|l| format!("{l}\r\n"))
-            .collect();
+        let stripped: String =
+            answer_sdp().lines().filter(|l| !l.starts_with("a=fingerprint")).map(|l| format!("{l}\r\n")).collect();
         assert_eq!(
-            dialer
-                .on_message(SignalingMessage::Answer(stripped))
-                .unwrap_err(),
+            dialer.on_message(SignalingMessage::Answer(stripped)).unwrap_err(),
             HandshakeError::Sdp(SdpError::NoFingerprint)
         );
     }
@@ -551,14 +462,10 @@ mod tests {
         let mut listener = Handshake::new(Role::Listener);
         listener.start().unwrap();
         for n in 0..MAX_QUEUED_CANDIDATES as u16 {
-            listener
-                .on_message(SignalingMessage::Candidate(Some(candidate(n))))
-                .unwrap();
+            listener.on_message(SignalingMessage::Candidate(Some(candidate(n)))).unwrap();
         }
         assert_eq!(
-            listener
-                .on_message(SignalingMessage::Candidate(None))
-                .unwrap_err(),
+            listener.on_message(SignalingMessage::Candidate(None)).unwrap_err(),
             HandshakeError::TooManyCandidates(MAX_QUEUED_CANDIDATES)
         );
     }
@@ -566,48 +473,26 @@ mod tests {
     #[test]
     fn signaling_close_is_fatal_only_before_descriptions() {
         let mut dialer = dialer_awaiting_answer();
-        assert_eq!(
-            dialer.on_signaling_closed().unwrap_err(),
-            HandshakeError::SignalingClosed(Phase::AwaitingAnswer)
-        );
+        assert_eq!(dialer.on_signaling_closed().unwrap_err(), HandshakeError::SignalingClosed(Phase::AwaitingAnswer));
 
         let mut dialer = dialer_awaiting_answer();
-        dialer
-            .on_message(SignalingMessage::Answer(answer_sdp()))
-            .unwrap();
+        dialer.on_message(SignalingMessage::Answer(answer_sdp())).unwrap();
         dialer.on_remote_description_set().unwrap();
         assert!(dialer.on_signaling_closed().unwrap().is_empty());
         // Our own late candidates are no longer sent anywhere.
-        assert!(
-            dialer
-                .on_local_candidate(Some(candidate(3)))
-                .unwrap()
-                .is_empty()
-        );
-        assert_eq!(
-            dialer
-                .on_connection_state(PeerConnectionState::Connected, None)
-                .unwrap(),
-            vec![Action::Connected]
-        );
+        assert!(dialer.on_local_candidate(Some(candidate(3))).unwrap().is_empty());
+        assert_eq!(dialer.on_connection_state(PeerConnectionState::Connected, None).unwrap(), vec![Action::Connected]);
     }
 
     #[test]
     fn failure_and_timeout_name_the_phase() {
         let mut dialer = dialer_awaiting_answer();
-        assert_eq!(
-            dialer.on_timeout(),
-            HandshakeError::Timeout(Phase::AwaitingAnswer)
-        );
+        assert_eq!(dialer.on_timeout(), HandshakeError::Timeout(Phase::AwaitingAnswer));
         let mut dialer = dialer_awaiting_answer();
-        dialer
-            .on_message(SignalingMessage::Answer(answer_sdp()))
-            .unwrap();
+        dialer.on_message(SignalingMessage::Answer(answer_sdp())).unwrap();
         dialer.on_remote_description_set().unwrap();
         assert_eq!(
-            dialer
-                .on_connection_state(PeerConnectionState::Failed, None)
-                .unwrap_err(),
+            dialer.on_connection_state(PeerConnectionState::Failed, None).unwrap_err(),
             HandshakeError::ConnectionFailed(PeerConnectionState::Failed, Phase::Connecting)
         );
     }

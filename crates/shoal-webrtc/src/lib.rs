@@ -32,5 +32,4 @@ pub use browser::{
 };
 
 /// The signalling protocol, as a libp2p stream protocol name.
-pub const SIGNALING_PROTOCOL: libp2p::StreamProtocol =
-    libp2p::StreamProtocol::new(signaling::PROTOCOL_NAME);
+pub const SIGNALING_PROTOCOL: libp2p::StreamProtocol = libp2p::StreamProtocol::new(signaling::PROTOCOL_NAME);

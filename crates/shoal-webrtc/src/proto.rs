@@ -16,11 +16,7 @@ pub enum ProtoError {
     #[error("message ends in the middle of a field")]
     Truncated,
     #[error("field {field} has wire type {wire_type}, expected {expected}")]
-    WrongWireType {
-        field: u32,
-        wire_type: u8,
-        expected: u8,
-    },
+    WrongWireType { field: u32, wire_type: u8, expected: u8 },
     #[error("unsupported wire type {0}")]
     UnsupportedWireType(u8),
     #[error("field number 0 is not valid")]

@@ -8,9 +8,7 @@
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-use crate::proto::{
-    Field, FieldReader, ProtoError, WIRE_LEN, WIRE_VARINT, get_varint, put_tag, put_varint,
-};
+use crate::proto::{Field, FieldReader, ProtoError, WIRE_LEN, WIRE_VARINT, get_varint, put_tag, put_varint};
 
 /// Protocol name of the signalling stream, as js-libp2p speaks it.
 pub const PROTOCOL_NAME: &str = "/webrtc-signaling/0.0.1";
@@ -46,11 +44,7 @@ pub struct IceCandidate {
     pub candidate: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sdp_mid: Option<String>,
-    #[serde(
-        default,
-        rename = "sdpMLineIndex",
-        skip_serializing_if = "Option::is_none"
-    )]
+    #[serde(default, rename = "sdpMLineIndex", skip_serializing_if = "Option::is_none")]
     pub sdp_m_line_index: Option<u16>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub username_fragment: Option<String>,
@@ -88,9 +82,7 @@ impl SignalingMessage {
             Self::Offer(sdp) => (TYPE_OFFER, sdp.clone()),
             Self::Answer(sdp) => (TYPE_ANSWER, sdp.clone()),
             // serde_json cannot fail on this plain struct.
-            Self::Candidate(Some(c)) => {
-                (TYPE_CANDIDATE, serde_json::to_string(c).unwrap_or_default())
-            }
+            Self::Candidate(Some(c)) => (TYPE_CANDIDATE, serde_json::to_string(c).unwrap_or_default()),
             Self::Candidate(None) => (TYPE_CANDIDATE, "null".to_owned()),
         };
         let mut body = Vec::with_capacity(data.len() + 8);
@@ -114,20 +106,14 @@ impl SignalingMessage {
                 Field::Varint(1, value) => kind = value,
                 Field::Bytes(2, bytes) => data = Some(bytes),
                 Field::Varint(2, _) => {
-                    return Err(ProtoError::WrongWireType {
-                        field: 2,
-                        wire_type: WIRE_VARINT,
-                        expected: WIRE_LEN,
-                    }
-                    .into());
+                    return Err(
+                        ProtoError::WrongWireType { field: 2, wire_type: WIRE_VARINT, expected: WIRE_LEN }.into()
+                    );
                 }
                 Field::Bytes(1, _) => {
-                    return Err(ProtoError::WrongWireType {
-                        field: 1,
-                        wire_type: WIRE_LEN,
-                        expected: WIRE_VARINT,
-                    }
-                    .into());
+                    return Err(
+                        ProtoError::WrongWireType { field: 1, wire_type: WIRE_LEN, expected: WIRE_VARINT }.into()
+                    );
                 }
                 _ => {}
             }
@@ -160,9 +146,7 @@ fn parse_candidate(json: &str) -> Result<Option<IceCandidate>, DecodeError> {
         return Err(DecodeError::BadCandidate("candidate line too long".into()));
     }
     if !candidate.candidate.starts_with("candidate:") {
-        return Err(DecodeError::BadCandidate(
-            "candidate line must start with `candidate:`".into(),
-        ));
+        return Err(DecodeError::BadCandidate("candidate line must start with `candidate:`".into()));
     }
     Ok(Some(candidate))
 }
@@ -244,9 +228,7 @@ pub fn validate_sdp(sdp: &str) -> Result<Fingerprint, SdpError> {
             if !algorithm.eq_ignore_ascii_case("sha-256") {
                 continue;
             }
-            let hex = parts
-                .next()
-                .ok_or_else(|| SdpError::BadFingerprint("missing value".into()))?;
+            let hex = parts.next().ok_or_else(|| SdpError::BadFingerprint("missing value".into()))?;
             let parsed = parse_fingerprint_hex(hex)?;
             match fingerprint {
                 Some(existing) if existing != parsed => {
@@ -268,18 +250,14 @@ pub fn parse_fingerprint_hex(hex: &str) -> Result<Fingerprint, SdpError> {
     let mut count = 0;
     for part in hex.split(':') {
         if count == 32 || part.len() != 2 {
-            return Err(SdpError::BadFingerprint(format!(
-                "`{hex}` is not 32 colon-separated bytes"
-            )));
+            return Err(SdpError::BadFingerprint(format!("`{hex}` is not 32 colon-separated bytes")));
         }
-        out[count] = u8::from_str_radix(part, 16)
-            .map_err(|_| SdpError::BadFingerprint(format!("`{part}` is not hex")))?;
+        out[count] =
+            u8::from_str_radix(part, 16).map_err(|_| SdpError::BadFingerprint(format!("`{part}` is not hex")))?;
         count += 1;
     }
     if count != 32 {
-        return Err(SdpError::BadFingerprint(format!(
-            "`{hex}` is not 32 colon-separated bytes"
-        )));
+        return Err(SdpError::BadFingerprint(format!("`{hex}` is not 32 colon-separated bytes")));
     }
     Ok(out)
 }
@@ -303,9 +281,7 @@ pub(crate) mod tests {
     #[test]
     fn roundtrips_each_kind() {
         roundtrip(SignalingMessage::Offer(CHROME_OFFER.into()));
-        roundtrip(SignalingMessage::Answer(
-            CHROME_OFFER.replace("actpass", "active"),
-        ));
+        roundtrip(SignalingMessage::Answer(CHROME_OFFER.replace("actpass", "active")));
         roundtrip(SignalingMessage::Candidate(None));
         roundtrip(SignalingMessage::Candidate(Some(IceCandidate {
             candidate: "candidate:1 1 udp 2122260223 127.0.0.1 50000 typ host".into(),
@@ -339,10 +315,8 @@ pub(crate) mod tests {
             SignalingMessage::Answer("v=0".into()).encode(&mut out);
             out
         };
-        let theirs = prost::Message::encode_length_delimited_to_vec(&Message {
-            r#type: Some(1),
-            data: Some("v=0".into()),
-        });
+        let theirs =
+            prost::Message::encode_length_delimited_to_vec(&Message { r#type: Some(1), data: Some("v=0".into()) });
         assert_eq!(ours, theirs);
     }
 
@@ -359,13 +333,7 @@ pub(crate) mod tests {
                 got.push(message);
             }
         }
-        assert_eq!(
-            got,
-            vec![
-                SignalingMessage::Offer(CHROME_OFFER.into()),
-                SignalingMessage::Candidate(None)
-            ]
-        );
+        assert_eq!(got, vec![SignalingMessage::Offer(CHROME_OFFER.into()), SignalingMessage::Candidate(None)]);
     }
 
     #[test]
@@ -374,35 +342,17 @@ pub(crate) mod tests {
         put_varint(&mut bytes, (MAX_MESSAGE_LEN + 1) as u64);
         let mut decoder = Decoder::new();
         decoder.extend(&bytes);
-        assert_eq!(
-            decoder.next_message(),
-            Err(DecodeError::TooLarge((MAX_MESSAGE_LEN + 1) as u64))
-        );
+        assert_eq!(decoder.next_message(), Err(DecodeError::TooLarge((MAX_MESSAGE_LEN + 1) as u64)));
     }
 
     #[test]
     fn rejects_bad_bodies() {
         let decode = |body: &[u8]| SignalingMessage::decode_body(body);
-        assert_eq!(
-            decode(&[0x08, 7, 0x12, 0]),
-            Err(DecodeError::UnknownType(7))
-        );
-        assert_eq!(
-            decode(&[0x08, 1]),
-            Err(DecodeError::MissingData("SDP_ANSWER"))
-        );
-        assert_eq!(
-            decode(&[0x08, 0, 0x12, 2, 0xff, 0xfe]),
-            Err(DecodeError::NotUtf8)
-        );
-        assert_eq!(
-            decode(&[0x08, 0, 0x12, 5, b'a']),
-            Err(DecodeError::Proto(ProtoError::Truncated))
-        );
-        assert!(matches!(
-            decode(&[0x08, 2, 0x12, 1, b'{']),
-            Err(DecodeError::BadCandidate(_))
-        ));
+        assert_eq!(decode(&[0x08, 7, 0x12, 0]), Err(DecodeError::UnknownType(7)));
+        assert_eq!(decode(&[0x08, 1]), Err(DecodeError::MissingData("SDP_ANSWER")));
+        assert_eq!(decode(&[0x08, 0, 0x12, 2, 0xff, 0xfe]), Err(DecodeError::NotUtf8));
+        assert_eq!(decode(&[0x08, 0, 0x12, 5, b'a']), Err(DecodeError::Proto(ProtoError::Truncated)));
+        assert!(matches!(decode(&[0x08, 2, 0x12, 1, b'{']), Err(DecodeError::BadCandidate(_))));
         let not_a_candidate = br#"{"candidate":"rm -rf /"}"#;
         let mut body = vec![0x08, 2, 0x12, not_a_candidate.len() as u8];
         body.extend_from_slice(not_a_candidate);
@@ -415,17 +365,11 @@ pub(crate) mod tests {
         assert_eq!(fp[0], 0xA8);
         assert_eq!(fp[31], 0x89);
         assert_eq!(validate_sdp("v=0\r\n"), Err(SdpError::NoDataChannel));
-        let no_fp: String = CHROME_OFFER
-            .lines()
-            .filter(|l| !l.starts_with("a=fingerprint"))
-            .map(|l| format!("{l}\r\n"))
-            .collect();
+        let no_fp: String =
+            CHROME_OFFER.lines().filter(|l| !l.starts_with("a=fingerprint")).map(|l| format!("{l}\r\n")).collect();
         assert_eq!(validate_sdp(&no_fp), Err(SdpError::NoFingerprint));
         let short = CHROME_OFFER.replace(":31:89\r", ":31\r");
-        assert!(matches!(
-            validate_sdp(&short),
-            Err(SdpError::BadFingerprint(_))
-        ));
+        assert!(matches!(validate_sdp(&short), Err(SdpError::BadFingerprint(_))));
         let two = CHROME_OFFER.replace("a=setup", "a=fingerprint:sha-256 00:17:77:1E:02:7E:D1:2B:53:92:70:A6:8E:F9:02:CC:21:72:3A:92:5D:F4:97:5F:27:C4:5E:75:D4:F4:31:89\r\na=setup");
         assert_eq!(validate_sdp(&two), Err(SdpError::ConflictingFingerprints));
     }

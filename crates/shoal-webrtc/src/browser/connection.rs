@@ -19,8 +19,7 @@ use libp2p::{
 use send_wrapper::SendWrapper;
 use wasm_bindgen::{JsCast, prelude::Closure};
 use web_sys::{
-    Event, RtcDataChannel, RtcDataChannelEvent, RtcDataChannelInit, RtcPeerConnection,
-    RtcPeerConnectionState,
+    Event, RtcDataChannel, RtcDataChannelEvent, RtcDataChannelInit, RtcPeerConnection, RtcPeerConnectionState,
 };
 
 use super::{Config, Error, Stream};
@@ -63,38 +62,28 @@ pub(crate) struct InboundChannels {
 impl InboundChannels {
     pub(crate) fn install(pc: &RtcPeerConnection) -> Self {
         let (mut sender, receiver) = mpsc::channel(MAX_PENDING_INBOUND);
-        let closure =
-            Closure::<dyn FnMut(RtcDataChannelEvent)>::new(move |event: RtcDataChannelEvent| {
-                let channel = event.channel();
-                // The dialer's `init` channel exists for the offer only. It is neither a
-                // stream nor ours to close: closing it early is what hangs js-libp2p dials.
-                if channel.label() == INIT_CHANNEL_LABEL {
-                    return;
-                }
-                if let Err(e) = sender.try_send(channel) {
-                    tracing::warn!(
-                        "refusing inbound data channel: {}",
-                        if e.is_full() {
-                            "too many pending"
-                        } else {
-                            "connection gone"
-                        }
-                    );
-                    e.into_inner().close();
-                }
-            });
+        let closure = Closure::<dyn FnMut(RtcDataChannelEvent)>::new(move |event: RtcDataChannelEvent| {
+            let channel = event.channel();
+            // The dialer's `init` channel exists for the offer only. It is neither a
+            // stream nor ours to close: closing it early is what hangs js-libp2p dials.
+            if channel.label() == INIT_CHANNEL_LABEL {
+                return;
+            }
+            if let Err(e) = sender.try_send(channel) {
+                tracing::warn!(
+                    "refusing inbound data channel: {}",
+                    if e.is_full() { "too many pending" } else { "connection gone" }
+                );
+                e.into_inner().close();
+            }
+        });
         pc.set_ondatachannel(Some(closure.as_ref().unchecked_ref()));
         Self { receiver, closure }
     }
 }
 
 impl Connection {
-    pub(crate) fn new(
-        peer: PeerId,
-        pc: RtcPeerConnection,
-        inbound: InboundChannels,
-        config: Arc<Config>,
-    ) -> Self {
+    pub(crate) fn new(peer: PeerId, pc: RtcPeerConnection, inbound: InboundChannels, config: Arc<Config>) -> Self {
         let registry_id = super::report::register(peer, pc.clone());
         let state = Rc::new(RefCell::new(StateWatch::default()));
         let on_state = Closure::<dyn FnMut(Event)>::new({
@@ -148,9 +137,7 @@ impl StreamMuxer for Connection {
         let this = &mut *self.get_mut().inner;
         match this.inbound.poll_next_unpin(cx) {
             Poll::Ready(Some(channel)) => Poll::Ready(Ok(Stream::new(channel, &this.config))),
-            Poll::Ready(None) => {
-                Poll::Ready(Err(Error::Connection("peer connection closed".into())))
-            }
+            Poll::Ready(None) => Poll::Ready(Err(Error::Connection("peer connection closed".into()))),
             Poll::Pending => Poll::Pending,
         }
     }
@@ -163,9 +150,7 @@ impl StreamMuxer for Connection {
         // Label "" and in-band negotiation, as the spec requires for streams.
         let init = RtcDataChannelInit::new();
         init.set_ordered(true);
-        let channel = this
-            .pc
-            .create_data_channel_with_data_channel_dict("", &init);
+        let channel = this.pc.create_data_channel_with_data_channel_dict("", &init);
         Poll::Ready(Ok(Stream::new(channel, &this.config)))
     }
 
@@ -189,13 +174,9 @@ impl StreamMuxer for Connection {
             }
             RtcPeerConnectionState::Disconnected => {
                 let grace = this.config.disconnected_grace;
-                let timer = this
-                    .disconnected_since
-                    .get_or_insert_with(|| Delay::new(grace));
+                let timer = this.disconnected_since.get_or_insert_with(|| Delay::new(grace));
                 if timer.poll_unpin(cx).is_ready() {
-                    return Poll::Ready(Err(Error::Connection(format!(
-                        "disconnected for {grace:?}"
-                    ))));
+                    return Poll::Ready(Err(Error::Connection(format!("disconnected for {grace:?}"))));
                 }
             }
             _ => this.disconnected_since = None,

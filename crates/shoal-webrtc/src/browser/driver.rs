@@ -13,8 +13,8 @@ use libp2p::{PeerId, Stream as Libp2pStream};
 use wasm_bindgen::{JsCast, JsValue, prelude::Closure};
 use wasm_bindgen_futures::JsFuture;
 use web_sys::{
-    Event, RtcConfiguration, RtcIceCandidateInit, RtcIceServer, RtcPeerConnection,
-    RtcPeerConnectionIceEvent, RtcPeerConnectionState, RtcSdpType, RtcSessionDescriptionInit,
+    Event, RtcConfiguration, RtcIceCandidateInit, RtcIceServer, RtcPeerConnection, RtcPeerConnectionIceEvent,
+    RtcPeerConnectionState, RtcSdpType, RtcSessionDescriptionInit,
 };
 
 use super::{
@@ -84,8 +84,7 @@ async fn drive(
     mut deadline: Delay,
 ) -> Result<(), HandshakeError> {
     let (reader, mut writer) = signaling.split();
-    let mut remote: futures::stream::LocalBoxStream<'static, Remote> =
-        remote_messages(reader).boxed_local();
+    let mut remote: futures::stream::LocalBoxStream<'static, Remote> = remote_messages(reader).boxed_local();
     let mut hs = Handshake::new(role);
     let mut actions: VecDeque<Action> = hs.start()?.into();
     let mut out = Vec::new();
@@ -95,15 +94,11 @@ async fn drive(
         while let Some(action) = actions.pop_front() {
             let more = match action {
                 Action::CreateLocalDescription => {
-                    let sdp = create_local_description(pc, role)
-                        .await
-                        .map_err(|e| hs.on_browser_error(e))?;
+                    let sdp = create_local_description(pc, role).await.map_err(|e| hs.on_browser_error(e))?;
                     hs.on_local_description(sdp)?
                 }
                 Action::SetRemoteDescription { kind, sdp } => {
-                    set_remote_description(pc, kind, &sdp)
-                        .await
-                        .map_err(|e| hs.on_browser_error(e))?;
+                    set_remote_description(pc, kind, &sdp).await.map_err(|e| hs.on_browser_error(e))?;
                     hs.on_remote_description_set()?
                 }
                 Action::AddRemoteCandidate(candidate) => {
@@ -139,14 +134,19 @@ async fn drive(
             actions.extend(more);
         }
 
-        let next =
-            future::select(future::select(remote.next(), events.next()), &mut deadline).await;
+        let next = future::select(future::select(remote.next(), events.next()), &mut deadline).await;
         let more = match next {
             Either::Right(_) => return Err(hs.on_timeout()),
             Either::Left((Either::Left((received, _)), _)) => match received {
                 Some(Remote::Message(message)) => hs.on_message(message)?,
                 Some(Remote::Bad(error)) => return Err(hs.on_decode_error(error)),
-                Some(Remote::Io(error)) => return Err(hs.on_io_error(error)),
+                // The remote may have connected and closed its relayed connection
+                // already; whether that matters depends on the phase.
+                Some(Remote::Io(error)) => {
+                    tracing::debug!(%error, "signalling read failed");
+                    remote = futures::stream::pending().boxed_local();
+                    hs.on_signaling_closed()?
+                }
                 Some(Remote::Closed) | None => {
                     // Stop polling a finished stream; wait on the other sources only.
                     remote = futures::stream::pending().boxed_local();
@@ -174,32 +174,27 @@ async fn drive(
 }
 
 /// The signalling stream as a stream of decoded messages.
-fn remote_messages<R: AsyncRead + Unpin + 'static>(
-    reader: R,
-) -> impl futures::Stream<Item = Remote> {
-    futures::stream::unfold(
-        Some((reader, Decoder::new(), vec![0u8; 4096])),
-        |state| async move {
-            let (mut reader, mut decoder, mut buf) = state?;
-            loop {
-                match decoder.next_message() {
-                    Ok(Some(message)) => {
-                        return Some((Remote::Message(message), Some((reader, decoder, buf))));
-                    }
-                    Ok(None) => {}
-                    Err(error) => return Some((Remote::Bad(error), None)),
+fn remote_messages<R: AsyncRead + Unpin + 'static>(reader: R) -> impl futures::Stream<Item = Remote> {
+    futures::stream::unfold(Some((reader, Decoder::new(), vec![0u8; 4096])), |state| async move {
+        let (mut reader, mut decoder, mut buf) = state?;
+        loop {
+            match decoder.next_message() {
+                Ok(Some(message)) => {
+                    return Some((Remote::Message(message), Some((reader, decoder, buf))));
                 }
-                match reader.read(&mut buf).await {
-                    Ok(0) => return Some((Remote::Closed, None)),
-                    Ok(n) => {
-                        tracing::trace!(bytes = n, "signalling bytes received");
-                        decoder.extend(&buf[..n])
-                    }
-                    Err(e) => return Some((Remote::Io(e.to_string()), None)),
-                }
+                Ok(None) => {}
+                Err(error) => return Some((Remote::Bad(error), None)),
             }
-        },
-    )
+            match reader.read(&mut buf).await {
+                Ok(0) => return Some((Remote::Closed, None)),
+                Ok(n) => {
+                    tracing::trace!(bytes = n, "signalling bytes received");
+                    decoder.extend(&buf[..n])
+                }
+                Err(e) => return Some((Remote::Io(e.to_string()), None)),
+            }
+        }
+    })
 }
 
 fn new_peer_connection(config: &Config) -> Result<RtcPeerConnection, Error> {
@@ -257,10 +252,7 @@ impl Callbacks {
         });
         pc.set_onicecandidate(Some(on_candidate.as_ref().unchecked_ref()));
         pc.set_onconnectionstatechange(Some(on_state.as_ref().unchecked_ref()));
-        Self {
-            _on_candidate: on_candidate,
-            _on_state: on_state,
-        }
+        Self { _on_candidate: on_candidate, _on_state: on_state }
     }
 
     fn uninstall(self, pc: &RtcPeerConnection) {
@@ -295,43 +287,28 @@ async fn create_local_description(pc: &RtcPeerConnection, role: Role) -> Result<
         Role::Listener => RtcSdpType::Answer,
     });
     init.set_sdp(&sdp);
-    JsFuture::from(pc.set_local_description(&init))
-        .await
-        .map_err(js_error)?;
+    JsFuture::from(pc.set_local_description(&init)).await.map_err(js_error)?;
     Ok(sdp)
 }
 
-async fn set_remote_description(
-    pc: &RtcPeerConnection,
-    kind: SdpKind,
-    sdp: &str,
-) -> Result<(), String> {
+async fn set_remote_description(pc: &RtcPeerConnection, kind: SdpKind, sdp: &str) -> Result<(), String> {
     let init = RtcSessionDescriptionInit::new(match kind {
         SdpKind::Offer => RtcSdpType::Offer,
         SdpKind::Answer => RtcSdpType::Answer,
     });
     init.set_sdp(sdp);
-    JsFuture::from(pc.set_remote_description(&init))
-        .await
-        .map_err(js_error)?;
+    JsFuture::from(pc.set_remote_description(&init)).await.map_err(js_error)?;
     Ok(())
 }
 
-async fn add_candidate(
-    pc: &RtcPeerConnection,
-    candidate: Option<&IceCandidate>,
-) -> Result<(), String> {
+async fn add_candidate(pc: &RtcPeerConnection, candidate: Option<&IceCandidate>) -> Result<(), String> {
     let promise = match candidate {
         Some(candidate) => {
             let init = RtcIceCandidateInit::new(&candidate.candidate);
             init.set_sdp_mid(candidate.sdp_mid.as_deref());
             init.set_sdp_m_line_index(candidate.sdp_m_line_index);
             if let Some(ufrag) = &candidate.username_fragment {
-                let _ = Reflect::set(
-                    &init,
-                    &JsValue::from_str("usernameFragment"),
-                    &JsValue::from_str(ufrag),
-                );
+                let _ = Reflect::set(&init, &JsValue::from_str("usernameFragment"), &JsValue::from_str(ufrag));
             }
             pc.add_ice_candidate_with_opt_rtc_ice_candidate_init(Some(&init))
         }
@@ -346,9 +323,7 @@ async fn add_candidate(
 /// (`pc.sctp.transport.getRemoteCertificates()[0]`), where the browser exposes it.
 async fn remote_certificate_fingerprint(pc: &RtcPeerConnection) -> Option<Fingerprint> {
     let get = |target: &JsValue, key: &str| {
-        Reflect::get(target, &JsValue::from_str(key))
-            .ok()
-            .filter(|v| !v.is_undefined() && !v.is_null())
+        Reflect::get(target, &JsValue::from_str(key)).ok().filter(|v| !v.is_undefined() && !v.is_null())
     };
     let dtls = get(&get(pc, "sctp")?, "transport")?;
     let method: js_sys::Function = get(&dtls, "getRemoteCertificates")?.dyn_into().ok()?;
@@ -364,16 +339,10 @@ async fn remote_certificate_fingerprint(pc: &RtcPeerConnection) -> Option<Finger
 async fn sha256(data: &[u8]) -> Option<Fingerprint> {
     let crypto = Reflect::get(&js_sys::global(), &JsValue::from_str("crypto")).ok()?;
     let subtle = Reflect::get(&crypto, &JsValue::from_str("subtle")).ok()?;
-    let digest: js_sys::Function = Reflect::get(&subtle, &JsValue::from_str("digest"))
-        .ok()?
-        .dyn_into()
-        .ok()?;
+    let digest: js_sys::Function = Reflect::get(&subtle, &JsValue::from_str("digest")).ok()?.dyn_into().ok()?;
     let input = js_sys::Uint8Array::from(data);
-    let promise: js_sys::Promise = digest
-        .call2(&subtle, &JsValue::from_str("SHA-256"), &input)
-        .ok()?
-        .dyn_into()
-        .ok()?;
+    let promise: js_sys::Promise =
+        digest.call2(&subtle, &JsValue::from_str("SHA-256"), &input).ok()?.dyn_into().ok()?;
     let hash = JsFuture::from(promise).await.ok()?;
     js_sys::Uint8Array::new(&hash).to_vec().try_into().ok()
 }

@@ -63,8 +63,7 @@ fn text(value: &JsValue, key: &str) -> String {
 
 /// Reports every open direct connection of this page.
 pub async fn report() -> Vec<PeerConnectionReport> {
-    let live: Vec<(PeerId, RtcPeerConnection)> =
-        LIVE.with(|live| live.borrow().1.values().cloned().collect());
+    let live: Vec<(PeerId, RtcPeerConnection)> = LIVE.with(|live| live.borrow().1.values().cloned().collect());
     let mut reports = Vec::with_capacity(live.len());
     for (peer, pc) in live {
         let mut report = PeerConnectionReport {
@@ -77,37 +76,23 @@ pub async fn report() -> Vec<PeerConnectionReport> {
         };
         if let Ok(stats) = JsFuture::from(pc.get_stats()).await {
             // RTCStatsReport is maplike: Array.from yields [id, stats] pairs.
-            let entries: Vec<JsValue> = Array::from(&stats)
-                .iter()
-                .map(|entry| Array::from(&entry).get(1))
-                .collect();
-            let by_id: HashMap<String, &JsValue> =
-                entries.iter().map(|e| (text(e, "id"), e)).collect();
+            let entries: Vec<JsValue> = Array::from(&stats).iter().map(|entry| Array::from(&entry).get(1)).collect();
+            let by_id: HashMap<String, &JsValue> = entries.iter().map(|e| (text(e, "id"), e)).collect();
             let transport = entries.iter().find(|e| text(e, "type") == "transport");
-            let pair = transport
-                .and_then(|t| by_id.get(&text(t, "selectedCandidatePairId")).copied())
-                .or_else(|| {
-                    entries.iter().find(|e| {
-                        text(e, "type") == "candidate-pair"
-                            && get(e, "nominated").as_bool() == Some(true)
-                    })
-                });
+            let pair = transport.and_then(|t| by_id.get(&text(t, "selectedCandidatePairId")).copied()).or_else(|| {
+                entries
+                    .iter()
+                    .find(|e| text(e, "type") == "candidate-pair" && get(e, "nominated").as_bool() == Some(true))
+            });
             if let Some(pair) = pair {
                 report.bytes_sent = get(pair, "bytesSent").as_f64().unwrap_or(0.0);
                 report.bytes_received = get(pair, "bytesReceived").as_f64().unwrap_or(0.0);
-                report.current_round_trip_ms = get(pair, "currentRoundTripTime")
-                    .as_f64()
-                    .map(|s| s * 1000.0);
+                report.current_round_trip_ms = get(pair, "currentRoundTripTime").as_f64().map(|s| s * 1000.0);
                 let local = by_id.get(&text(pair, "localCandidateId"));
                 let remote = by_id.get(&text(pair, "remoteCandidateId"));
                 if let (Some(local), Some(remote)) = (local, remote) {
-                    let address = |c: &JsValue| {
-                        format!(
-                            "{}:{}",
-                            text(c, "address"),
-                            get(c, "port").as_f64().unwrap_or(0.0)
-                        )
-                    };
+                    let address =
+                        |c: &JsValue| format!("{}:{}", text(c, "address"), get(c, "port").as_f64().unwrap_or(0.0));
                     report.selected_pair = Some(CandidatePair {
                         local_type: text(local, "candidateType"),
                         remote_type: text(remote, "candidateType"),

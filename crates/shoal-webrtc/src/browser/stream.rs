@@ -146,10 +146,7 @@ fn refused(reason: WriteRefused) -> io::Error {
 impl Inner {
     fn reset_error(&self) -> Option<io::Error> {
         let shared = self.shared.borrow();
-        shared
-            .error
-            .as_ref()
-            .map(|e| io::Error::new(io::ErrorKind::ConnectionReset, e.clone()))
+        shared.error.as_ref().map(|e| io::Error::new(io::ErrorKind::ConnectionReset, e.clone()))
     }
 
     fn send(&self, frame: &[u8]) -> io::Result<()> {
@@ -160,11 +157,7 @@ impl Inner {
 }
 
 impl AsyncRead for Stream {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut [u8],
-    ) -> Poll<io::Result<usize>> {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut [u8]) -> Poll<io::Result<usize>> {
         let this = &mut *self.get_mut().inner;
         if let Some(error) = this.reset_error() {
             return Poll::Ready(Err(error));
@@ -176,10 +169,7 @@ impl AsyncRead for Stream {
             ReadOutcome::Reset => Poll::Ready(Err(io::ErrorKind::ConnectionReset.into())),
             ReadOutcome::Pending => match this.channel.ready_state() {
                 RtcDataChannelState::Closing | RtcDataChannelState::Closed => {
-                    Poll::Ready(Err(io::Error::new(
-                        io::ErrorKind::UnexpectedEof,
-                        "data channel closed without FIN",
-                    )))
+                    Poll::Ready(Err(io::Error::new(io::ErrorKind::UnexpectedEof, "data channel closed without FIN")))
                 }
                 _ => {
                     shared.read_waker = Some(cx.waker().clone());
@@ -191,20 +181,12 @@ impl AsyncRead for Stream {
 }
 
 impl AsyncWrite for Stream {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         let this = &mut *self.get_mut().inner;
         if let Some(error) = this.reset_error() {
             return Poll::Ready(Err(error));
         }
-        this.shared
-            .borrow()
-            .core
-            .check_writable()
-            .map_err(refused)?;
+        this.shared.borrow().core.check_writable().map_err(refused)?;
         match this.channel.ready_state() {
             RtcDataChannelState::Connecting => {
                 this.shared.borrow_mut().write_waker = Some(cx.waker().clone());
@@ -219,12 +201,7 @@ impl AsyncWrite for Stream {
             return Poll::Pending;
         }
         this.scratch.clear();
-        let n = this
-            .shared
-            .borrow()
-            .core
-            .encode_data(buf, &mut this.scratch)
-            .map_err(refused)?;
+        let n = this.shared.borrow().core.encode_data(buf, &mut this.scratch).map_err(refused)?;
         this.send(&this.scratch)?;
         Poll::Ready(Ok(n))
     }

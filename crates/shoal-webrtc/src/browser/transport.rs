@@ -41,13 +41,8 @@ pub struct Transport {
 impl Transport {
     pub fn new(config: Config) -> (Self, Behaviour) {
         let ((requests, inbound), behaviour) = channels();
-        let transport = Self {
-            config: Arc::new(config),
-            requests,
-            inbound,
-            listeners: Vec::new(),
-            events: VecDeque::new(),
-        };
+        let transport =
+            Self { config: Arc::new(config), requests, inbound, listeners: Vec::new(), events: VecDeque::new() };
         (transport, behaviour)
     }
 
@@ -90,18 +85,11 @@ impl libp2p::core::Transport for Transport {
         if self.listeners.len() == before {
             return false;
         }
-        self.events.push_back(TransportEvent::ListenerClosed {
-            listener_id: id,
-            reason: Ok(()),
-        });
+        self.events.push_back(TransportEvent::ListenerClosed { listener_id: id, reason: Ok(()) });
         true
     }
 
-    fn dial(
-        &mut self,
-        addr: Multiaddr,
-        opts: DialOpts,
-    ) -> Result<Self::Dial, TransportError<Error>> {
+    fn dial(&mut self, addr: Multiaddr, opts: DialOpts) -> Result<Self::Dial, TransportError<Error>> {
         let Some(target) = addr::parse_dial_addr(&addr) else {
             return Err(TransportError::MultiaddrNotSupported(addr));
         };
@@ -116,26 +104,17 @@ impl libp2p::core::Transport for Transport {
             let (reply, stream) = oneshot::channel();
             let peer = target.peer;
             requests
-                .send(SignalingRequest {
-                    peer,
-                    relayed: target.relayed,
-                    reply,
-                })
+                .send(SignalingRequest { peer, relayed: target.relayed, reply })
                 .await
                 .map_err(|_| Error::Signaling("behaviour is gone".into()))?;
-            let stream = stream
-                .await
-                .map_err(|_| Error::Signaling("request dropped".into()))?
-                .map_err(Error::Signaling)?;
+            let stream =
+                stream.await.map_err(|_| Error::Signaling("request dropped".into()))?.map_err(Error::Signaling)?;
             let connection = driver::run(Role::Dialer, peer, stream, config).await?;
             Ok((peer, connection))
         }))
     }
 
-    fn poll(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<TransportEvent<Self::ListenerUpgrade, Error>> {
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<TransportEvent<Self::ListenerUpgrade, Error>> {
         if let Some(event) = self.events.pop_front() {
             return Poll::Ready(event);
         }
