@@ -1,11 +1,16 @@
 #!/usr/bin/env bash
-# Runs a benchmark inside the test network namespace. Usage: scripts/bench.sh <name>
-# where <name> is a file in tests/bench/ (transport, ...). Results go to stdout; copy
-# them, with this command, into BENCHMARKS.md.
+# Runs a benchmark. Usage: scripts/bench.sh <name>
+#   transport  goodput vs raw RTCDataChannel, connect time (browser, network namespace)
+#   sim        10,000-viewer swarm simulation (wall time, offload, origin egress, memory)
+# Results go to stdout; copy them, with this command, into BENCHMARKS.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 name=${1:?usage: scripts/bench.sh <benchmark name>}
+echo "machine: $(nproc) cores, $(free -g | awk '/Mem:/ {print $2}') GiB, $(uname -r)"
+if [ -f "tests/bench/$name.sh" ]; then
+  exec bash "tests/bench/$name.sh"
+fi
 ./scripts/setup.sh
 ./scripts/build.sh
-echo "machine: $(nproc) cores, $(uname -r); $(/usr/bin/chromium --version 2>/dev/null | tail -1)"
+echo "$(/usr/bin/chromium --version 2>/dev/null | tail -1)"
 exec ./scripts/netns node "tests/bench/$name.mjs"

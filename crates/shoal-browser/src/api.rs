@@ -140,7 +140,12 @@ impl ShoalPeer {
     /// `viaRelay`, a relayed connection through the signalling node is opened first (the
     /// path WebRTC signalling takes). Tests use it to play a misbehaving peer.
     #[wasm_bindgen(js_name = debugOpenStream)]
-    pub async fn debug_open_stream(&self, peer: String, protocol: String, via_relay: bool) -> Result<RawStream, JsValue> {
+    pub async fn debug_open_stream(
+        &self,
+        peer: String,
+        protocol: String,
+        via_relay: bool,
+    ) -> Result<RawStream, JsValue> {
         let peer: PeerId = peer.parse().map_err(|e| error("invalid-peer", e))?;
         let protocol = StreamProtocol::try_from_owned(protocol).map_err(|e| error("invalid-argument", e))?;
         if via_relay {
@@ -153,7 +158,8 @@ impl ShoalPeer {
                 .map_err(|_| error("stopped", "peer is stopped"))?;
             done.await.map_err(|_| error("stopped", "peer is stopped"))?.map_err(|e| error("dial-failed", e))?;
         }
-        let stream = self.handle.control.clone().open_stream(peer, protocol).await.map_err(|e| error("stream-failed", e))?;
+        let stream =
+            self.handle.control.clone().open_stream(peer, protocol).await.map_err(|e| error("stream-failed", e))?;
         Ok(RawStream { stream: Rc::new(futures::lock::Mutex::new(Some(stream))) })
     }
 

@@ -46,16 +46,45 @@ pub(crate) struct Behaviour {
 #[derive(Debug, Clone, Serialize)]
 #[serde(tag = "type", rename_all = "kebab-case")]
 pub(crate) enum Event {
-    NodeConnected { node: String, addr: String },
-    NodeDisconnected { node: String, reason: String },
-    Joined { swarm: String, members: usize },
-    PeerConnected { peer: String, remote_addr: String, dialer: bool },
-    PeerDisconnected { peer: String, reason: String },
-    DialFailed { peer: String, error: String },
+    NodeConnected {
+        node: String,
+        addr: String,
+    },
+    NodeDisconnected {
+        node: String,
+        reason: String,
+    },
+    Joined {
+        swarm: String,
+        members: usize,
+    },
+    PeerConnected {
+        peer: String,
+        remote_addr: String,
+        dialer: bool,
+    },
+    PeerDisconnected {
+        peer: String,
+        reason: String,
+    },
+    DialFailed {
+        peer: String,
+        error: String,
+    },
     /// A peer's attempt to connect to us failed (bad signalling, handshake timeout...).
-    InboundFailed { peer: String, error: String },
-    BulkReceived { peer: String, bytes: u64, intact: bool, ms: f64 },
-    Error { message: String },
+    InboundFailed {
+        peer: String,
+        error: String,
+    },
+    BulkReceived {
+        peer: String,
+        bytes: u64,
+        intact: bool,
+        ms: f64,
+    },
+    Error {
+        message: String,
+    },
 }
 
 /// One direct connection, as `connections()` reports it.
@@ -549,8 +578,10 @@ impl Runtime {
             let Some(addr) = addrs.iter().find(|a| a.to_string().starts_with(&node)).or(addrs.first()).cloned() else {
                 continue;
             };
-            let opts =
-                DialOpts::peer_id(peer).addresses(vec![addr]).condition(PeerCondition::DisconnectedAndNotDialing).build();
+            let opts = DialOpts::peer_id(peer)
+                .addresses(vec![addr])
+                .condition(PeerCondition::DisconnectedAndNotDialing)
+                .build();
             let id = opts.connection_id();
             // `DisconnectedAndNotDialing` refuses when a dial or a relayed connection
             // (the peer dialling us) is already under way: that is not an error.

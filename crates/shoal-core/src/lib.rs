@@ -1,1 +1,26 @@
-//! placeholder
+//! The sans-IO heart of Shoal: which piece of a stream comes from which peer or from HTTP,
+//! and when; every piece checked against what the publisher signed.
+//!
+//! Nothing here opens a socket, reads a clock or starts a timer. Time, bytes and events go
+//! in; [`engine::Action`]s come out. The same code runs in the browser runtime (driven by
+//! libp2p streams and `fetch`) and in `shoal-sim` (driven by a virtual network with
+//! thousands of peers).
+//!
+//! - [`integrity`]: publisher-signed segment records with per-chunk BLAKE3 hashes;
+//! - [`availability`]: compact sets of segment ids;
+//! - [`wire`]: the piece-exchange messages and their bounded binary encoding;
+//! - [`engine`]: the scheduler, upload queue, cache and peer scoring;
+//! - [`config`]: its settings; [`time`]: the driver's clock, as a value.
+
+pub mod availability;
+pub mod config;
+pub mod engine;
+pub mod integrity;
+pub mod time;
+pub mod wire;
+
+pub use config::Config;
+pub use engine::{Action, Delivery, Engine, Event, Misbehaviour, SegmentInfo, Stats};
+pub use integrity::{Publisher, PublisherKey, SegmentId, SegmentRecord, SignedRecord, StreamId};
+pub use time::Instant;
+pub use wire::Message;

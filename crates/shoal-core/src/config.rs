@@ -1,0 +1,117 @@
+//! Engine settings, with the reasoning behind each default.
+
+use std::time::Duration;
+
+use thiserror::Error;
+
+/// How the engine fetches, shares and stores segments.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// A wanted segment whose deadline is closer than this is fetched over HTTP, whatever
+    /// peers offer. An HTTP fetch of a few hundred KB takes a few hundred ms; the engine
+    /// widens the window to three measured fetch times when the origin is slower, so a
+    /// retry still fits before the player would stall.
+    pub urgent_window: Duration,
+    /// How many segments past the newest wanted one are fetched from peers ahead of the
+    /// player once neighbours announce them (never from HTTP).
+    pub prefetch_ahead: u32,
+    /// How long announcements take to reach the neighbours of neighbours. Seeding of
+    /// new segments is randomised so that about one peer per this interval fetches a
+    /// segment nobody has yet: the others hear of it before their own turn comes.
+    pub seed_spread_time: Duration,
+    /// How many peers are expected to fetch a brand-new segment from HTTP before the
+    /// rest hear of it. Higher spreads a segment faster, lower saves origin egress.
+    pub seeders_per_segment: f64,
+    /// A chunk request with no answer after this long is cancelled and asked elsewhere;
+    /// the peer is put on cooldown. p2p-media-loader uses 2 s for a whole segment.
+    pub chunk_timeout: Duration,
+    /// How long a peer that failed us is skipped.
+    pub peer_cooldown: Duration,
+    /// New upload requests are answered `Busy` while what we already handed to the
+    /// network needs longer than this to leave (see [`crate::Engine::set_upload_backlog`]):
+    /// the asker turns to another peer at once instead of timing out behind our queue.
+    pub max_upload_backlog: Duration,
+    /// Most chunk requests outstanding to one peer (pipelining hides the round trip).
+    pub max_inflight_per_peer: usize,
+    /// Most chunk requests outstanding in all. Requests go out earliest deadline first,
+    /// so a cap keeps far-ahead fetches from filling the downlink in front of the
+    /// segment due next (and of its HTTP fallback).
+    pub max_inflight_total: usize,
+    /// Serve other peers.
+    pub upload_enabled: bool,
+    /// Fetch from other peers (off: everything comes over HTTP).
+    pub p2p_download_enabled: bool,
+    /// Upload cap in bytes per second; `None` for no cap.
+    pub upload_rate_limit: Option<u64>,
+    /// Most upload requests queued per peer before answering `Busy`.
+    pub max_queued_uploads_per_peer: usize,
+    /// Bytes of segment data kept in memory. Complete segments beyond this are evicted:
+    /// oldest first for live, least recently used for VOD.
+    pub cache_capacity: u64,
+    /// Live stream (evict oldest first) or VOD (evict least recently used).
+    pub live: bool,
+    /// HTTP attempts per segment before it is reported failed.
+    pub http_attempts: u32,
+    /// Emit an event per chunk moved (browser dashboards); off in large simulations.
+    pub chunk_events: bool,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            urgent_window: Duration::from_millis(1200),
+            prefetch_ahead: 2,
+            seed_spread_time: Duration::from_millis(150),
+            seeders_per_segment: 1.0,
+            chunk_timeout: Duration::from_millis(1500),
+            peer_cooldown: Duration::from_secs(2),
+            max_upload_backlog: Duration::from_millis(400),
+            max_inflight_per_peer: 4,
+            max_inflight_total: 8,
+            upload_enabled: true,
+            p2p_download_enabled: true,
+            upload_rate_limit: None,
+            max_queued_uploads_per_peer: 16,
+            cache_capacity: 64 * 1024 * 1024,
+            live: true,
+            http_attempts: 3,
+            chunk_events: false,
+        }
+    }
+}
+
+/// A configuration the engine cannot work with.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum ConfigError {
+    #[error("{0} must be greater than zero")]
+    Zero(&'static str),
+    #[error("seeders_per_segment must be a positive number")]
+    Seeders,
+}
+
+impl Config {
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.chunk_timeout.is_zero() {
+            return Err(ConfigError::Zero("chunk_timeout"));
+        }
+        if self.max_inflight_per_peer == 0 {
+            return Err(ConfigError::Zero("max_inflight_per_peer"));
+        }
+        if self.max_inflight_total == 0 {
+            return Err(ConfigError::Zero("max_inflight_total"));
+        }
+        if self.http_attempts == 0 {
+            return Err(ConfigError::Zero("http_attempts"));
+        }
+        if self.upload_rate_limit == Some(0) {
+            return Err(ConfigError::Zero("upload_rate_limit"));
+        }
+        if self.seed_spread_time.is_zero() {
+            return Err(ConfigError::Zero("seed_spread_time"));
+        }
+        if !(self.seeders_per_segment.is_finite() && self.seeders_per_segment > 0.0) {
+            return Err(ConfigError::Seeders);
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,487 @@
+//! The piece-exchange protocol's messages and their binary encoding.
+//!
+//! Each message travels as a frame: an unsigned LEB128 length, then a body whose first
+//! byte is the message type. Fields are varints or fixed arrays; the chunk payload of
+//! `Data` is the rest of the body and is handed out without copying. Every length is
+//! bounded, and decoding any byte string yields a message or an error, never a panic
+//! (property tests here, `fuzz/` for coverage-guided fuzzing).
+
+use std::sync::Arc;
+
+use bytes::{Buf, Bytes, BytesMut};
+use thiserror::Error;
+
+use crate::{
+    availability::{ChunkSet, MAX_CHUNK_SET_BYTES, MAX_SPAN, SegmentSet},
+    integrity::{MAX_CHUNK_SIZE, MAX_CHUNKS, SegmentId, SegmentRecord, SignedRecord, StreamId},
+};
+
+/// Version carried in `Hello`; peers with another version are disconnected.
+pub const PROTOCOL_VERSION: u8 = 1;
+/// libp2p protocol name of the piece-exchange stream.
+pub const PROTOCOL_NAME: &str = "/shoal/pieces/1";
+/// Largest frame body: a record of the most chunks allowed, or a chunk of the largest
+/// size, with room for headers.
+pub const MAX_FRAME_LEN: usize = 32 * MAX_CHUNKS + 1024;
+const _: () = assert!(MAX_FRAME_LEN > MAX_CHUNK_SIZE as usize + 64);
+/// Largest bitmap in an `Availability` message.
+const MAX_BITMAP_BYTES: usize = (MAX_SPAN / 8) as usize;
+
+/// A message between two peers of a swarm.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Message {
+    /// First message on a stream: protocol version and which stream the sender serves.
+    Hello { version: u8, stream: StreamId },
+    /// Everything the sender holds and is fetching (sent after `Hello`).
+    Availability { have: SegmentSet, fetching: SegmentSet },
+    /// The sender now holds the whole segment.
+    Have { segment: SegmentId },
+    /// The sender is fetching the segment from the origin; it will answer requests for
+    /// its chunks as they arrive.
+    Fetching { segment: SegmentId },
+    /// The chunks of a segment the sender holds while it fetches the rest.
+    HaveChunks { segment: SegmentId, chunks: ChunkSet },
+    /// The sender no longer holds or fetches the segment.
+    Dropped { segment: SegmentId },
+    /// Asks for one chunk; `with_record` asks for the signed record first.
+    Request { id: u32, segment: SegmentId, chunk: u32, with_record: bool },
+    /// A chunk, answering request `id`.
+    Data { id: u32, segment: SegmentId, chunk: u32, data: Bytes },
+    /// A publisher-signed segment record (shared, not copied, between the store and
+    /// every peer it is sent to).
+    Record { record: Arc<SignedRecord> },
+    /// The sender does not have (and will not get) what request `id` asked for.
+    Absent { id: u32 },
+    /// The sender will not serve request `id` now (upload cap, queue full, off).
+    Busy { id: u32 },
+    /// The requester no longer wants request `id`.
+    Cancel { id: u32 },
+}
+
+mod kind {
+    pub(super) const HELLO: u8 = 1;
+    pub(super) const AVAILABILITY: u8 = 2;
+    pub(super) const HAVE: u8 = 3;
+    pub(super) const FETCHING: u8 = 4;
+    pub(super) const DROPPED: u8 = 5;
+    pub(super) const REQUEST: u8 = 6;
+    pub(super) const DATA: u8 = 7;
+    pub(super) const RECORD: u8 = 8;
+    pub(super) const ABSENT: u8 = 9;
+    pub(super) const BUSY: u8 = 10;
+    pub(super) const CANCEL: u8 = 11;
+    pub(super) const HAVE_CHUNKS: u8 = 12;
+}
+
+/// Why bytes were not a valid message.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum WireError {
+    #[error("frame of {0} bytes exceeds the {MAX_FRAME_LEN} byte limit")]
+    TooLarge(u64),
+    #[error("message ends early")]
+    Truncated,
+    #[error("varint is malformed or out of range")]
+    BadVarint,
+    #[error("unknown message type {0}")]
+    UnknownType(u8),
+    #[error("{0} trailing bytes after the message")]
+    Trailing(usize),
+    #[error("invalid field: {0}")]
+    Invalid(&'static str),
+    #[error("empty frame")]
+    Empty,
+}
+
+fn put_varint(out: &mut BytesMut, mut value: u64) {
+    while value >= 0x80 {
+        out.extend_from_slice(&[(value as u8) | 0x80]);
+        value >>= 7;
+    }
+    out.extend_from_slice(&[value as u8]);
+}
+
+/// Reads a varint from the front of `buf`: `Ok(None)` if it needs more bytes.
+fn peek_varint(buf: &[u8]) -> Result<Option<(u64, usize)>, WireError> {
+    let mut value = 0u64;
+    for (i, &byte) in buf.iter().enumerate().take(10) {
+        if i == 9 && byte > 1 {
+            return Err(WireError::BadVarint);
+        }
+        value |= u64::from(byte & 0x7f) << (7 * i);
+        if byte & 0x80 == 0 {
+            return Ok(Some((value, i + 1)));
+        }
+    }
+    if buf.len() >= 10 { Err(WireError::BadVarint) } else { Ok(None) }
+}
+
+struct Reader {
+    body: Bytes,
+}
+
+impl Reader {
+    fn varint(&mut self) -> Result<u64, WireError> {
+        let (value, used) = peek_varint(&self.body)?.ok_or(WireError::Truncated)?;
+        self.body.advance(used);
+        Ok(value)
+    }
+
+    fn u32(&mut self) -> Result<u32, WireError> {
+        u32::try_from(self.varint()?).map_err(|_| WireError::BadVarint)
+    }
+
+    fn byte(&mut self) -> Result<u8, WireError> {
+        if self.body.is_empty() {
+            return Err(WireError::Truncated);
+        }
+        Ok(self.body.get_u8())
+    }
+
+    fn take(&mut self, len: usize) -> Result<Bytes, WireError> {
+        if self.body.len() < len {
+            return Err(WireError::Truncated);
+        }
+        Ok(self.body.split_to(len))
+    }
+
+    fn array<const N: usize>(&mut self) -> Result<[u8; N], WireError> {
+        let bytes = self.take(N)?;
+        let mut out = [0; N];
+        out.copy_from_slice(&bytes);
+        Ok(out)
+    }
+
+    fn bitmap(&mut self) -> Result<SegmentSet, WireError> {
+        let base = self.varint()?;
+        let len = self.varint()? as usize;
+        if len > MAX_BITMAP_BYTES {
+            return Err(WireError::Invalid("bitmap too long"));
+        }
+        let bytes = self.take(len)?;
+        Ok(SegmentSet::from_bitmap(base, &bytes))
+    }
+
+    fn finish(self) -> Result<(), WireError> {
+        if self.body.is_empty() { Ok(()) } else { Err(WireError::Trailing(self.body.len())) }
+    }
+}
+
+impl Message {
+    /// Appends this message as a frame to `out`.
+    pub fn encode(&self, out: &mut BytesMut) {
+        let mut body = BytesMut::with_capacity(self.encoded_hint());
+        match self {
+            Self::Hello { version, stream } => {
+                body.extend_from_slice(&[kind::HELLO, *version]);
+                body.extend_from_slice(&stream.0);
+            }
+            Self::Availability { have, fetching } => {
+                body.extend_from_slice(&[kind::AVAILABILITY]);
+                for set in [have, fetching] {
+                    let (base, bytes) = set.to_bitmap();
+                    put_varint(&mut body, base);
+                    put_varint(&mut body, bytes.len() as u64);
+                    body.extend_from_slice(&bytes);
+                }
+            }
+            Self::Have { segment } | Self::Fetching { segment } | Self::Dropped { segment } => {
+                let tag = match self {
+                    Self::Have { .. } => kind::HAVE,
+                    Self::Fetching { .. } => kind::FETCHING,
+                    _ => kind::DROPPED,
+                };
+                body.extend_from_slice(&[tag]);
+                put_varint(&mut body, segment.0);
+            }
+            Self::HaveChunks { segment, chunks } => {
+                body.extend_from_slice(&[kind::HAVE_CHUNKS]);
+                put_varint(&mut body, segment.0);
+                let bytes = chunks.to_bytes();
+                put_varint(&mut body, bytes.len() as u64);
+                body.extend_from_slice(&bytes);
+            }
+            Self::Request { id, segment, chunk, with_record } => {
+                body.extend_from_slice(&[kind::REQUEST]);
+                put_varint(&mut body, u64::from(*id));
+                put_varint(&mut body, segment.0);
+                put_varint(&mut body, u64::from(*chunk));
+                body.extend_from_slice(&[u8::from(*with_record)]);
+            }
+            Self::Data { id, segment, chunk, data } => {
+                body.extend_from_slice(&[kind::DATA]);
+                put_varint(&mut body, u64::from(*id));
+                put_varint(&mut body, segment.0);
+                put_varint(&mut body, u64::from(*chunk));
+                body.extend_from_slice(data);
+            }
+            Self::Record { record } => {
+                let r = &record.record;
+                body.extend_from_slice(&[kind::RECORD]);
+                body.extend_from_slice(&r.stream.0);
+                put_varint(&mut body, r.segment.0);
+                put_varint(&mut body, r.size);
+                put_varint(&mut body, u64::from(r.chunk_size));
+                put_varint(&mut body, r.chunk_hashes.len() as u64);
+                for hash in &r.chunk_hashes {
+                    body.extend_from_slice(hash);
+                }
+                body.extend_from_slice(&record.signature);
+            }
+            Self::Absent { id } | Self::Busy { id } | Self::Cancel { id } => {
+                let tag = match self {
+                    Self::Absent { .. } => kind::ABSENT,
+                    Self::Busy { .. } => kind::BUSY,
+                    _ => kind::CANCEL,
+                };
+                body.extend_from_slice(&[tag]);
+                put_varint(&mut body, u64::from(*id));
+            }
+        }
+        put_varint(out, body.len() as u64);
+        out.extend_from_slice(&body);
+    }
+
+    fn encoded_hint(&self) -> usize {
+        match self {
+            Self::Data { data, .. } => data.len() + 24,
+            Self::Record { record } => record.record.chunk_hashes.len() * 32 + 128,
+            _ => 48,
+        }
+    }
+
+    /// Decodes one frame body (without its length prefix).
+    pub fn decode(body: Bytes) -> Result<Self, WireError> {
+        let mut r = Reader { body };
+        let message = match r.byte().map_err(|_| WireError::Empty)? {
+            kind::HELLO => Self::Hello { version: r.byte()?, stream: StreamId(r.array()?) },
+            kind::AVAILABILITY => Self::Availability { have: r.bitmap()?, fetching: r.bitmap()? },
+            kind::HAVE => Self::Have { segment: SegmentId(r.varint()?) },
+            kind::FETCHING => Self::Fetching { segment: SegmentId(r.varint()?) },
+            kind::DROPPED => Self::Dropped { segment: SegmentId(r.varint()?) },
+            kind::HAVE_CHUNKS => {
+                let segment = SegmentId(r.varint()?);
+                let len = r.varint()? as usize;
+                if len > MAX_CHUNK_SET_BYTES {
+                    return Err(WireError::Invalid("chunk bitmap too long"));
+                }
+                Self::HaveChunks { segment, chunks: ChunkSet::from_bytes(&r.take(len)?) }
+            }
+            kind::REQUEST => {
+                let (id, segment, chunk) = (r.u32()?, SegmentId(r.varint()?), r.u32()?);
+                let with_record = match r.byte()? {
+                    0 => false,
+                    1 => true,
+                    _ => return Err(WireError::Invalid("request flags")),
+                };
+                Self::Request { id, segment, chunk, with_record }
+            }
+            kind::DATA => {
+                let (id, segment, chunk) = (r.u32()?, SegmentId(r.varint()?), r.u32()?);
+                let data = std::mem::take(&mut r.body);
+                if data.len() > MAX_CHUNK_SIZE as usize {
+                    return Err(WireError::Invalid("chunk larger than the largest chunk size"));
+                }
+                Self::Data { id, segment, chunk, data }
+            }
+            kind::RECORD => {
+                let stream = StreamId(r.array()?);
+                let segment = SegmentId(r.varint()?);
+                let size = r.varint()?;
+                let chunk_size = r.u32()?;
+                let count = r.varint()? as usize;
+                if count > MAX_CHUNKS {
+                    return Err(WireError::Invalid("too many chunk hashes"));
+                }
+                let mut chunk_hashes = Vec::with_capacity(count);
+                for _ in 0..count {
+                    chunk_hashes.push(r.array()?);
+                }
+                let signature = r.array()?;
+                let record = SegmentRecord { stream, segment, size, chunk_size, chunk_hashes };
+                Self::Record { record: Arc::new(SignedRecord { record, signature }) }
+            }
+            kind::ABSENT => Self::Absent { id: r.u32()? },
+            kind::BUSY => Self::Busy { id: r.u32()? },
+            kind::CANCEL => Self::Cancel { id: r.u32()? },
+            other => return Err(WireError::UnknownType(other)),
+        };
+        r.finish()?;
+        Ok(message)
+    }
+
+    /// Bytes of payload this message carries (for accounting).
+    pub fn payload_len(&self) -> usize {
+        match self {
+            Self::Data { data, .. } => data.len(),
+            _ => 0,
+        }
+    }
+}
+
+/// Reassembles frames from a byte stream.
+#[derive(Debug, Default)]
+pub struct FrameDecoder {
+    buf: BytesMut,
+}
+
+impl FrameDecoder {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn extend(&mut self, bytes: &[u8]) {
+        self.buf.extend_from_slice(bytes);
+    }
+
+    /// Bytes buffered but not yet returned as messages.
+    pub fn buffered(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// The next complete message; `Ok(None)` if more bytes are needed. After an error
+    /// the stream is unusable: the peer sent something that is not this protocol.
+    pub fn next_message(&mut self) -> Result<Option<Message>, WireError> {
+        let Some((len, prefix)) = peek_varint(&self.buf)? else { return Ok(None) };
+        if len > MAX_FRAME_LEN as u64 {
+            return Err(WireError::TooLarge(len));
+        }
+        if self.buf.len() < prefix + len as usize {
+            return Ok(None);
+        }
+        self.buf.advance(prefix);
+        let body = self.buf.split_to(len as usize).freeze();
+        Message::decode(body).map(Some)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::integrity::Publisher;
+    use proptest::prelude::*;
+
+    fn frame(message: &Message) -> BytesMut {
+        let mut out = BytesMut::new();
+        message.encode(&mut out);
+        out
+    }
+
+    fn segment_set() -> impl Strategy<Value = SegmentSet> {
+        proptest::collection::vec(0u64..5000, 0..40).prop_map(|ids| {
+            let mut set = SegmentSet::new();
+            for id in ids {
+                set.insert(SegmentId(id));
+            }
+            set
+        })
+    }
+
+    fn record() -> impl Strategy<Value = SignedRecord> {
+        (any::<u64>(), proptest::collection::vec(any::<u8>(), 1..20_000), 1024u32..70_000).prop_map(
+            |(seg, data, chunk)| {
+                let stream = StreamId::from_name("s");
+                Publisher::from_secret([3; 32]).sign(SegmentRecord::for_data(stream, SegmentId(seg), &data, chunk))
+            },
+        )
+    }
+
+    fn message() -> impl Strategy<Value = Message> {
+        prop_oneof![
+            (any::<u8>(), any::<[u8; 32]>()).prop_map(|(version, s)| Message::Hello { version, stream: StreamId(s) }),
+            (segment_set(), segment_set()).prop_map(|(have, fetching)| Message::Availability { have, fetching }),
+            any::<u64>().prop_map(|s| Message::Have { segment: SegmentId(s) }),
+            any::<u64>().prop_map(|s| Message::Fetching { segment: SegmentId(s) }),
+            any::<u64>().prop_map(|s| Message::Dropped { segment: SegmentId(s) }),
+            (any::<u64>(), proptest::collection::vec(0u32..5000, 0..20)).prop_map(|(s, cs)| {
+                let mut chunks = ChunkSet::new();
+                for c in cs {
+                    chunks.insert(c);
+                }
+                Message::HaveChunks { segment: SegmentId(s), chunks }
+            }),
+            (any::<u32>(), any::<u64>(), any::<u32>(), any::<bool>()).prop_map(|(id, s, chunk, with_record)| {
+                Message::Request { id, segment: SegmentId(s), chunk, with_record }
+            }),
+            (any::<u32>(), any::<u64>(), any::<u32>(), proptest::collection::vec(any::<u8>(), 0..3000))
+                .prop_map(|(id, s, chunk, d)| Message::Data { id, segment: SegmentId(s), chunk, data: Bytes::from(d) }),
+            record().prop_map(|record| Message::Record { record: Arc::new(record) }),
+            any::<u32>().prop_map(|id| Message::Absent { id }),
+            any::<u32>().prop_map(|id| Message::Busy { id }),
+            any::<u32>().prop_map(|id| Message::Cancel { id }),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn every_message_survives_encode_then_decode(messages in proptest::collection::vec(message(), 1..6), cut in 1usize..64) {
+            let mut wire = BytesMut::new();
+            for m in &messages {
+                m.encode(&mut wire);
+            }
+            // Deliver in pieces of `cut` bytes: framing must not care.
+            let mut decoder = FrameDecoder::new();
+            let mut got = Vec::new();
+            for piece in wire.chunks(cut) {
+                decoder.extend(piece);
+                while let Some(m) = decoder.next_message().unwrap() {
+                    got.push(m);
+                }
+            }
+            prop_assert_eq!(got, messages);
+            prop_assert_eq!(decoder.buffered(), 0);
+        }
+
+        #[test]
+        fn any_bytes_decode_to_a_message_or_an_error(bytes: Vec<u8>) {
+            let mut decoder = FrameDecoder::new();
+            decoder.extend(&bytes);
+            loop {
+                match decoder.next_message() {
+                    Ok(Some(_)) => continue,
+                    Ok(None) | Err(_) => break,
+                }
+            }
+            let _ = Message::decode(Bytes::from(bytes));
+        }
+    }
+
+    #[test]
+    fn hard_limits() {
+        let mut decoder = FrameDecoder::new();
+        let mut prefix = BytesMut::new();
+        put_varint(&mut prefix, MAX_FRAME_LEN as u64 + 1);
+        decoder.extend(&prefix);
+        assert_eq!(decoder.next_message(), Err(WireError::TooLarge(MAX_FRAME_LEN as u64 + 1)));
+
+        let huge = Message::Data {
+            id: 1,
+            segment: SegmentId(1),
+            chunk: 0,
+            data: Bytes::from(vec![0; MAX_CHUNK_SIZE as usize + 1]),
+        };
+        let mut decoder = FrameDecoder::new();
+        decoder.extend(&frame(&huge));
+        assert!(matches!(decoder.next_message(), Err(WireError::Invalid(_))));
+
+        assert_eq!(Message::decode(Bytes::from_static(&[99])), Err(WireError::UnknownType(99)));
+        assert_eq!(Message::decode(Bytes::from_static(&[kind::HAVE, 1, 2])), Err(WireError::Trailing(1)));
+        assert_eq!(
+            Message::decode(Bytes::from_static(&[kind::REQUEST, 1, 1, 1, 7])),
+            Err(WireError::Invalid("request flags"))
+        );
+        assert_eq!(Message::decode(Bytes::new()), Err(WireError::Empty));
+        let mut record = BytesMut::from(&[kind::RECORD][..]);
+        record.extend_from_slice(&[0; 32]);
+        record.extend_from_slice(&[1, 1, 0x80, 0x08, 0xff, 0xff, 0x03]);
+        assert_eq!(Message::decode(record.freeze()), Err(WireError::Invalid("too many chunk hashes")));
+    }
+
+    #[test]
+    fn data_payload_is_not_copied() {
+        let data = Bytes::from(vec![7u8; 4096]);
+        let mut decoder = FrameDecoder::new();
+        decoder.extend(&frame(&Message::Data { id: 9, segment: SegmentId(3), chunk: 2, data: data.clone() }));
+        let Some(Message::Data { data: got, .. }) = decoder.next_message().unwrap() else { panic!() };
+        assert_eq!(got, data);
+    }
+}
