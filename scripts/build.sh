@@ -7,3 +7,8 @@ cargo build --release -p shoal-node
 cargo build -p shoal-browser --target wasm32-unknown-unknown --profile wasm-release
 wasm-bindgen --target web --out-dir pkg --out-name shoal \
   target/wasm32-unknown-unknown/wasm-release/shoal_browser.wasm
+# The hand-written JS layer and types of the npm package (sources in web/src/).
+cp web/src/index.js web/src/index.d.ts web/src/hls.js web/src/hls.d.ts pkg/
+# The demo page loads hls.js from here (no CDN: the demo works offline).
+mkdir -p web/vendor
+cp node_modules/hls.js/dist/hls.min.js web/vendor/hls.min.js

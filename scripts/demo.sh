@@ -8,4 +8,4 @@ cd "$(dirname "$0")/.."
 ./scripts/build.sh
 echo
 echo "Shoal demo: open http://localhost:${SHOAL_HTTP_PORT:-8080}/ in several tabs (Ctrl-C stops)."
-exec ./target/release/shoal-node --static-dir . --http-listen "0.0.0.0:${SHOAL_HTTP_PORT:-8080}" "$@"
+exec ./target/release/shoal-node --static-dir . --demo-media target/demo-media --http-listen "0.0.0.0:${SHOAL_HTTP_PORT:-8080}" "$@"

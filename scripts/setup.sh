@@ -37,3 +37,20 @@ if [ ! -f node_modules/.package-lock.json ] || ! cmp -s package-lock.json node_m
   npm ci --no-audit --no-fund --loglevel=error
   cp package-lock.json node_modules/.shoal-lock-stamp
 fi
+
+# The demo's live test stream: 60 s of 360p H.264 + AAC as 2 s MPEG-TS segments, looped
+# by the node. Generated, never committed.
+media=target/demo-media
+if [ ! -f "$media/stream.m3u8" ]; then
+  step "generating the demo stream with ffmpeg (about 15 s)"
+  mkdir -p "$media"
+  ffmpeg -hide_banner -loglevel error -y \
+    -f lavfi -i "testsrc2=size=640x360:rate=25" \
+    -f lavfi -i "sine=frequency=440:sample_rate=48000" \
+    -t 60 -c:v libx264 -preset veryfast -profile:v main -pix_fmt yuv420p \
+    -b:v 500k -maxrate 600k -bufsize 1200k -g 50 -keyint_min 50 -sc_threshold 0 \
+    -c:a aac -b:a 64k -ac 2 \
+    -f hls -hls_time 2 -hls_playlist_type vod -hls_segment_filename "$media/seg%03d.ts" \
+    "$media/stream.m3u8.tmp"
+  mv "$media/stream.m3u8.tmp" "$media/stream.m3u8"
+fi

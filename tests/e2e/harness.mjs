@@ -55,6 +55,7 @@ export async function startNode({ ports = allocatePorts(), dataDir, extraArgs = 
     '--http-listen', `0.0.0.0:${ports.http}`,
     '--data-dir', dir,
     '--static-dir', ROOT,
+    '--demo-media', join(ROOT, 'target/demo-media'),
     ...extraArgs,
   ];
   const node = {

@@ -1,16 +1,20 @@
-//! The JavaScript class. Errors reject with an `Error` carrying a `code`.
+//! The class JavaScript sees (`ShoalNode`, wrapped by `pkg/index.js` into `Shoal`).
+//! Failures reject with an `Error` carrying a `code` and a message.
 
-use std::{cell::RefCell, rc::Rc};
+use std::{cell::RefCell, rc::Rc, time::Duration};
 
-use futures::{SinkExt, StreamExt};
+use futures::{SinkExt, channel::oneshot};
 use libp2p::{Multiaddr, PeerId, StreamProtocol};
+use serde::Deserialize;
+use shoal_core::{Config as EngineConfig, PublisherKey};
 use shoal_proto::WellKnown;
 use wasm_bindgen::{JsCast, prelude::*};
 use wasm_bindgen_futures::JsFuture;
 
 use crate::{
     bulk,
-    config::Config,
+    config::{Config, SwarmOptions, parse_publisher_key},
+    pieces::{HostOptions, SwarmHost},
     runtime::{self, Command, Event, EventSink, Handle},
 };
 
@@ -21,34 +25,38 @@ fn error(code: &str, message: impl std::fmt::Display) -> JsValue {
     error.into()
 }
 
+fn to_js<T: serde::Serialize>(value: &T) -> Result<JsValue, JsValue> {
+    let serializer = serde_wasm_bindgen::Serializer::json_compatible();
+    value.serialize(&serializer).map_err(|e| error("internal", e))
+}
+
 /// A Shoal peer running in this page.
 #[wasm_bindgen]
-pub struct ShoalPeer {
+pub struct ShoalNode {
     handle: Handle,
+    config: Config,
+    emit: EventSink,
     on_event: Rc<RefCell<Option<js_sys::Function>>>,
 }
 
-fn init_logging(level: Option<&str>) {
-    let level = match level.unwrap_or("info") {
-        "error" => tracing::Level::ERROR,
-        "warn" => tracing::Level::WARN,
-        "debug" => tracing::Level::DEBUG,
-        "trace" => tracing::Level::TRACE,
-        _ => tracing::Level::INFO,
-    };
-    let config = tracing_wasm::WASMLayerConfigBuilder::new().set_max_level(level).build();
-    // A second peer in the same page keeps the first subscriber.
-    let _ = std::panic::catch_unwind(|| tracing_wasm::set_as_global_default_with_config(config));
+#[derive(Deserialize)]
+struct PlaylistEntry {
+    id: f64,
+    url: String,
 }
 
 #[wasm_bindgen]
-impl ShoalPeer {
-    /// Starts a peer: finds the signalling node, joins `config.swarm` and connects
-    /// directly to its other members. `onEvent` receives `{type, ...}` objects.
-    pub async fn start(config: JsValue, on_event: Option<js_sys::Function>) -> Result<ShoalPeer, JsValue> {
-        let config: Config = serde_wasm_bindgen::from_value(config).map_err(|e| error("invalid-config", e))?;
+impl ShoalNode {
+    /// Starts a peer: finds the signalling node and connects to it. `onEvent` receives
+    /// `{type, ...}` objects.
+    pub async fn start(config: JsValue, on_event: Option<js_sys::Function>) -> Result<ShoalNode, JsValue> {
+        let config: Config = if config.is_undefined() || config.is_null() {
+            serde_json::from_str("{}").map_err(|e| error("invalid-config", e))?
+        } else {
+            serde_wasm_bindgen::from_value(config).map_err(|e| error("invalid-config", e))?
+        };
         config.validate().map_err(|e| error("invalid-config", e))?;
-        init_logging(config.log_level.as_deref());
+        crate::console_log::init(config.log_level.as_deref());
 
         let nodes = if config.nodes.is_empty() {
             fetch_well_known(config.well_known_url.as_deref()).await?
@@ -68,20 +76,16 @@ impl ShoalPeer {
         let emit: EventSink = {
             let on_event = on_event.clone();
             Rc::new(move |event: Event| {
-                let Some(callback) = on_event.borrow().clone() else {
-                    return;
-                };
-                let serializer = serde_wasm_bindgen::Serializer::json_compatible();
-                if let Ok(value) = serde::Serialize::serialize(&event, &serializer)
+                let Some(callback) = on_event.borrow().clone() else { return };
+                if let Ok(value) = to_js(&event)
                     && let Err(e) = callback.call1(&JsValue::NULL, &value)
                 {
                     tracing::warn!("event handler threw: {e:?}");
                 }
             })
         };
-        let handle = runtime::start(config, nodes, emit.clone()).map_err(|e| error("start-failed", e))?;
-        accept_bulk(handle.control.clone(), emit);
-        Ok(ShoalPeer { handle, on_event })
+        let handle = runtime::start(config.clone(), nodes, emit.clone()).map_err(|e| error("start-failed", e))?;
+        Ok(ShoalNode { handle, config, emit, on_event })
     }
 
     /// This peer's PeerId.
@@ -96,19 +100,183 @@ impl ShoalPeer {
         *self.on_event.borrow_mut() = on_event;
     }
 
-    /// Node link, direct connections and counters, as a plain object.
+    /// Joins `swarm` (one per stream rendition). With `options.publisherKey`, segments
+    /// of this swarm are exchanged with its members; without, it carries connections and
+    /// gossip only.
+    pub fn join(&self, swarm: String, options: JsValue) -> Result<(), JsValue> {
+        shoal_proto::validate_swarm_id(&swarm).map_err(|e| error("invalid-argument", e))?;
+        let options: SwarmOptions = if options.is_undefined() || options.is_null() {
+            SwarmOptions::default()
+        } else {
+            serde_wasm_bindgen::from_value(options).map_err(|e| error("invalid-argument", e))?
+        };
+        let host = match &options.publisher_key {
+            None => None,
+            Some(key) => {
+                let bytes = parse_publisher_key(key).map_err(|e| error("invalid-argument", e))?;
+                let publisher = PublisherKey::from_bytes(&bytes).map_err(|e| error("invalid-argument", e))?;
+                let live = options.live.unwrap_or(true);
+                let mut engine = EngineConfig {
+                    upload_enabled: self.config.upload,
+                    p2p_download_enabled: self.config.p2p_download,
+                    upload_rate_limit: self.config.upload_rate_limit.map(|r| r as u64),
+                    cache_capacity: self.config.cache_bytes as u64,
+                    live,
+                    chunk_events: self.config.chunk_events,
+                    ..EngineConfig::default()
+                };
+                if let Some(ms) = options.urgent_window_ms {
+                    engine.urgent_window = Duration::from_millis(u64::from(ms));
+                }
+                engine.validate().map_err(|e| error("invalid-argument", e))?;
+                let swarm_size = 1;
+                Some(SwarmHost::new(
+                    HostOptions {
+                        name: swarm.clone(),
+                        publisher,
+                        engine,
+                        record_suffix: options.record_suffix.clone().unwrap_or_else(|| ".shoal".into()),
+                        corrupt_uploads: self.config.testing.corrupt_uploads,
+                        swarm_size,
+                    },
+                    self.emit.clone(),
+                    self.handle.commands.clone(),
+                    self.handle.control.clone(),
+                ))
+            }
+        };
+        // Registered now, not when the runtime gets to the command: calls right after
+        // `join` (setPlaylist, fetchSegment) must find the swarm.
+        if let Some(host) = &host {
+            self.handle.hosts.borrow_mut().insert(swarm.clone(), host.clone());
+        }
+        self.handle.commands.unbounded_send(Command::Join(swarm, host)).map_err(|_| error("stopped", "peer is stopped"))
+    }
+
+    /// Leaves `swarm`: pending fetches fail, its streams close.
+    pub fn leave(&self, swarm: String) {
+        let _ = self.handle.commands.unbounded_send(Command::Leave(swarm));
+    }
+
+    fn host(&self, swarm: &str) -> Result<Rc<SwarmHost>, JsValue> {
+        self.handle
+            .hosts
+            .borrow()
+            .get(swarm)
+            .cloned()
+            .ok_or_else(|| error("not-joined", format!("not in swarm {swarm} with a publisher key")))
+    }
+
+    /// The segments the playlist lists now: `[{id, url}]`.
+    #[wasm_bindgen(js_name = setPlaylist)]
+    pub fn set_playlist(&self, swarm: String, segments: JsValue) -> Result<(), JsValue> {
+        let entries: Vec<PlaylistEntry> =
+            serde_wasm_bindgen::from_value(segments).map_err(|e| error("invalid-argument", e))?;
+        let host = self.host(&swarm)?;
+        host.set_playlist(entries.into_iter().filter(|e| e.id >= 0.0).map(|e| (e.id as u64, e.url)).collect());
+        Ok(())
+    }
+
+    /// Fetches segment `id` of `swarm` by `deadlineMs` (on `performance.now()`'s clock):
+    /// from peers when there is time, from `url` when not. Resolves to
+    /// `{data: Uint8Array, fromPeers, fromHttp}` once every byte is verified.
+    #[wasm_bindgen(js_name = fetchSegment)]
+    pub async fn fetch_segment(
+        &self,
+        swarm: String,
+        id: f64,
+        url: String,
+        deadline_ms: f64,
+    ) -> Result<JsValue, JsValue> {
+        if !(id >= 0.0 && id.fract() == 0.0 && deadline_ms.is_finite()) {
+            return Err(error("invalid-argument", "segment id must be a whole number and the deadline finite"));
+        }
+        let host = self.host(&swarm)?;
+        let loaded =
+            host.fetch_segment(id as u64, url, deadline_ms).await.map_err(|e| error("segment-unavailable", e))?;
+        let result = js_sys::Object::new();
+        let set = |k: &str, v: JsValue| js_sys::Reflect::set(&result, &JsValue::from_str(k), &v);
+        let _ = set("data", js_sys::Uint8Array::from(&loaded.data[..]).into());
+        let _ = set("fromPeers", JsValue::from_f64(loaded.from_peers as f64));
+        let _ = set("fromHttp", JsValue::from_f64(loaded.from_http as f64));
+        Ok(result.into())
+    }
+
+    /// The player no longer needs segment `id` of `swarm`.
+    #[wasm_bindgen(js_name = cancelSegment)]
+    pub fn cancel_segment(&self, swarm: String, id: f64) {
+        if let Ok(host) = self.host(&swarm) {
+            host.cancel_segment(id as u64);
+        }
+    }
+
+    /// Segment bytes the page already has, to keep and share (checked against the
+    /// segment's signed record first).
+    #[wasm_bindgen(js_name = offerSegment)]
+    pub fn offer_segment(&self, swarm: String, id: f64, data: Vec<u8>) -> Result<(), JsValue> {
+        self.host(&swarm)?.offer_segment(id as u64, data).map_err(|e| error("integrity", e))
+    }
+
+    /// Turns uploading to peers on or off, in every swarm.
+    #[wasm_bindgen(js_name = setUploadEnabled)]
+    pub fn set_upload_enabled(&self, enabled: bool) {
+        for host in self.handle.hosts.borrow().values() {
+            host.set_switches(Some(enabled), None);
+        }
+    }
+
+    /// Turns downloading from peers on or off, in every swarm.
+    #[wasm_bindgen(js_name = setP2pDownloadEnabled)]
+    pub fn set_p2p_download_enabled(&self, enabled: bool) {
+        for host in self.handle.hosts.borrow().values() {
+            host.set_switches(None, Some(enabled));
+        }
+    }
+
+    /// Subscribes to a gossip topic. `validate(data, from)` (optional) must return true
+    /// for a message to be delivered and forwarded; rejected ones are counted.
+    pub async fn subscribe(&self, topic: String, validate: Option<js_sys::Function>) -> Result<(), JsValue> {
+        let (reply, done) = oneshot::channel();
+        self.handle
+            .commands
+            .unbounded_send(Command::Subscribe(topic, validate, reply))
+            .map_err(|_| error("stopped", "peer is stopped"))?;
+        done.await.map_err(|_| error("stopped", "peer is stopped"))?.map_err(|e| error("gossip", e))
+    }
+
+    pub fn unsubscribe(&self, topic: String) {
+        let _ = self.handle.commands.unbounded_send(Command::Unsubscribe(topic));
+    }
+
+    /// Publishes `data` on `topic`.
+    pub async fn publish(&self, topic: String, data: Vec<u8>) -> Result<(), JsValue> {
+        let (reply, done) = oneshot::channel();
+        self.handle
+            .commands
+            .unbounded_send(Command::Publish(topic, data, reply))
+            .map_err(|_| error("stopped", "peer is stopped"))?;
+        done.await.map_err(|_| error("stopped", "peer is stopped"))?.map_err(|e| {
+            let code = if e.contains("gossipMaxBytes") { "message-too-large" } else { "gossip" };
+            error(code, e)
+        })
+    }
+
+    /// Node link, connections, gossip counters, and per-swarm piece statistics.
     pub fn stats(&self) -> Result<JsValue, JsValue> {
-        let serializer = serde_wasm_bindgen::Serializer::json_compatible();
-        serde::Serialize::serialize(&*self.handle.snapshot.borrow(), &serializer).map_err(|e| error("internal", e))
+        let snapshot = to_js(&*self.handle.snapshot.borrow())?;
+        let swarms = js_sys::Object::new();
+        for (name, host) in self.handle.hosts.borrow().iter() {
+            let _ = js_sys::Reflect::set(&swarms, &JsValue::from_str(name), &to_js(&host.stats())?);
+        }
+        let _ = js_sys::Reflect::set(&snapshot, &JsValue::from_str("pieces"), &swarms);
+        Ok(snapshot)
     }
 
     /// Each direct connection as its `RTCPeerConnection` sees it: selected ICE candidate
     /// pair (type and addresses), bytes moved, round trip.
     #[wasm_bindgen(js_name = connectionReport)]
     pub async fn connection_report(&self) -> Result<JsValue, JsValue> {
-        let report = shoal_webrtc::connection_report().await;
-        let serializer = serde_wasm_bindgen::Serializer::json_compatible();
-        serde::Serialize::serialize(&report, &serializer).map_err(|e| error("internal", e))
+        to_js(&shoal_webrtc::connection_report().await)
     }
 
     /// Streams `bytes` pattern bytes to `peer`, which verifies each one. Resolves to
@@ -119,10 +287,11 @@ impl ShoalPeer {
         if !(0.0..=bulk::MAX_LEN as f64).contains(&bytes) {
             return Err(error("invalid-argument", "bytes out of range"));
         }
-        let mut control = self.handle.control.clone();
         let started = js_sys::Date::now();
-        let mut stream = control
-            .open_stream(peer, StreamProtocol::new(bulk::PROTOCOL))
+        let mut stream = self
+            .handle
+            .control
+            .open(peer, StreamProtocol::new(bulk::PROTOCOL))
             .await
             .map_err(|e| error("stream-failed", e))?;
         let seed = js_sys::Math::random().to_bits();
@@ -149,74 +318,25 @@ impl ShoalPeer {
         let peer: PeerId = peer.parse().map_err(|e| error("invalid-peer", e))?;
         let protocol = StreamProtocol::try_from_owned(protocol).map_err(|e| error("invalid-argument", e))?;
         if via_relay {
-            let (reply, done) = futures::channel::oneshot::channel();
+            let (reply, done) = oneshot::channel();
             self.handle
                 .commands
-                .clone()
-                .send(Command::DialRelayed(peer, reply))
-                .await
+                .unbounded_send(Command::DialRelayed(peer, reply))
                 .map_err(|_| error("stopped", "peer is stopped"))?;
             done.await.map_err(|_| error("stopped", "peer is stopped"))?.map_err(|e| error("dial-failed", e))?;
         }
         let stream =
-            self.handle.control.clone().open_stream(peer, protocol).await.map_err(|e| error("stream-failed", e))?;
+            self.handle.control.open_via(peer, protocol, via_relay).await.map_err(|e| error("stream-failed", e))?;
         Ok(RawStream { stream: Rc::new(futures::lock::Mutex::new(Some(stream))) })
     }
 
-    /// Stops the peer and closes every connection.
+    /// Leaves every swarm and closes every connection.
     pub async fn stop(&self) {
-        let (done, stopped) = futures::channel::oneshot::channel();
+        let (done, stopped) = oneshot::channel();
         if self.handle.commands.clone().send(Command::Stop(done)).await.is_ok() {
             let _ = stopped.await;
         }
     }
-}
-
-/// Serves incoming bulk transfers for as long as the peer runs.
-fn accept_bulk(mut control: libp2p_stream::Control, emit: EventSink) {
-    let Ok(mut incoming) = control.accept(StreamProtocol::new(bulk::PROTOCOL)) else {
-        return;
-    };
-    wasm_bindgen_futures::spawn_local(async move {
-        while let Some((peer, mut stream)) = incoming.next().await {
-            let emit = emit.clone();
-            wasm_bindgen_futures::spawn_local(async move {
-                let started = js_sys::Date::now();
-                match bulk::receive(&mut stream).await {
-                    Ok(v) => emit(Event::BulkReceived {
-                        peer: peer.to_string(),
-                        bytes: v.bytes,
-                        intact: v.intact,
-                        ms: js_sys::Date::now() - started,
-                    }),
-                    Err(e) => emit(Event::Error { message: format!("bulk transfer from {peer}: {e}") }),
-                }
-            });
-        }
-    });
-}
-
-async fn fetch_well_known(url: Option<&str>) -> Result<Vec<String>, JsValue> {
-    let window = web_sys::window().ok_or_else(|| error("no-window", "not running in a page"))?;
-    let url = match url {
-        Some(url) => url.to_owned(),
-        None => format!(
-            "{}{}",
-            window.location().origin().map_err(|e| error("no-node", format!("{e:?}")))?,
-            shoal_proto::WELL_KNOWN_PATH
-        ),
-    };
-    let fetched =
-        |e: JsValue| error("no-node", format!("fetching {url}: {}", e.as_string().unwrap_or_else(|| format!("{e:?}"))));
-    let response: web_sys::Response =
-        JsFuture::from(window.fetch_with_str(&url)).await.map_err(fetched)?.dyn_into().map_err(fetched)?;
-    if !response.ok() {
-        return Err(error("no-node", format!("fetching {url}: HTTP {}", response.status())));
-    }
-    let json = JsFuture::from(response.json().map_err(fetched)?).await.map_err(fetched)?;
-    let doc: WellKnown = serde_wasm_bindgen::from_value(json)
-        .map_err(|e| error("no-node", format!("{url} is not a Shoal well-known document: {e}")))?;
-    Ok(doc.multiaddrs)
 }
 
 /// A raw libp2p stream (see `debugOpenStream`).
@@ -264,4 +384,26 @@ impl RawStream {
     pub async fn reset(&self) {
         self.stream.lock().await.take();
     }
+}
+
+async fn fetch_well_known(url: Option<&str>) -> Result<Vec<String>, JsValue> {
+    let window = web_sys::window().ok_or_else(|| error("no-window", "not running in a page"))?;
+    let url = match url {
+        Some(url) => url.to_owned(),
+        None => format!(
+            "{}{}",
+            window.location().origin().map_err(|e| error("no-node", format!("{e:?}")))?,
+            shoal_proto::WELL_KNOWN_PATH
+        ),
+    };
+    let fetched = |e: JsValue| error("no-node", format!("fetching {url}: {}", crate::js_text(e)));
+    let response: web_sys::Response =
+        JsFuture::from(window.fetch_with_str(&url)).await.map_err(fetched)?.dyn_into().map_err(fetched)?;
+    if !response.ok() {
+        return Err(error("no-node", format!("fetching {url}: HTTP {}", response.status())));
+    }
+    let json = JsFuture::from(response.json().map_err(fetched)?).await.map_err(fetched)?;
+    let doc: WellKnown = serde_wasm_bindgen::from_value(json)
+        .map_err(|e| error("no-node", format!("{url} is not a Shoal well-known document: {e}")))?;
+    Ok(doc.multiaddrs)
 }

@@ -1,22 +1,25 @@
-//! The page's swarm and the loop that drives it.
+//! The page's libp2p swarm and the loop that drives it.
 //!
-//! The loop owns the `Swarm`. JavaScript talks to it through [`Handle`]: commands over a
-//! channel, a shared snapshot for synchronous reads, and an event callback. Streams handed
-//! out by `libp2p-stream` run as their own tasks, so bulk transfers never wait on the
-//! swarm loop.
+//! The loop owns the `Swarm`: the link to the signalling node (with reconnection and
+//! re-registration), membership of each joined swarm, direct connections to members,
+//! gossipsub, and bans. JavaScript talks to it through [`Handle`]: commands over a
+//! channel, a shared snapshot for synchronous reads, and an event callback. Piece
+//! exchange runs in [`crate::pieces`], one engine host per swarm with pieces; streams run
+//! as their own tasks, so transfers never wait on the swarm loop.
 
 use std::{
     cell::RefCell,
-    collections::{HashMap, HashSet},
+    collections::{BTreeMap, HashMap, HashSet},
     rc::Rc,
     time::Duration,
 };
 
-use futures::{FutureExt, StreamExt, channel::mpsc, select};
+use futures::{AsyncReadExt, FutureExt, StreamExt, channel::mpsc, select};
 use futures_timer::Delay;
 use libp2p::{
     Multiaddr, PeerId, StreamProtocol, Swarm, Transport,
     core::{ConnectedPoint, muxing::StreamMuxerBox, transport::ListenerId, upgrade::Version},
+    gossipsub,
     identity::Keypair,
     multiaddr::Protocol,
     noise, ping, relay,
@@ -28,10 +31,16 @@ use libp2p::{
     yamux,
 };
 use serde::Serialize;
+use shoal_core::{Message, wire::FrameDecoder};
 use shoal_proto::{MembershipRequest, MembershipResponse};
 use web_time::Instant;
 
-use crate::config::Config;
+use crate::{
+    bulk,
+    config::{Config, MAX_GOSSIP_TRANSMIT},
+    pieces::{self, SwarmHost},
+    streams,
+};
 
 #[derive(NetworkBehaviour)]
 pub(crate) struct Behaviour {
@@ -39,7 +48,8 @@ pub(crate) struct Behaviour {
     webrtc: shoal_webrtc::Behaviour,
     ping: ping::Behaviour,
     membership: request_response::json::Behaviour<MembershipRequest, MembershipResponse>,
-    streams: libp2p_stream::Behaviour,
+    streams: streams::Behaviour,
+    gossipsub: gossipsub::Behaviour,
 }
 
 /// Events delivered to JavaScript, as plain objects with a `type`.
@@ -60,6 +70,7 @@ pub(crate) enum Event {
     },
     PeerConnected {
         peer: String,
+        #[serde(rename = "remoteAddr")]
         remote_addr: String,
         dialer: bool,
     },
@@ -76,6 +87,43 @@ pub(crate) enum Event {
         peer: String,
         error: String,
     },
+    /// A peer was cut off for misbehaving (corrupt data, forged record, bad messages).
+    PeerBanned {
+        peer: String,
+        reason: String,
+    },
+    SegmentLoaded {
+        swarm: String,
+        segment: u64,
+        bytes: u64,
+        #[serde(rename = "fromPeers")]
+        from_peers: u64,
+        #[serde(rename = "fromHttp")]
+        from_http: u64,
+    },
+    ChunkDown {
+        swarm: String,
+        peer: String,
+        segment: u64,
+        bytes: u64,
+    },
+    ChunkUp {
+        swarm: String,
+        peer: String,
+        segment: u64,
+        bytes: u64,
+    },
+    Gossip {
+        topic: String,
+        from: String,
+        #[serde(with = "serde_bytes_as_array")]
+        data: Vec<u8>,
+    },
+    GossipRejected {
+        topic: String,
+        from: String,
+        reason: String,
+    },
     BulkReceived {
         peer: String,
         bytes: u64,
@@ -87,7 +135,15 @@ pub(crate) enum Event {
     },
 }
 
-/// One direct connection, as `connections()` reports it.
+/// Gossip payloads reach JavaScript as arrays of numbers (turned into `Uint8Array` by the
+/// JS wrapper); serde-wasm-bindgen has no byte-buffer type for the json-compatible mode.
+mod serde_bytes_as_array {
+    pub(super) fn serialize<S: serde::Serializer>(bytes: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        serde::Serialize::serialize(bytes, s)
+    }
+}
+
+/// One direct connection, as `stats()` reports it.
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub(crate) struct ConnectionInfo {
@@ -100,38 +156,67 @@ pub(crate) struct ConnectionInfo {
     pub rtt_ms: Option<f64>,
 }
 
+/// Gossip counters.
+#[derive(Debug, Default, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct GossipStats {
+    pub published: u64,
+    pub received: u64,
+    pub rejected_oversize: u64,
+    pub rejected_invalid: u64,
+}
+
 /// What JavaScript can read without waiting.
 #[derive(Debug, Default, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub(crate) struct Snapshot {
     pub node_connected: bool,
     pub joined: bool,
+    pub swarms: Vec<String>,
     pub connections: Vec<ConnectionInfo>,
     pub relayed_connections: usize,
     pub peer_connections_created: u32,
     pub node_reconnects: u32,
+    pub banned_peers: usize,
+    pub gossip: GossipStats,
 }
 
+type Reply<T> = futures::channel::oneshot::Sender<Result<T, String>>;
+
 pub(crate) enum Command {
-    /// Leave the swarm and stop; the sender learns when the swarm is gone.
+    /// Leave every swarm and stop; the sender learns when the swarm is gone.
     Stop(futures::channel::oneshot::Sender<()>),
     /// Diagnostics: open a relayed connection to a peer through the node.
-    DialRelayed(PeerId, futures::channel::oneshot::Sender<Result<(), String>>),
+    DialRelayed(PeerId, Reply<()>),
+    /// Join a swarm (with an engine host if it exchanges pieces).
+    Join(String, Option<Rc<SwarmHost>>),
+    Leave(String),
+    /// Cut a peer off for good.
+    Ban(PeerId, String),
+    Subscribe(String, Option<js_sys::Function>, Reply<()>),
+    Unsubscribe(String),
+    Publish(String, Vec<u8>, Reply<()>),
 }
 
 /// JavaScript's side of the runtime.
 pub(crate) struct Handle {
     pub peer_id: PeerId,
-    pub commands: mpsc::Sender<Command>,
+    pub hosts: Hosts,
+    pub commands: mpsc::UnboundedSender<Command>,
     pub snapshot: Rc<RefCell<Snapshot>>,
-    pub control: libp2p_stream::Control,
+    pub control: streams::Control,
 }
 
 pub(crate) type EventSink = Rc<dyn Fn(Event)>;
 
+/// The engine hosts of joined swarms, by swarm name.
+pub(crate) type Hosts = Rc<RefCell<BTreeMap<String, Rc<SwarmHost>>>>;
+
 const NODE_BACKOFF_MIN: Duration = Duration::from_millis(250);
 const NODE_BACKOFF_MAX: Duration = Duration::from_secs(8);
 const TICK: Duration = Duration::from_millis(250);
+/// How long a new piece stream may take to say `Hello`.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Builds the swarm and starts its loop.
 pub(crate) fn start(config: Config, nodes: Vec<Multiaddr>, emit: EventSink) -> Result<Handle, String> {
@@ -140,9 +225,7 @@ pub(crate) fn start(config: Config, nodes: Vec<Multiaddr>, emit: EventSink) -> R
     let node_addr = nodes.first().cloned().ok_or("no signalling node address")?;
     let node_peer = match node_addr.iter().last() {
         Some(Protocol::P2p(peer)) => peer,
-        _ => {
-            return Err(format!("node address {node_addr} does not end in /p2p/<id>"));
-        }
+        _ => return Err(format!("node address {node_addr} does not end in /p2p/<id>")),
     };
 
     let webrtc_config = shoal_webrtc::Config {
@@ -180,10 +263,22 @@ pub(crate) fn start(config: Config, nodes: Vec<Multiaddr>, emit: EventSink) -> R
         })
         .boxed();
 
+    let (streams_behaviour, control, incoming) =
+        streams::Behaviour::new(vec![pieces::PROTOCOL, StreamProtocol::new(bulk::PROTOCOL)]);
     let membership = request_response::json::Behaviour::new(
         [(StreamProtocol::new(shoal_proto::MEMBERSHIP_PROTOCOL), ProtocolSupport::Outbound)],
         request_response::Config::default().with_request_timeout(Duration::from_secs(10)),
     );
+    let gossip_config = gossipsub::ConfigBuilder::default()
+        .max_transmit_size(MAX_GOSSIP_TRANSMIT)
+        .validation_mode(gossipsub::ValidationMode::Strict)
+        // The app-level size limit and the page's validators decide; see `on_gossip`.
+        .validate_messages()
+        .heartbeat_interval(Duration::from_secs(1))
+        .build()
+        .map_err(|e| e.to_string())?;
+    let gossipsub = gossipsub::Behaviour::new(gossipsub::MessageAuthenticity::Signed(keypair.clone()), gossip_config)
+        .map_err(|e| e.to_string())?;
     let behaviour = Behaviour {
         relay: relay_behaviour,
         webrtc: webrtc_behaviour,
@@ -191,7 +286,8 @@ pub(crate) fn start(config: Config, nodes: Vec<Multiaddr>, emit: EventSink) -> R
             ping::Config::new().with_interval(Duration::from_secs(4)).with_timeout(Duration::from_secs(8)),
         ),
         membership,
-        streams: libp2p_stream::Behaviour::new(),
+        streams: streams_behaviour,
+        gossipsub,
     };
     let swarm_config =
         libp2p::swarm::Config::with_wasm_executor().with_idle_connection_timeout(Duration::from_secs(60));
@@ -200,25 +296,91 @@ pub(crate) fn start(config: Config, nodes: Vec<Multiaddr>, emit: EventSink) -> R
         .listen_on(Multiaddr::empty().with(Protocol::WebRTC))
         .map_err(|e| format!("cannot listen for /webrtc: {e}"))?;
 
-    let control = swarm.behaviour().streams.new_control();
-    let (commands_tx, commands) = mpsc::channel(16);
+    let (commands_tx, commands) = mpsc::unbounded();
     let snapshot = Rc::new(RefCell::new(Snapshot::default()));
-    let runtime = Runtime {
+    let hosts: Hosts = Rc::default();
+    serve_incoming(incoming, hosts.clone(), emit.clone());
+    let mut runtime = Runtime {
         swarm,
         config,
         node: NodeLink::new(node_peer, node_addr),
         emit,
         snapshot: snapshot.clone(),
         commands,
+        swarms: BTreeMap::new(),
+        hosts: hosts.clone(),
         direct: HashMap::new(),
         relayed: HashSet::new(),
         dials: HashMap::new(),
         relayed_dials: HashMap::new(),
         rtt: HashMap::new(),
-        pending_join: None,
+        banned: HashSet::new(),
+        validators: HashMap::new(),
+        gossip: GossipStats::default(),
     };
+    if let Some(swarm) = runtime.config.swarm.clone() {
+        runtime.join(swarm, None);
+    }
     wasm_bindgen_futures::spawn_local(runtime.run());
-    Ok(Handle { peer_id, commands: commands_tx, snapshot, control })
+    Ok(Handle { peer_id, hosts, commands: commands_tx, snapshot, control })
+}
+
+/// Serves inbound streams: piece streams go to their swarm's engine host (after the
+/// `Hello` that names the swarm), bulk transfers are verified and reported.
+fn serve_incoming(mut incoming: streams::Incoming, hosts: Hosts, emit: EventSink) {
+    wasm_bindgen_futures::spawn_local(async move {
+        while let Some((peer, protocol, stream)) = incoming.next().await {
+            if protocol == pieces::PROTOCOL {
+                wasm_bindgen_futures::spawn_local(serve_piece_stream(peer, stream, hosts.clone()));
+            } else {
+                wasm_bindgen_futures::spawn_local(serve_bulk(peer, stream, emit.clone()));
+            }
+        }
+    });
+}
+
+async fn serve_piece_stream(peer: PeerId, mut stream: libp2p::Stream, hosts: Hosts) {
+    let mut decoder = FrameDecoder::new();
+    let mut buf = vec![0u8; 4096];
+    let hello = async {
+        loop {
+            match decoder.next_message() {
+                Ok(Some(message)) => return Some(message),
+                Ok(None) => {}
+                Err(_) => return None,
+            }
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return None,
+                Ok(n) => decoder.extend(&buf[..n]),
+            }
+        }
+    };
+    let first = select! {
+        m = hello.fuse() => m,
+        () = Delay::new(HELLO_TIMEOUT).fuse() => None,
+    };
+    let Some(first @ Message::Hello { stream: stream_id, .. }) = first else {
+        tracing::debug!(%peer, "piece stream without Hello");
+        return;
+    };
+    let host = hosts.borrow().values().find(|h| h.stream_id == stream_id).cloned();
+    match host {
+        Some(host) => host.attach_reader(peer, stream, decoder, first),
+        None => tracing::debug!(%peer, "piece stream for a swarm we are not in"),
+    }
+}
+
+async fn serve_bulk(peer: PeerId, mut stream: libp2p::Stream, emit: EventSink) {
+    let started = js_sys::Date::now();
+    match bulk::receive(&mut stream).await {
+        Ok(v) => emit(Event::BulkReceived {
+            peer: peer.to_string(),
+            bytes: v.bytes,
+            intact: v.intact,
+            ms: js_sys::Date::now() - started,
+        }),
+        Err(e) => emit(Event::Error { message: format!("bulk transfer from {peer}: {e}") }),
+    }
 }
 
 /// State of our link to the signalling node.
@@ -228,8 +390,7 @@ struct NodeLink {
     connected: bool,
     dialing: bool,
     reservation: Option<ListenerId>,
-    joined: bool,
-    last_join: Option<Instant>,
+    reserved: bool,
     backoff: Duration,
     next_attempt: Instant,
     /// Times the node connection came up; more than once means reconnects.
@@ -244,8 +405,7 @@ impl NodeLink {
             connected: false,
             dialing: false,
             reservation: None,
-            joined: false,
-            last_join: None,
+            reserved: false,
             backoff: NODE_BACKOFF_MIN,
             next_attempt: Instant::now(),
             connections_made: 0,
@@ -259,11 +419,20 @@ impl NodeLink {
     fn lost(&mut self) {
         self.connected = false;
         self.dialing = false;
-        self.joined = false;
         self.reservation = None;
+        self.reserved = false;
         self.next_attempt = Instant::now() + self.backoff;
         self.backoff = (self.backoff * 2).min(NODE_BACKOFF_MAX);
     }
+}
+
+/// Our membership of one swarm.
+#[derive(Default)]
+struct Membership {
+    joined: bool,
+    last_join: Option<Instant>,
+    pending: Option<OutboundRequestId>,
+    size_hint: usize,
 }
 
 struct DirectConnection {
@@ -278,15 +447,19 @@ struct Runtime {
     node: NodeLink,
     emit: EventSink,
     snapshot: Rc<RefCell<Snapshot>>,
-    commands: mpsc::Receiver<Command>,
+    commands: mpsc::UnboundedReceiver<Command>,
+    swarms: BTreeMap<String, Membership>,
+    hosts: Hosts,
     direct: HashMap<PeerId, Vec<DirectConnection>>,
     relayed: HashSet<ConnectionId>,
     /// Our own dials to members, so failures of other dials are not reported.
     dials: HashMap<ConnectionId, PeerId>,
     /// Diagnostic relayed dials waiting to complete.
-    relayed_dials: HashMap<ConnectionId, futures::channel::oneshot::Sender<Result<(), String>>>,
+    relayed_dials: HashMap<ConnectionId, Reply<()>>,
     rtt: HashMap<PeerId, Duration>,
-    pending_join: Option<OutboundRequestId>,
+    banned: HashSet<PeerId>,
+    validators: HashMap<gossipsub::TopicHash, (String, Option<js_sys::Function>)>,
+    gossip: GossipStats,
 }
 
 impl Runtime {
@@ -297,12 +470,11 @@ impl Runtime {
                 event = self.swarm.select_next_some() => self.on_swarm_event(event),
                 command = self.commands.next() => match command {
                     Some(Command::Stop(done)) => {
-                        self.leave().await;
-                        drop(self.swarm);
+                        self.stop().await;
                         let _ = done.send(());
                         return;
                     }
-                    Some(Command::DialRelayed(peer, reply)) => self.dial_relayed(peer, reply),
+                    Some(command) => self.on_command(command),
                     None => break,
                 },
                 () = tick => {
@@ -312,37 +484,114 @@ impl Runtime {
             }
             self.refresh_snapshot();
         }
-        // Dropping the swarm closes every connection.
         tracing::info!("runtime stopped");
     }
 
-    /// Tells the node we are gone, so it stops handing us out, waiting briefly for its
-    /// answer (a closing page may not give us longer).
-    async fn leave(&mut self) {
-        if !self.node.joined {
-            return;
+    fn on_command(&mut self, command: Command) {
+        match command {
+            Command::Stop(_) => {}
+            Command::DialRelayed(peer, reply) => self.dial_relayed(peer, reply),
+            Command::Join(name, host) => self.join(name, host),
+            Command::Leave(name) => {
+                if let Some(host) = self.hosts.borrow_mut().remove(&name) {
+                    host.shutdown();
+                }
+                if self.swarms.remove(&name).is_some() && self.node.connected {
+                    let request = MembershipRequest::Leave { swarm: name };
+                    self.swarm.behaviour_mut().membership.send_request(&self.node.peer, request);
+                }
+            }
+            Command::Ban(peer, reason) => {
+                if self.banned.insert(peer) {
+                    tracing::info!(%peer, %reason, "peer cut off");
+                    let _ = self.swarm.disconnect_peer_id(peer);
+                    for host in self.hosts.borrow().values() {
+                        host.peer_gone(peer);
+                    }
+                }
+            }
+            Command::Subscribe(topic, validator, reply) => {
+                let hash = gossipsub::IdentTopic::new(topic.clone());
+                let result =
+                    self.swarm.behaviour_mut().gossipsub.subscribe(&hash).map(|_| ()).map_err(|e| e.to_string());
+                if result.is_ok() {
+                    self.validators.insert(hash.hash(), (topic, validator));
+                }
+                let _ = reply.send(result);
+            }
+            Command::Unsubscribe(topic) => {
+                let hash = gossipsub::IdentTopic::new(topic);
+                self.validators.remove(&hash.hash());
+                self.swarm.behaviour_mut().gossipsub.unsubscribe(&hash);
+            }
+            Command::Publish(topic, data, reply) => {
+                let result = if data.len() > self.config.gossip_max_bytes {
+                    Err(format!(
+                        "message of {} bytes exceeds gossipMaxBytes ({})",
+                        data.len(),
+                        self.config.gossip_max_bytes
+                    ))
+                } else {
+                    self.swarm
+                        .behaviour_mut()
+                        .gossipsub
+                        .publish(gossipsub::IdentTopic::new(topic), data)
+                        .map(|_| ())
+                        .map_err(|e| e.to_string())
+                };
+                if result.is_ok() {
+                    self.gossip.published += 1;
+                }
+                let _ = reply.send(result);
+            }
         }
-        let request = MembershipRequest::Leave { swarm: self.config.swarm.clone() };
-        let id = self.swarm.behaviour_mut().membership.send_request(&self.node.peer, request);
+    }
+
+    fn join(&mut self, name: String, host: Option<Rc<SwarmHost>>) {
+        if let Some(host) = host {
+            // A direct connection already up may well be a member: offer it the stream.
+            for peer in self.direct.keys() {
+                host.peer_connected(*peer);
+            }
+            self.hosts.borrow_mut().entry(name.clone()).or_insert(host);
+        }
+        self.swarms.entry(name.clone()).or_default();
+        if self.node.reserved {
+            self.send_join(&name);
+        }
+    }
+
+    /// Tells the node we are gone, so it stops handing us out, waiting briefly for its
+    /// answers (a closing page may not give us longer).
+    async fn stop(&mut self) {
+        for host in self.hosts.borrow().values() {
+            host.shutdown();
+        }
+        let mut pending = HashSet::new();
+        if self.node.connected {
+            for name in self.swarms.keys() {
+                let request = MembershipRequest::Leave { swarm: name.clone() };
+                pending.insert(self.swarm.behaviour_mut().membership.send_request(&self.node.peer, request));
+            }
+        }
         let mut deadline = Delay::new(Duration::from_millis(500)).fuse();
-        loop {
+        while !pending.is_empty() {
             select! {
                 event = self.swarm.select_next_some() => {
                     if let SwarmEvent::Behaviour(BehaviourEvent::Membership(
                         request_response::Event::Message { message: request_response::Message::Response { request_id, .. }, .. }
                         | request_response::Event::OutboundFailure { request_id, .. },
                     )) = &event
-                        && *request_id == id
                     {
-                        return;
+                        pending.remove(request_id);
                     }
                 }
-                () = deadline => return,
+                () = deadline => break,
             }
         }
     }
 
-    fn dial_relayed(&mut self, peer: PeerId, reply: futures::channel::oneshot::Sender<Result<(), String>>) {
+    fn dial_relayed(&mut self, peer: PeerId, reply: Reply<()>) {
         if !self.node.connected {
             let _ = reply.send(Err("not connected to the signalling node".into()));
             return;
@@ -360,7 +609,7 @@ impl Runtime {
         }
     }
 
-    /// Periodic work: reconnect to the node, refresh membership.
+    /// Periodic work: reconnect to the node, refresh memberships.
     fn maintain(&mut self) {
         let now = Instant::now();
         if !self.node.connected && !self.node.dialing && now >= self.node.next_attempt {
@@ -374,16 +623,28 @@ impl Runtime {
                 self.node.lost();
             }
         }
+        if !self.node.reserved {
+            return;
+        }
         let rejoin = Duration::from_millis(u64::from(self.config.rejoin_interval_ms));
-        if self.node.joined && self.pending_join.is_none() && self.node.last_join.is_some_and(|t| now - t >= rejoin) {
-            self.send_join();
+        let due: Vec<String> = self
+            .swarms
+            .iter()
+            .filter(|(_, m)| m.pending.is_none() && m.last_join.is_none_or(|t| now - t >= rejoin))
+            .map(|(name, _)| name.clone())
+            .collect();
+        for name in due {
+            self.send_join(&name);
         }
     }
 
-    fn send_join(&mut self) {
-        let request = MembershipRequest::Join { swarm: self.config.swarm.clone(), token: None };
-        self.pending_join = Some(self.swarm.behaviour_mut().membership.send_request(&self.node.peer, request));
-        self.node.last_join = Some(Instant::now());
+    fn send_join(&mut self, name: &str) {
+        let request = MembershipRequest::Join { swarm: name.to_owned(), token: None };
+        let id = self.swarm.behaviour_mut().membership.send_request(&self.node.peer, request);
+        if let Some(m) = self.swarms.get_mut(name) {
+            m.pending = Some(id);
+            m.last_join = Some(Instant::now());
+        }
     }
 
     fn on_swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
@@ -402,7 +663,11 @@ impl Runtime {
                     if num_established == 0 {
                         tracing::info!(%reason, "lost the signalling node");
                         self.node.lost();
-                        self.pending_join = None;
+                        for m in self.swarms.values_mut() {
+                            m.joined = false;
+                            m.pending = None;
+                            m.last_join = None;
+                        }
                         (self.emit)(Event::NodeDisconnected { node: peer_id.to_string(), reason });
                     }
                     return;
@@ -439,15 +704,21 @@ impl Runtime {
             }
             SwarmEvent::ListenerClosed { listener_id, .. } if Some(listener_id) == self.node.reservation => {
                 self.node.reservation = None;
+                self.node.reserved = false;
             }
             SwarmEvent::Behaviour(BehaviourEvent::Relay(relay::client::Event::ReservationReqAccepted {
                 renewal: false,
                 ..
             })) => {
                 // Reachable through the node now: members dialling us will get through.
-                self.send_join();
+                self.node.reserved = true;
+                let names: Vec<String> = self.swarms.keys().cloned().collect();
+                for name in names {
+                    self.send_join(&name);
+                }
             }
             SwarmEvent::Behaviour(BehaviourEvent::Membership(event)) => self.on_membership(event),
+            SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(event)) => self.on_gossip(event),
             SwarmEvent::Behaviour(BehaviourEvent::Ping(ping::Event { peer, result, connection })) => match result {
                 Ok(rtt) => {
                     self.rtt.insert(peer, rtt);
@@ -477,6 +748,10 @@ impl Runtime {
             }
             return;
         }
+        if self.banned.contains(&peer) {
+            self.swarm.close_connection(id);
+            return;
+        }
         if !shoal_webrtc::addr::is_webrtc(&remote_addr) {
             // A relayed connection, used for signalling only.
             self.relayed.insert(id);
@@ -487,6 +762,9 @@ impl Runtime {
         connections.push(DirectConnection { id, dialer, remote_addr: remote_addr.clone() });
         if connections.len() == 1 {
             (self.emit)(Event::PeerConnected { peer: peer.to_string(), remote_addr: remote_addr.to_string(), dialer });
+            for host in self.hosts.borrow().values() {
+                host.peer_connected(peer);
+            }
         } else {
             self.deduplicate(peer);
         }
@@ -497,9 +775,7 @@ impl Runtime {
     fn deduplicate(&mut self, peer: PeerId) {
         let local = *self.swarm.local_peer_id();
         let we_keep_our_dial = local < peer;
-        let Some(connections) = self.direct.get(&peer) else {
-            return;
-        };
+        let Some(connections) = self.direct.get(&peer) else { return };
         let keep = connections.iter().find(|c| c.dialer == we_keep_our_dial).or(connections.first()).map(|c| c.id);
         let close: Vec<ConnectionId> = connections.iter().filter(|c| Some(c.id) != keep).map(|c| c.id).collect();
         for id in close {
@@ -509,13 +785,14 @@ impl Runtime {
     }
 
     fn on_direct_closed(&mut self, peer: PeerId, id: ConnectionId, reason: String) {
-        let Some(connections) = self.direct.get_mut(&peer) else {
-            return;
-        };
+        let Some(connections) = self.direct.get_mut(&peer) else { return };
         connections.retain(|c| c.id != id);
         if connections.is_empty() {
             self.direct.remove(&peer);
             self.rtt.remove(&peer);
+            for host in self.hosts.borrow().values() {
+                host.peer_gone(peer);
+            }
             (self.emit)(Event::PeerDisconnected { peer: peer.to_string(), reason });
         }
     }
@@ -526,27 +803,35 @@ impl Runtime {
                 message: request_response::Message::Response { request_id, response },
                 ..
             } => {
-                if self.pending_join == Some(request_id) {
-                    self.pending_join = None;
-                }
+                let Some((name, membership)) = self.swarms.iter_mut().find(|(_, m)| m.pending == Some(request_id))
+                else {
+                    return;
+                };
+                membership.pending = None;
+                let name = name.clone();
                 match response {
-                    MembershipResponse::Joined { members } => {
-                        let first = !self.node.joined;
-                        self.node.joined = true;
+                    MembershipResponse::Joined { members, size } => {
+                        let first = !membership.joined;
+                        membership.joined = true;
+                        membership.size_hint = if size > 0 { size as usize } else { members.len() + 1 };
+                        let size = membership.size_hint;
                         if first {
-                            (self.emit)(Event::Joined { swarm: self.config.swarm.clone(), members: members.len() });
+                            (self.emit)(Event::Joined { swarm: name.clone(), members: members.len() });
+                        }
+                        if let Some(host) = self.hosts.borrow().get(&name) {
+                            host.set_swarm_size(size);
                         }
                         self.dial_members(members);
                     }
                     MembershipResponse::Refused { reason } => {
-                        (self.emit)(Event::Error { message: format!("node refused to admit us: {reason}") });
+                        (self.emit)(Event::Error { message: format!("node refused to admit us to {name}: {reason}") });
                     }
                     MembershipResponse::Left => {}
                 }
             }
             request_response::Event::OutboundFailure { request_id, error, .. } => {
-                if self.pending_join == Some(request_id) {
-                    self.pending_join = None;
+                if let Some(m) = self.swarms.values_mut().find(|m| m.pending == Some(request_id)) {
+                    m.pending = None;
                 }
                 tracing::debug!(%error, "membership request failed");
             }
@@ -560,10 +845,8 @@ impl Runtime {
             if self.direct.len() >= self.config.max_peers {
                 return;
             }
-            let Ok(peer) = member.peer.parse::<PeerId>() else {
-                continue;
-            };
-            if peer == local || self.direct.contains_key(&peer) {
+            let Ok(peer) = member.peer.parse::<PeerId>() else { continue };
+            if peer == local || self.direct.contains_key(&peer) || self.banned.contains(&peer) {
                 continue;
             }
             let addrs: Vec<Multiaddr> = member
@@ -591,13 +874,61 @@ impl Runtime {
         }
     }
 
+    /// Checks each gossip message before it is delivered or forwarded: size within the
+    /// page's limit, and the topic's validator (if any) accepts it.
+    fn on_gossip(&mut self, event: gossipsub::Event) {
+        let gossipsub::Event::Message { propagation_source, message_id, message } = event else { return };
+        let from = message.source.unwrap_or(propagation_source).to_string();
+        let (topic, validator) = match self.validators.get(&message.topic) {
+            Some((topic, validator)) => (topic.clone(), validator.clone()),
+            None => (message.topic.to_string(), None),
+        };
+        let verdict = if message.data.len() > self.config.gossip_max_bytes {
+            self.gossip.rejected_oversize += 1;
+            Err(format!("{} bytes exceeds the {} byte limit", message.data.len(), self.config.gossip_max_bytes))
+        } else if let Some(validator) = validator {
+            let data = js_sys::Uint8Array::from(&message.data[..]);
+            let accepted = validator
+                .call2(&wasm_bindgen::JsValue::NULL, &data, &wasm_bindgen::JsValue::from_str(&from))
+                .map(|v| v.is_truthy())
+                .unwrap_or(false);
+            if accepted {
+                Ok(())
+            } else {
+                self.gossip.rejected_invalid += 1;
+                Err("the topic's validator refused it".to_owned())
+            }
+        } else {
+            Ok(())
+        };
+        let acceptance = match &verdict {
+            Ok(()) => gossipsub::MessageAcceptance::Accept,
+            Err(_) => gossipsub::MessageAcceptance::Reject,
+        };
+        self.swarm.behaviour_mut().gossipsub.report_message_validation_result(
+            &message_id,
+            &propagation_source,
+            acceptance,
+        );
+        match verdict {
+            Ok(()) => {
+                self.gossip.received += 1;
+                (self.emit)(Event::Gossip { topic, from, data: message.data });
+            }
+            Err(reason) => (self.emit)(Event::GossipRejected { topic, from, reason }),
+        }
+    }
+
     fn refresh_snapshot(&mut self) {
         let mut snapshot = self.snapshot.borrow_mut();
         snapshot.node_connected = self.node.connected;
-        snapshot.joined = self.node.joined;
+        snapshot.joined = !self.swarms.is_empty() && self.swarms.values().all(|m| m.joined);
+        snapshot.swarms = self.swarms.keys().cloned().collect();
         snapshot.relayed_connections = self.relayed.len();
         snapshot.peer_connections_created = shoal_webrtc::peer_connections_created();
         snapshot.node_reconnects = self.node.connections_made.saturating_sub(1);
+        snapshot.banned_peers = self.banned.len();
+        snapshot.gossip = self.gossip.clone();
         snapshot.connections = self
             .direct
             .iter()

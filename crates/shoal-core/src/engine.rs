@@ -183,6 +183,8 @@ struct Deferred<P> {
     peer: P,
     id: u32,
     chunk: u32,
+    /// Send the record first (deferred while we had none ourselves).
+    with_record: bool,
 }
 
 #[derive(Debug)]
@@ -296,8 +298,8 @@ pub struct Engine<P: PeerKey> {
     segments: BTreeMap<SegmentId, Segment<P>>,
     wants: BTreeMap<SegmentId, Instant>,
     requests: Map<u32, Request<P>>,
-    /// HTTP fetches in flight: segment and start time.
-    http: Map<u64, (SegmentId, Instant)>,
+    /// HTTP fetches in flight: segment, start time, byte range (`None`: all of it).
+    http: Map<u64, (SegmentId, Instant, Option<(u64, u64)>)>,
     /// Smoothed duration of an HTTP fetch.
     http_time: Duration,
     uploads: VecDeque<Upload<P>>,
@@ -361,6 +363,11 @@ impl<P: PeerKey> Engine<P> {
 
     pub fn connected_peers(&self) -> usize {
         self.peers.len()
+    }
+
+    /// Whether the signed record of a segment is known.
+    pub fn has_record(&self, id: SegmentId) -> bool {
+        self.segments.get(&id).is_some_and(|s| s.record.is_some())
     }
 
     /// Whether the whole segment is held.
@@ -600,8 +607,18 @@ impl<P: PeerKey> Engine<P> {
         if segment.record.is_some() {
             return;
         }
-        segment.chunks = vec![Chunk::Missing; record.record.chunk_count() as usize];
+        // An HTTP fetch started before the record was known covers the whole segment.
+        let initial = if segment.http.is_some() { Chunk::Http } else { Chunk::Missing };
+        let count = record.record.chunk_count();
+        segment.chunks = vec![initial; count as usize];
         segment.record = Some(record);
+        // Requests deferred before we knew how many chunks there are.
+        let (valid, invalid): (Vec<_>, Vec<_>) =
+            std::mem::take(&mut segment.deferred).into_iter().partition(|d| d.chunk < count);
+        segment.deferred = valid;
+        for d in invalid {
+            self.send(d.peer, Message::Absent { id: d.id });
+        }
     }
 
     // ---- messages ------------------------------------------------------------------
@@ -704,6 +721,13 @@ impl<P: PeerKey> Engine<P> {
             return self.send(peer, Message::Absent { id });
         };
         let Some(record) = entry.record.clone() else {
+            // Fetching from the origin before its record arrived: the record comes with
+            // the segment, so answer then. Answering `Absent` would have the asker seed
+            // the same segment from the origin a second time.
+            if entry.http.is_some() && entry.deferred.len() < MAX_DEFERRED {
+                entry.deferred.push(Deferred { peer, id, chunk, with_record });
+                return;
+            }
             return self.send(peer, Message::Absent { id });
         };
         entry.last_used = self.now;
@@ -736,7 +760,7 @@ impl<P: PeerKey> Engine<P> {
                 if entry.deferred.len() >= MAX_DEFERRED || self.upload_backlog > self.config.max_upload_backlog {
                     return self.send(peer, Message::Busy { id });
                 }
-                entry.deferred.push(Deferred { peer, id, chunk });
+                entry.deferred.push(Deferred { peer, id, chunk, with_record: false });
                 if with_record {
                     self.send(peer, Message::Record { record: record.clone() });
                 }
@@ -820,7 +844,7 @@ impl<P: PeerKey> Engine<P> {
     /// The body of HTTP fetch `id` (the requested range, or the whole segment).
     pub fn http_complete(&mut self, id: u64, body: Bytes, now: Instant) {
         self.now = now;
-        let Some((segment, started)) = self.http.remove(&id) else { return };
+        let Some((segment, started, range)) = self.http.remove(&id) else { return };
         let took = now.saturating_since(started);
         self.http_time = if self.http_time.is_zero() { took } else { self.http_time.mul_f64(0.7) + took.mul_f64(0.3) };
         let Some(entry) = self.segments.get_mut(&segment) else { return };
@@ -843,28 +867,25 @@ impl<P: PeerKey> Engine<P> {
             }
             return self.drive(now);
         };
-        let first = entry.chunks.iter().position(|c| matches!(c, Chunk::Http)).unwrap_or(0) as u32;
-        let mut bad = false;
-        let mut offset = 0usize;
+        // Which bytes the fetch asked for: the body must be exactly those.
+        let (start, end) = range.unwrap_or((0, record.record.size));
+        let mut bad = body.len() as u64 != end.saturating_sub(start);
         let mut pieces = Vec::new();
-        for index in first..record.record.chunk_count() {
-            if !matches!(entry.chunks[index as usize], Chunk::Http) {
-                // A chunk the range covered that we already had.
-                offset += record.record.chunk_len(index);
+        for index in 0..record.record.chunk_count() {
+            if bad {
+                break;
+            }
+            let offset = record.record.chunk_offset(index);
+            let len = record.record.chunk_len(index) as u64;
+            if offset < start || offset + len > end || matches!(entry.chunks[index as usize], Chunk::Have(_)) {
                 continue;
             }
-            let len = record.record.chunk_len(index);
-            if offset + len > body.len() {
-                bad = true;
-                break;
-            }
-            let chunk = body.slice(offset..offset + len);
+            let chunk = body.slice((offset - start) as usize..(offset - start + len) as usize);
             if record.record.verify_chunk(index, &chunk).is_err() {
                 bad = true;
-                break;
+            } else {
+                pieces.push((index, chunk));
             }
-            pieces.push((index, chunk));
-            offset += len;
         }
         if bad {
             // The origin sent something that is not the signed segment: try again.
@@ -880,13 +901,20 @@ impl<P: PeerKey> Engine<P> {
             }
             self.store_chunk(segment, index, chunk, None);
         }
+        if let Some(entry) = self.segments.get_mut(&segment) {
+            for chunk in entry.chunks.iter_mut() {
+                if matches!(chunk, Chunk::Http) {
+                    *chunk = Chunk::Missing;
+                }
+            }
+        }
         self.drive(now);
     }
 
     /// HTTP fetch `id` failed. The segment is retried up to [`Config::http_attempts`].
     pub fn http_failed(&mut self, id: u64, now: Instant) {
         self.now = now;
-        if let Some((segment, _)) = self.http.remove(&id) {
+        if let Some((segment, _, _)) = self.http.remove(&id) {
             self.abandon_http(segment);
         }
         self.drive(now);
@@ -961,7 +989,7 @@ impl<P: PeerKey> Engine<P> {
                 self.send(r.peer, Message::Cancel { id: request_id });
             }
         }
-        self.http.insert(id, (segment, self.now));
+        self.http.insert(id, (segment, self.now, range));
         self.dirty.push(segment);
         self.actions.push_back(Action::HttpFetch { id, segment, range });
     }
@@ -986,8 +1014,14 @@ impl<P: PeerKey> Engine<P> {
         let (ready, waiting): (Vec<_>, Vec<_>) =
             std::mem::take(&mut entry.deferred).into_iter().partition(|d| d.chunk == index);
         entry.deferred = waiting;
+        let record = entry.record.clone();
         for d in ready {
             if self.peers.contains_key(&d.peer) {
+                if d.with_record
+                    && let Some(record) = &record
+                {
+                    self.send(d.peer, Message::Record { record: record.clone() });
+                }
                 if let Some(p) = self.peers.get_mut(&d.peer) {
                     p.queued_uploads += 1;
                 }
@@ -1122,7 +1156,7 @@ impl<P: PeerKey> Engine<P> {
                 if let Some(e) = self.segments.get_mut(&segment) {
                     e.record_request = Some(id);
                 }
-            } else if deadline.is_some() && now >= self.segments[&segment].seed_at {
+            } else if deadline.is_some() && now >= self.segments[&segment].seed_at && !self.has_source(segment) {
                 self.stats.http_seeds += 1;
                 self.start_http(segment);
             }
@@ -1165,11 +1199,16 @@ impl<P: PeerKey> Engine<P> {
             && !self.segments.get(&segment).is_some_and(|s| s.absent.contains(peer))
     }
 
-    /// Whether any peer holds or is getting part of `segment` and can take a request.
+    /// Whether any peer holds or is getting part of `segment`. A peer whose request
+    /// pipeline is full, or that we are leaving alone for a moment after a `Busy` or a
+    /// timeout, still counts: the segment is in the swarm, and seeding it from the origin
+    /// again would fetch it twice. (If that peer never delivers, the urgent window does.)
     fn has_source(&self, segment: SegmentId) -> bool {
+        let absent = self.segments.get(&segment).map(|s| s.absent.as_slice()).unwrap_or_default();
         self.peers.iter().any(|(peer, p)| {
-            (p.have.contains(segment) || p.fetching.contains(segment) || p.partial.contains_key(&segment))
-                && self.usable(peer, p, segment)
+            p.hello
+                && !absent.contains(peer)
+                && (p.have.contains(segment) || p.fetching.contains(segment) || p.partial.contains_key(&segment))
         })
     }
 

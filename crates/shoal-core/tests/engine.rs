@@ -403,3 +403,81 @@ fn offered_segments_are_checked_then_shared() {
     net.engine(1).offer_segment(seg, good, now).unwrap();
     assert!(net.engine(1).has_segment(seg));
 }
+
+#[test]
+fn http_started_before_the_record_arrives_still_delivers_and_shares() {
+    let mut net = Net::new();
+    let seg = net.publish(0, 70_000);
+    net.add(1, config());
+    net.add(2, config());
+    net.connect(1, 2);
+    // The playlist names the segment but carries no record (the browser case: records
+    // come from peers or next to the segment).
+    let now = net.now;
+    net.engine(1).update_playlist([SegmentInfo { id: seg, record: None }], now);
+    net.http_stuck = true;
+    net.engine(1).want(seg, now, now);
+    net.pump();
+    let (_, _, range) = net.http[0];
+    assert_eq!(range, None, "no record yet: the whole segment");
+    // The record arrives (fetched beside the segment), then the body.
+    let record = net.records[&seg].clone();
+    net.engine(1).add_record(record, now).unwrap();
+    let body = net.data[&seg].clone();
+    net.engine(1).http_complete(0, body, now);
+    net.pump();
+    let d = net.delivered_to(1, seg).expect("delivered");
+    assert_eq!(d.concat(), net.data[&seg].to_vec());
+    assert!(net.engine(1).has_segment(seg), "kept to share");
+    assert!(net.sent.iter().any(|(from, _, m)| *from == 1 && *m == Message::Have { segment: seg }));
+}
+
+#[test]
+fn a_truncated_http_body_is_refused_and_retried() {
+    let mut net = Net::new();
+    let seg = net.publish(0, 40_000);
+    net.add(1, config());
+    net.playlist(1);
+    net.http_stuck = true;
+    let now = net.now;
+    net.engine(1).want(seg, now, now);
+    net.pump();
+    let short = net.data[&seg].slice(0..30_000);
+    net.engine(1).http_complete(0, short, now);
+    net.pump();
+    assert!(net.delivered_to(1, seg).is_none());
+    assert_eq!(net.http.len(), 2, "fetched again");
+}
+
+#[test]
+fn a_peer_still_waiting_for_its_record_defers_requests_instead_of_denying() {
+    let mut net = Net::new();
+    let seg = net.publish(0, 70_000);
+    net.add(1, config());
+    net.add(2, config());
+    net.connect(1, 2);
+    let now = net.now;
+    // Neither knows the record; peer 1 must fetch now, peer 2 has time.
+    for peer in [1, 2] {
+        net.engine(peer).update_playlist([SegmentInfo { id: seg, record: None }], now);
+    }
+    net.http_stuck = true;
+    net.engine(1).want(seg, now, now);
+    net.pump();
+    net.engine(2).want(seg, now + Duration::from_secs(10), now);
+    net.pump();
+    assert!(
+        !net.sent.iter().any(|(from, _, m)| *from == 1 && matches!(m, Message::Absent { .. })),
+        "peer 1 is fetching the segment: it must not deny having it"
+    );
+    // Peer 1's origin fetch completes (record beside the segment); peer 2 is answered.
+    let record = net.records[&seg].clone();
+    net.engine(1).add_record(record, now).unwrap();
+    let body = net.data[&seg].clone();
+    net.engine(1).http_complete(0, body, now);
+    net.pump();
+    let d = net.delivered_to(2, seg).expect("peer 2 got it from peer 1");
+    assert_eq!(d.concat(), net.data[&seg].to_vec());
+    assert_eq!(d.from_http, 0);
+    assert_eq!(net.http.iter().filter(|(p, ..)| *p == 2).count(), 0, "peer 2 never went to the origin");
+}

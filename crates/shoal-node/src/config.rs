@@ -101,6 +101,12 @@ pub struct Config {
     #[arg(long, env = "SHOAL_SAMPLE_SIZE", default_value_t = 32)]
     pub sample_size: usize,
 
+    /// Serve the built-in live test stream from this directory (a VOD HLS rendition,
+    /// `stream.m3u8` and its segments, as `scripts/setup.sh` generates with ffmpeg) at
+    /// `/demo/live/stream.m3u8`, looping, with signed segment records.
+    #[arg(long, env = "SHOAL_DEMO_MEDIA")]
+    pub demo_media: Option<PathBuf>,
+
     /// Close connections idle for this many seconds.
     #[arg(long, env = "SHOAL_IDLE_TIMEOUT_SECS", default_value_t = 60)]
     pub idle_timeout_secs: u64,

@@ -61,7 +61,7 @@ fn load_or_create_certificate(path: &Path) -> Result<Certificate, NodeError> {
 
 /// Writes a secret: owner-only permissions, and atomically, so a crash never leaves a
 /// half-written key that would change the node's identity on the next start.
-fn write_private(path: &Path, bytes: &[u8]) -> Result<(), NodeError> {
+pub(crate) fn write_private(path: &Path, bytes: &[u8]) -> Result<(), NodeError> {
     let tmp: PathBuf = path.with_extension("tmp");
     let io = |source| NodeError::Io { context: format!("writing {}", path.display()), source };
     {

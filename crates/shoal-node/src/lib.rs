@@ -10,6 +10,7 @@
 //! The binary (`main.rs`) is a thin wrapper over [`Node`].
 
 pub mod config;
+mod demo;
 mod http;
 mod identity;
 mod ip_limits;
@@ -89,7 +90,7 @@ pub struct Node {
 impl Node {
     /// Loads the identity, binds every listener and the HTTP server. Fails with a clear
     /// error on a bad flag, a busy port or an unreadable key file.
-    pub async fn new(config: Config, extra_routes: axum::Router) -> Result<Self, NodeError> {
+    pub async fn new(config: Config) -> Result<Self, NodeError> {
         config.validate().map_err(NodeError::Config)?;
         let (keypair, certificate) = identity::load_or_create(&config.data_dir)?;
         let peer_id = keypair.public().to_peer_id();
@@ -115,6 +116,17 @@ impl Node {
         let metrics = Arc::new(Metrics::default());
         let mut registry = Registry::default();
         metrics.register(&mut registry);
+        let mut extra_routes = axum::Router::new();
+        if let Some(dir) = &config.demo_media {
+            let demo = Arc::new(demo::DemoStream::load(dir, &config.data_dir.join("demo-publisher.key"))?);
+            registry.register(
+                "shoal_demo_origin_egress_bytes",
+                "Segment bytes the demo origin served",
+                demo.egress.clone(),
+            );
+            tracing::info!(segments_dir = %dir.display(), publisher = %demo.public_key_hex(), "serving the demo live stream at /demo/live/stream.m3u8");
+            extra_routes = demo.router();
+        }
         let well_known = Arc::new(RwLock::new(WellKnown {
             version: WELL_KNOWN_VERSION,
             peer_id: peer_id.to_string(),
@@ -239,7 +251,8 @@ impl Node {
                 let response = match self.members.join(peer, &swarm, &mut self.rng) {
                     Ok(members) => {
                         tracing::debug!(%peer, %swarm, sample = members.len(), "joined");
-                        MembershipResponse::Joined { members }
+                        let size = self.members.swarm_size(&swarm) as u64;
+                        MembershipResponse::Joined { members, size }
                     }
                     Err(reason) => MembershipResponse::Refused { reason },
                 };

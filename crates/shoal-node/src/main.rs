@@ -14,7 +14,7 @@ async fn main() -> anyhow::Result<()> {
         .with_env_filter(EnvFilter::try_from_env("SHOAL_LOG").unwrap_or_else(|_| EnvFilter::new(DEFAULT_LOG)))
         .init();
     let config = shoal_node::Config::parse();
-    let node = shoal_node::Node::new(config, axum::Router::new()).await?;
+    let node = shoal_node::Node::new(config).await?;
     tracing::info!(peer_id = %node.peer_id(), http = ?node.http_addr(), "node started");
     node.run().await?;
     Ok(())

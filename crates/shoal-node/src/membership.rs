@@ -75,6 +75,11 @@ impl Registry {
         self.node_addrs = addrs;
     }
 
+    /// Members of `swarm`.
+    pub fn swarm_size(&self, swarm: &str) -> usize {
+        self.swarms.get(swarm).map_or(0, |s| s.members.len())
+    }
+
     /// Number of swarms with at least one member.
     pub fn swarm_count(&self) -> usize {
         self.swarms.len()

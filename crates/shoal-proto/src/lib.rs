@@ -41,9 +41,12 @@ pub enum MembershipRequest {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "camelCase")]
 pub enum MembershipResponse {
-    /// Joined; `members` is a random sample of the other members.
+    /// Joined; `members` is a random sample of the other members, `size` how many
+    /// members the swarm has in all (peers use it to decide how eagerly to seed).
     Joined {
         members: Vec<Member>,
+        #[serde(default)]
+        size: u64,
     },
     Left,
     /// The request was refused; nothing changed.
@@ -113,6 +116,8 @@ mod tests {
     fn requests_have_a_stable_json_shape() {
         let join = MembershipRequest::Join { swarm: "live/720p".into(), token: None };
         assert_eq!(serde_json::to_string(&join).unwrap(), r#"{"type":"join","swarm":"live/720p"}"#);
+        let joined: MembershipResponse = serde_json::from_str(r#"{"type":"joined","members":[]}"#).unwrap();
+        assert_eq!(joined, MembershipResponse::Joined { members: vec![], size: 0 }, "older nodes send no size");
         let refused = MembershipResponse::Refused { reason: RefusalReason::Unauthorized };
         assert_eq!(serde_json::to_string(&refused).unwrap(), r#"{"type":"refused","reason":"unauthorized"}"#);
         let parsed: MembershipRequest = serde_json::from_str(r#"{"type":"leave","swarm":"x"}"#).unwrap();

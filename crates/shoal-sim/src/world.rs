@@ -94,10 +94,12 @@ enum Event {
     Maintain(ViewerId),
 }
 
+/// A heap entry: small on purpose (the heap sifts entries around); the event itself
+/// waits in the slab.
 struct Scheduled {
     at: Instant,
     seq: u64,
-    event: Event,
+    slot: u32,
 }
 
 impl PartialEq for Scheduled {
@@ -124,6 +126,9 @@ struct World {
     now: Instant,
     queue: BinaryHeap<Scheduled>,
     seq: u64,
+    /// Scheduled events, by slot; `free` lists empty slots for reuse.
+    slab: Vec<Option<Event>>,
+    free: Vec<u32>,
     origin: Origin,
     stream: StreamId,
     publisher_key: shoal_core::PublisherKey,
@@ -145,7 +150,9 @@ pub fn run(scenario: &Scenario) -> Report {
             break;
         }
         world.now = scheduled.at;
-        world.handle(scheduled.event);
+        if let Some(event) = world.take(scheduled.slot) {
+            world.handle(event);
+        }
     }
     let mut report = world.finish();
     report.wall_seconds = started.elapsed().as_secs_f64();
@@ -193,6 +200,8 @@ impl World {
             now: Instant::ZERO,
             queue: BinaryHeap::new(),
             seq: 0,
+            slab: Vec::new(),
+            free: Vec::new(),
             origin: Origin { segments, latest: None, egress: 0 },
             stream,
             viewers: Vec::new(),
@@ -205,7 +214,23 @@ impl World {
 
     fn schedule(&mut self, at: Instant, event: Event) {
         self.seq += 1;
-        self.queue.push(Scheduled { at, seq: self.seq, event });
+        let slot = match self.free.pop() {
+            Some(slot) => {
+                self.slab[slot as usize] = Some(event);
+                slot
+            }
+            None => {
+                self.slab.push(Some(event));
+                (self.slab.len() - 1) as u32
+            }
+        };
+        self.queue.push(Scheduled { at, seq: self.seq, slot });
+    }
+
+    fn take(&mut self, slot: u32) -> Option<Event> {
+        let event = self.slab[slot as usize].take();
+        self.free.push(slot);
+        event
     }
 
     fn start(&mut self) {

@@ -1,0 +1,95 @@
+// Plays the demo's built-in live stream in N tabs of one browser and measures what
+// matters to a video site: offload (bytes from peers / all segment bytes), stalls, and
+// what the origin served. Used by tests/e2e/video.test.mjs and tests/bench/offload.mjs.
+
+import { setTimeout as sleep } from 'node:timers/promises';
+import { launchBrowser, newContext, waitFor } from './harness.mjs';
+
+/** Opens `tabs` demo pages (with `query`) one after another, `stagger` ms apart. */
+export async function openViewers(browser, node, { tabs, query = '', stagger = 1000 }) {
+  const context = await newContext(browser, node);
+  const pages = [];
+  for (let i = 0; i < tabs; i++) {
+    const page = await context.newPage();
+    page.on('pageerror', (error) => {
+      // webrtc-websys (the node link) logs this harmlessly: rust-libp2p #6551.
+      if (!String(error.message).includes('closure invoked recursively or after being dropped')) {
+        console.error(`[tab ${i}] ${error.stack ?? error}`);
+      }
+    });
+    await page.goto(`${node.url}/?${query}`);
+    pages.push(page);
+    if (i + 1 < tabs) await sleep(stagger);
+  }
+  return { context, pages };
+}
+
+/** Per-tab playback and byte counters, as the demo page records them. */
+export function readTab(page) {
+  return page.evaluate(() => {
+    const demo = window.shoalDemo;
+    const stats = demo.shoal.stats();
+    const swarm = Object.values(stats.pieces)[0] ?? { bytesFromPeers: 0, bytesFromHttp: 0, bytesUploaded: 0, segmentsLoaded: 0 };
+    const video = document.getElementById('video');
+    return {
+      started: demo.playback.started,
+      waiting: demo.playback.waiting,
+      stalls: demo.playback.stalls.length,
+      fatal: demo.playback.errors.filter((e) => e.fatal).map((e) => e.details),
+      fromPeers: swarm.bytesFromPeers,
+      fromHttp: swarm.bytesFromHttp,
+      uploaded: swarm.bytesUploaded,
+      segments: swarm.segmentsLoaded,
+      seeds: swarm.httpSeeds ?? 0,
+      urgent: swarm.httpUrgent ?? 0,
+      fallbacks: demo.integration.segments.fallbacks,
+      peers: stats.connections.length,
+      latency: demo.hls.latency,
+      currentTime: video.currentTime,
+    };
+  });
+}
+
+/**
+ * Plays for `warmup` + `measure` ms and reports offload over the measured part:
+ * the bytes each tab received from peers and over HTTP between the two readings.
+ */
+export async function measurePlayback(pages, { warmup, measure }) {
+  await waitFor(async () => (await Promise.all(pages.map(readTab))).every((t) => t.started), {
+    timeout: 60000,
+    message: 'every tab to start playing',
+  });
+  await sleep(warmup);
+  const before = await Promise.all(pages.map(readTab));
+  await sleep(measure);
+  const after = await Promise.all(pages.map(readTab));
+  let fromPeers = 0;
+  let fromHttp = 0;
+  for (let i = 0; i < pages.length; i++) {
+    fromPeers += after[i].fromPeers - before[i].fromPeers;
+    fromHttp += after[i].fromHttp - before[i].fromHttp;
+  }
+  const total = fromPeers + fromHttp;
+  return {
+    tabs: pages.length,
+    offload: total ? fromPeers / total : 0,
+    ceiling: (pages.length - 1) / pages.length,
+    fromPeers,
+    fromHttp,
+    waiting: after.reduce((n, t) => n + t.waiting, 0),
+    stalls: after.reduce((n, t) => n + t.stalls, 0),
+    fatal: after.flatMap((t) => t.fatal),
+    fallbacks: after.reduce((n, t) => n + t.fallbacks, 0),
+    latency: after.reduce((n, t) => n + (t.latency ?? 0), 0) / pages.length,
+    perTab: after,
+  };
+}
+
+export function describe(result) {
+  return `${result.tabs} tabs: offload ${(100 * result.offload).toFixed(1)} % (ceiling ${(100 * result.ceiling).toFixed(1)} %), ` +
+    `${(result.fromPeers / 1e6).toFixed(2)} MB from peers, ${(result.fromHttp / 1e6).toFixed(2)} MB over HTTP, ` +
+    `waiting ${result.waiting}, stalls ${result.stalls}, fatal ${result.fatal.length}, fallbacks ${result.fallbacks}, ` +
+    `latency ${result.latency.toFixed(1)} s`;
+}
+
+export { launchBrowser };

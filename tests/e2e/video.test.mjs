@@ -1,0 +1,70 @@
+// End-to-end: the demo's live stream played by hls.js in real tabs, segments shared over
+// real WebRTC through the real runtime, integrity checked against the node's signatures.
+
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { startNode, waitFor } from './harness.mjs';
+import { describe, launchBrowser, measurePlayback, openViewers, readTab } from './video-harness.mjs';
+
+const TABS = 6;
+
+test(`${TABS} tabs play the live stream for 60 s: offload >= 80 % after warm-up, no stall`, async (t) => {
+  const node = await startNode();
+  const browser = await launchBrowser();
+  t.after(async () => {
+    await browser.close();
+    await node.stop();
+  });
+  const { pages } = await openViewers(browser, node, { tabs: TABS });
+  // 60 s of playback: 20 s to warm up (every tab's startup comes over HTTP), 40 s measured.
+  const result = await measurePlayback(pages, { warmup: 20000, measure: 40000 });
+  console.log(describe(result));
+  assert.equal(result.waiting, 0, 'no `waiting` after playback started');
+  assert.equal(result.stalls, 0, 'no hls.js buffer stall');
+  assert.deepEqual(result.fatal, []);
+  assert.ok(result.offload >= 0.8, describe(result));
+});
+
+test('with P2P switched off the same harness reports 0 % offload and no stall', async (t) => {
+  const node = await startNode();
+  const browser = await launchBrowser();
+  t.after(async () => {
+    await browser.close();
+    await node.stop();
+  });
+  const { pages } = await openViewers(browser, node, { tabs: 3, query: 'p2p=0' });
+  const result = await measurePlayback(pages, { warmup: 10000, measure: 20000 });
+  console.log(describe(result));
+  assert.equal(result.fromPeers, 0);
+  assert.equal(result.offload, 0);
+  assert.ok(result.fromHttp > 0, 'segments still arrive, over HTTP');
+  assert.equal(result.waiting, 0);
+  assert.equal(result.stalls, 0);
+});
+
+test('a peer that uploads corrupt data is cut off and playback is unaffected', async (t) => {
+  const node = await startNode();
+  const browser = await launchBrowser();
+  t.after(async () => {
+    await browser.close();
+    await node.stop();
+  });
+  // The corrupting tab starts first, so it is the one others would fetch from.
+  const corrupt = await openViewers(browser, node, { tabs: 1, query: 'corrupt=1' });
+  await waitFor(async () => (await readTab(corrupt.pages[0])).started, { timeout: 30000, message: 'the corrupting tab to play' });
+  const honest = await openViewers(browser, node, { tabs: 3 });
+  const result = await measurePlayback(honest.pages, { warmup: 5000, measure: 20000 });
+  console.log(describe(result));
+  const corruptId = await corrupt.pages[0].evaluate(() => window.shoalDemo.shoal.peerId);
+  for (const page of honest.pages) {
+    const banned = await page.evaluate(() => window.shoalDemo.shoal.stats());
+    const swarm = Object.values(banned.pieces)[0];
+    assert.ok(banned.bannedPeers >= 1 || swarm.peersBanned >= 1, 'the corrupting peer was cut off');
+    assert.ok(!banned.connections.some((c) => c.peer === corruptId), 'and is no longer connected');
+  }
+  assert.equal(result.waiting, 0);
+  assert.equal(result.stalls, 0);
+  assert.deepEqual(result.fatal, []);
+  // The honest tabs still share with each other.
+  assert.ok(result.fromPeers > 0, describe(result));
+});

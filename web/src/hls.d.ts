@@ -1,0 +1,26 @@
+import type { Shoal } from './index.js';
+
+export interface ShoalHlsOptions {
+  /** The publisher's ed25519 public key; without it every segment comes over HTTP. */
+  publisherKey?: string;
+  /** Swarm id (default: the level playlist URL without query or fragment). */
+  swarmId?: string;
+  live?: boolean;
+  recordSuffix?: string;
+  urgentWindowMs?: number;
+}
+
+/** hls.js integration: fetch segments through Shoal, with HTTP fallback. */
+export class ShoalHls {
+  constructor(shoal: Shoal, options?: ShoalHlsOptions);
+  readonly shoal: Shoal;
+  readonly options: ShoalHlsOptions;
+  /** Bytes received per source, and segments that fell back to hls.js's own loader. */
+  readonly segments: { fromPeers: number; fromHttp: number; fallbacks: number };
+  /** Fields to merge into the hls.js config (`fLoader`). `Hls` is the hls.js class. */
+  config(Hls: { DefaultConfig: { loader: unknown } }): { fLoader: unknown };
+  /** Connects to the hls.js instance created with `config()`. */
+  attach(hls: unknown): this;
+  swarmFor(url: string): string;
+  deadlineFor(frag: { start: number }): number;
+}

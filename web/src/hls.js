@@ -1,0 +1,165 @@
+// hls.js integration: a fragment loader that asks Shoal for each media segment, with
+// the deadline at which playback reaches it. Shoal fetches from other viewers when there
+// is time and over HTTP when not; if Shoal fails, hls.js's own loader takes over, so
+// playback never waits on peers.
+//
+//   const integration = new ShoalHls(shoal, { publisherKey });
+//   const hls = new Hls({ ...integration.config(Hls) });
+//   integration.attach(hls);
+
+import { swarmIdFromUrl } from './index.js';
+
+export class ShoalHls {
+  /**
+   * @param shoal a started `Shoal`
+   * @param options `publisherKey` (required to exchange segments), `swarmId` (default:
+   *   the level playlist URL without query), `live`, `recordSuffix`, `urgentWindowMs`
+   */
+  constructor(shoal, options = {}) {
+    this.shoal = shoal;
+    this.options = options;
+    this.hls = null;
+    this.joined = new Set();
+    this.segments = { fromPeers: 0, fromHttp: 0, fallbacks: 0 };
+  }
+
+  /** hls.js configuration to merge into `new Hls({...})`: the fragment loader. */
+  config(Hls) {
+    const integration = this;
+    const HttpLoader = Hls.DefaultConfig.loader;
+
+    class ShoalFragmentLoader {
+      constructor(config) {
+        this.http = new HttpLoader(config);
+        this.context = null;
+        this.stats = this.http.stats;
+        this.request = null;
+        this.usingHttp = false;
+        this.destroyed = false;
+      }
+
+      destroy() {
+        // hls.js calls destroy from its onAbort callback, which abort() may trigger.
+        if (this.destroyed) return;
+        this.destroyed = true;
+        this.abort();
+        this.http.destroy();
+      }
+
+      abort() {
+        if (this.request) {
+          this.request.aborted = true;
+          this.stats.aborted = true;
+          integration.shoal.cancelSegment(this.request.swarm, this.request.id);
+          this.request = null;
+        }
+        if (this.usingHttp) {
+          this.usingHttp = false;
+          this.http.abort();
+        }
+      }
+
+      #httpLoad(context, config, callbacks) {
+        this.usingHttp = true;
+        this.stats = this.http.stats;
+        this.http.load(context, config, callbacks);
+      }
+
+      getResponseHeader(name) {
+        return this.http.getResponseHeader ? this.http.getResponseHeader(name) : null;
+      }
+
+      load(context, config, callbacks) {
+        const frag = context.frag;
+        // hls.js sets rangeStart/rangeEnd to 0 when the fragment is a whole file.
+        const byteRange = (context.rangeStart ?? 0) > 0 || (context.rangeEnd ?? 0) > 0;
+        if (!frag || typeof frag.sn !== 'number' || byteRange || !integration.options.publisherKey) {
+          return this.#httpLoad(context, config, callbacks);
+        }
+        const swarm = integration.swarmFor(frag.baseurl ?? context.url);
+        integration.ensureJoined(swarm);
+        this.context = context;
+        const start = performance.now();
+        const stats = (this.stats = {
+          aborted: false,
+          loaded: 0,
+          retry: 0,
+          total: 0,
+          chunkCount: 0,
+          bwEstimate: 0,
+          loading: { start, first: 0, end: 0 },
+          parsing: { start: 0, end: 0 },
+          buffering: { start: 0, first: 0, end: 0 },
+        });
+        const request = (this.request = { swarm, id: frag.sn, aborted: false });
+        integration.shoal.fetchSegment(swarm, frag.sn, context.url, integration.deadlineFor(frag)).then(
+          (result) => {
+            if (request.aborted) return;
+            this.request = null;
+            const end = performance.now();
+            stats.loading.first = start + (end - start) / 2;
+            stats.loading.end = end;
+            stats.loaded = stats.total = result.data.byteLength;
+            integration.segments.fromPeers += result.fromPeers;
+            integration.segments.fromHttp += result.fromHttp;
+            const data = result.data.buffer.slice(result.data.byteOffset, result.data.byteOffset + result.data.byteLength);
+            callbacks.onSuccess({ url: context.url, data }, stats, context, null);
+          },
+          () => {
+            if (request.aborted) return;
+            this.request = null;
+            // Shoal gave up (origin failed on every attempt): hls.js's own loader and
+            // retry policy take over.
+            integration.segments.fallbacks += 1;
+            this.#httpLoad(context, config, callbacks);
+          },
+        );
+      }
+    }
+
+    return { fLoader: ShoalFragmentLoader };
+  }
+
+  /** Connects to the hls.js instance: its playlists tell Shoal what comes next. */
+  attach(hls) {
+    this.hls = hls;
+    const Events = hls.constructor.Events;
+    hls.on(Events.LEVEL_LOADED, (_event, data) => {
+      const details = data.details;
+      if (!this.options.publisherKey || !details?.fragments?.length) return;
+      const swarm = this.swarmFor(details.url);
+      this.ensureJoined(swarm);
+      this.shoal.setPlaylist(
+        swarm,
+        details.fragments.filter((f) => typeof f.sn === 'number').map((f) => ({ id: f.sn, url: f.url })),
+      );
+    });
+    return this;
+  }
+
+  /** The swarm of a rendition: `options.swarmId`, or its playlist URL without query. */
+  swarmFor(url) {
+    return this.options.swarmId ?? swarmIdFromUrl(url);
+  }
+
+  ensureJoined(swarm) {
+    if (this.joined.has(swarm)) return;
+    const { publisherKey, live, recordSuffix, urgentWindowMs } = this.options;
+    this.shoal.join(swarm, { publisherKey, live, recordSuffix, urgentWindowMs });
+    this.joined.add(swarm);
+  }
+
+  /**
+   * When playback reaches `frag`, on the `performance.now()` clock. Before playback has
+   * a position, everything is due now (startup comes over HTTP).
+   */
+  deadlineFor(frag) {
+    const now = performance.now();
+    const media = this.hls?.media;
+    if (!media || !(media.currentTime > 0)) return now;
+    const ahead = frag.start - media.currentTime;
+    if (!(ahead > 0)) return now;
+    const rate = media.paused ? 1 : Math.max(media.playbackRate || 1, 0.1);
+    return now + (ahead * 1000) / rate;
+  }
+}

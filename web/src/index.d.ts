@@ -1,0 +1,148 @@
+/** Options of `Shoal.create`. Every field is optional. */
+export interface ShoalConfig {
+  /** Signalling node multiaddrs (`/ip4/…/udp/…/webrtc-direct/certhash/…/p2p/…`). */
+  nodes?: string[];
+  /** Where to read node addresses when `nodes` is empty (default: `/.well-known/shoal.json`). */
+  wellKnownUrl?: string;
+  /** STUN/TURN servers for connections between browsers. */
+  iceServers?: { urls: string | string[]; username?: string; credential?: string }[];
+  /** Most direct peer connections held (default 24). */
+  maxPeers?: number;
+  /** Deadline of one WebRTC handshake (default 10000 ms). */
+  handshakeTimeoutMs?: number;
+  /** How often swarm membership is refreshed (default 15000 ms). */
+  rejoinIntervalMs?: number;
+  logLevel?: 'error' | 'warn' | 'info' | 'debug' | 'trace';
+  /** Serve segments to other peers (default true). */
+  upload?: boolean;
+  /** Upload cap in bytes per second. */
+  uploadRateLimit?: number;
+  /** Fetch segments from other peers (default true; false: HTTP only). */
+  p2pDownload?: boolean;
+  /** Memory for cached segments per swarm (default 64 MiB). */
+  cacheBytes?: number;
+  /** Largest gossip message accepted or published (default 65536). */
+  gossipMaxBytes?: number;
+  /** Emit `chunk-down` / `chunk-up` events. */
+  chunkEvents?: boolean;
+  /** Join this swarm at once (connections and gossip only). */
+  swarm?: string;
+  /** Where to load the WebAssembly module from (default: next to this file). */
+  wasm?: string | URL | Response | BufferSource | WebAssembly.Module;
+  /** Fault injection for tests. Never set in production. */
+  testing?: { corruptUploads?: boolean };
+}
+
+/** Options of `shoal.join`. */
+export interface SwarmOptions {
+  /** The publisher's ed25519 public key (64 hex chars or base64). Required to exchange segments. */
+  publisherKey?: string;
+  /** Live stream (default) or VOD. */
+  live?: boolean;
+  /** Signed records live at the segment URL plus this suffix (default ".shoal"). */
+  recordSuffix?: string;
+  /** Segments due within this many ms come over HTTP (default 1200, widened when the origin is slow). */
+  urgentWindowMs?: number;
+}
+
+export interface LoadedSegment {
+  data: Uint8Array;
+  fromPeers: number;
+  fromHttp: number;
+}
+
+export interface PeerTraffic {
+  down: number;
+  up: number;
+}
+
+export interface SwarmStats {
+  bytesFromPeers: number;
+  bytesFromHttp: number;
+  bytesUploaded: number;
+  segmentsLoaded: number;
+  segmentsFailed: number;
+  chunksRejected: number;
+  peersBanned: number;
+  cachedBytes: number;
+  peers: number;
+  perPeer: Record<string, PeerTraffic>;
+}
+
+export interface ShoalStats {
+  nodeConnected: boolean;
+  joined: boolean;
+  swarms: string[];
+  connections: { peer: string; remoteAddr: string; direct: boolean; dialer: boolean; rttMs: number | null }[];
+  relayedConnections: number;
+  peerConnectionsCreated: number;
+  nodeReconnects: number;
+  bannedPeers: number;
+  gossip: { published: number; received: number; rejectedOversize: number; rejectedInvalid: number };
+  pieces: Record<string, SwarmStats>;
+}
+
+export interface ConnectionReport {
+  peer: string;
+  connectionState: string;
+  selectedPair: { localType: string; remoteType: string; localAddress: string; remoteAddress: string; protocol: string } | null;
+  bytesSent: number;
+  bytesReceived: number;
+  currentRoundTripMs: number | null;
+}
+
+/** Event details, by event type. */
+export interface ShoalEventMap {
+  'node-connected': CustomEvent<{ node: string; addr: string }>;
+  'node-disconnected': CustomEvent<{ node: string; reason: string }>;
+  joined: CustomEvent<{ swarm: string; members: number }>;
+  'peer-connected': CustomEvent<{ peer: string; remoteAddr: string; dialer: boolean }>;
+  'peer-disconnected': CustomEvent<{ peer: string; reason: string }>;
+  'peer-banned': CustomEvent<{ peer: string; reason: string }>;
+  'dial-failed': CustomEvent<{ peer: string; error: string }>;
+  'inbound-failed': CustomEvent<{ peer: string; error: string }>;
+  'segment-loaded': CustomEvent<{ swarm: string; segment: number; bytes: number; fromPeers: number; fromHttp: number }>;
+  'chunk-down': CustomEvent<{ swarm: string; peer: string; segment: number; bytes: number }>;
+  'chunk-up': CustomEvent<{ swarm: string; peer: string; segment: number; bytes: number }>;
+  gossip: CustomEvent<{ topic: string; from: string; data: Uint8Array }>;
+  'gossip-rejected': CustomEvent<{ topic: string; from: string; reason: string }>;
+  error: CustomEvent<{ message: string }>;
+}
+
+/** Errors thrown or rejected by Shoal carry one of these codes. */
+export type ShoalErrorCode =
+  | 'invalid-config' | 'invalid-argument' | 'invalid-peer' | 'invalid-use' | 'no-node' | 'no-window'
+  | 'start-failed' | 'wasm-load-failed' | 'not-joined' | 'segment-unavailable' | 'integrity'
+  | 'gossip' | 'message-too-large' | 'stopped' | 'destroyed' | 'stream-failed' | 'transfer-failed'
+  | 'dial-failed' | 'io' | 'closed' | 'internal';
+
+export interface ShoalError extends Error {
+  code: ShoalErrorCode;
+}
+
+export function initShoal(wasm?: ShoalConfig['wasm']): Promise<void>;
+export function swarmIdFromUrl(url: string, base?: string): string;
+
+export class Shoal extends EventTarget {
+  private constructor(token: symbol);
+  static create(config?: ShoalConfig): Promise<Shoal>;
+  readonly peerId: string;
+  join(swarm: string, options?: SwarmOptions): void;
+  leave(swarm: string): void;
+  setPlaylist(swarm: string, segments: { id: number; url: string }[]): void;
+  fetchSegment(swarm: string, id: number, url: string, deadline: number): Promise<LoadedSegment>;
+  cancelSegment(swarm: string, id: number): void;
+  offerSegment(swarm: string, id: number, data: Uint8Array): void;
+  subscribe(topic: string, validate?: (data: Uint8Array, from: string) => boolean): Promise<void>;
+  unsubscribe(topic: string): void;
+  publish(topic: string, data: Uint8Array | string): Promise<void>;
+  setUploadEnabled(enabled: boolean): void;
+  setP2pDownloadEnabled(enabled: boolean): void;
+  stats(): ShoalStats;
+  connectionReport(): Promise<ConnectionReport[]>;
+  destroy(): Promise<void>;
+  addEventListener<K extends keyof ShoalEventMap>(type: K, listener: (event: ShoalEventMap[K]) => void, options?: boolean | AddEventListenerOptions): void;
+  addEventListener(type: string, listener: EventListenerOrEventListenerObject | null, options?: boolean | AddEventListenerOptions): void;
+  removeEventListener<K extends keyof ShoalEventMap>(type: K, listener: (event: ShoalEventMap[K]) => void, options?: boolean | EventListenerOptions): void;
+  removeEventListener(type: string, listener: EventListenerOrEventListenerObject | null, options?: boolean | EventListenerOptions): void;
+}
