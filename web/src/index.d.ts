@@ -84,6 +84,8 @@ export interface ShoalStats {
 
 export interface ConnectionReport {
   peer: string;
+  /** True for the connection to a signalling node (over /webrtc-direct). */
+  server: boolean;
   connectionState: string;
   selectedPair: { localType: string; remoteType: string; localAddress: string; remoteAddress: string; protocol: string } | null;
   bytesSent: number;

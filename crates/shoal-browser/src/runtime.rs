@@ -241,7 +241,7 @@ pub(crate) fn start(config: Config, nodes: Vec<Multiaddr>, emit: EventSink) -> R
         handshake_timeout: Duration::from_millis(u64::from(config.handshake_timeout_ms)),
         ..shoal_webrtc::Config::default()
     };
-    let (webrtc_transport, webrtc_behaviour) = shoal_webrtc::Transport::new(webrtc_config);
+    let (webrtc_transport, webrtc_behaviour) = shoal_webrtc::Transport::new(webrtc_config, keypair.clone());
     let (relay_transport, relay_behaviour) = relay::client::new(peer_id);
     let noise = noise::Config::new(&keypair).map_err(|e| e.to_string())?;
     let relayed = relay_transport
@@ -249,18 +249,12 @@ pub(crate) fn start(config: Config, nodes: Vec<Multiaddr>, emit: EventSink) -> R
         .authenticate(noise)
         .multiplex(yamux::Config::default())
         .map(|(p, c), _| (p, StreamMuxerBox::new(c)));
-    let to_node = libp2p::webrtc_websys::Transport::new(libp2p::webrtc_websys::Config::new(&keypair))
-        .map(|(p, c), _| (p, StreamMuxerBox::new(c)));
-    // Order matters: ours claims `/p2p-circuit/webrtc`, the relay any other circuit.
+    // Ours dials `/webrtc-direct` (the node) and `/p2p-circuit/webrtc` (peers); the
+    // relay transport any other circuit.
     let transport = webrtc_transport
         .map(|(p, c), _| (p, StreamMuxerBox::new(c)))
         .or_transport(relayed)
-        .or_transport(to_node)
-        .map(|either, _| match either {
-            futures::future::Either::Left(futures::future::Either::Left(x)) => x,
-            futures::future::Either::Left(futures::future::Either::Right(x)) => x,
-            futures::future::Either::Right(x) => x,
-        })
+        .map(|either, _| either.into_inner())
         .boxed();
 
     let (streams_behaviour, control, incoming) =

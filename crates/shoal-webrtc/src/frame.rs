@@ -135,6 +135,7 @@ pub struct StreamCore {
     read: ReadHalf,
     write: WriteHalf,
     max_unread: usize,
+    fin_ack: bool,
 }
 
 impl StreamCore {
@@ -147,7 +148,16 @@ impl StreamCore {
             read: ReadHalf::Open,
             write: WriteHalf::Open,
             max_unread,
+            fin_ack: true,
         }
+    }
+
+    /// For remotes that predate `FIN_ACK` (rust-libp2p's libp2p-webrtc 0.10 server rejects
+    /// unknown flags as invalid data): never send it, and treat the write half as closed
+    /// as soon as our `FIN` is sent.
+    pub fn without_fin_ack(mut self) -> Self {
+        self.fin_ack = false;
+        self
     }
 
     /// Feeds bytes received on the channel. Returns the flags to send back right away
@@ -237,7 +247,9 @@ impl StreamCore {
                     self.read = ReadHalf::Finished;
                 }
                 // Acknowledge even if we had stopped reading: the remote waits for it.
-                replies.push(Flag::FinAck);
+                if self.fin_ack {
+                    replies.push(Flag::FinAck);
+                }
             }
             Some(Flag::StopSending) => {
                 if matches!(self.write, WriteHalf::Open | WriteHalf::FinSent) {
@@ -312,7 +324,7 @@ impl StreamCore {
             return false;
         }
         encode_frame(Some(Flag::Fin), &[], out);
-        self.write = WriteHalf::FinSent;
+        self.write = if self.fin_ack { WriteHalf::FinSent } else { WriteHalf::FinAcked };
         true
     }
 
@@ -397,6 +409,17 @@ mod tests {
             });
             assert_eq!(frames(flag, &data), theirs);
         }
+    }
+
+    #[test]
+    fn without_fin_ack_neither_sends_nor_waits_for_it() {
+        let mut core = StreamCore::new(BIG).without_fin_ack();
+        assert_eq!(core.on_bytes(&frames(Some(Flag::Fin), b"")).unwrap(), vec![]);
+        let mut out = Vec::new();
+        assert!(core.close_write(&mut out));
+        assert_eq!(out, frames(Some(Flag::Fin), b""));
+        assert!(core.write_closed());
+        assert!(!core.awaiting_fin_ack());
     }
 
     #[test]

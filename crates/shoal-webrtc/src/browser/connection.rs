@@ -83,8 +83,15 @@ impl InboundChannels {
 }
 
 impl Connection {
-    pub(crate) fn new(peer: PeerId, pc: RtcPeerConnection, inbound: InboundChannels, config: Arc<Config>) -> Self {
-        let registry_id = super::report::register(peer, pc.clone());
+    /// `server`: the remote is a signalling node reached over `/webrtc-direct`.
+    pub(crate) fn new(
+        peer: PeerId,
+        pc: RtcPeerConnection,
+        inbound: InboundChannels,
+        config: Arc<Config>,
+        server: bool,
+    ) -> Self {
+        let registry_id = super::report::register(peer, pc.clone(), server);
         let state = Rc::new(RefCell::new(StateWatch::default()));
         let on_state = Closure::<dyn FnMut(Event)>::new({
             let state = state.clone();

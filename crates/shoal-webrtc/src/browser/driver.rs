@@ -67,7 +67,7 @@ pub(crate) async fn run(
             if let Some(init) = init {
                 init.close();
             }
-            Ok(Connection::new(peer, pc, inbound, config))
+            Ok(Connection::new(peer, pc, inbound, config, false))
         }
         Err(error) => {
             pc.close();
@@ -197,7 +197,7 @@ fn remote_messages<R: AsyncRead + Unpin + 'static>(reader: R) -> impl futures::S
     })
 }
 
-fn new_peer_connection(config: &Config) -> Result<RtcPeerConnection, Error> {
+pub(crate) fn new_peer_connection(config: &Config) -> Result<RtcPeerConnection, Error> {
     let rtc_config = RtcConfiguration::new();
     let servers = Array::new();
     for server in &config.ice_servers {

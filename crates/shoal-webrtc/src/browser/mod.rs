@@ -5,6 +5,7 @@
 //! sound because wasm32 in a page has exactly one thread.
 
 mod connection;
+mod direct;
 mod driver;
 mod report;
 mod stream;
@@ -57,6 +58,9 @@ pub struct Config {
     pub disconnected_grace: Duration,
     /// How long `close()` on a stream waits for the remote's `FIN_ACK`.
     pub fin_ack_timeout: Duration,
+    /// Whether the remote speaks `FIN_ACK`. Browser peers (this crate) do; the node's
+    /// libp2p-webrtc listener does not, so `/webrtc-direct` connections turn it off.
+    pub fin_ack: bool,
 }
 
 impl Default for Config {
@@ -70,6 +74,7 @@ impl Default for Config {
             max_unread_per_stream: 32 * 1024 * 1024,
             disconnected_grace: Duration::from_secs(8),
             fin_ack_timeout: Duration::from_secs(5),
+            fin_ack: true,
         }
     }
 }

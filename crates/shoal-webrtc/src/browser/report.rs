@@ -12,15 +12,15 @@ use wasm_bindgen_futures::JsFuture;
 use web_sys::RtcPeerConnection;
 
 thread_local! {
-    static LIVE: RefCell<(u64, HashMap<u64, (PeerId, RtcPeerConnection)>)> = RefCell::new((0, HashMap::new()));
+    static LIVE: RefCell<(u64, HashMap<u64, (PeerId, RtcPeerConnection, bool)>)> = RefCell::new((0, HashMap::new()));
 }
 
-pub(crate) fn register(peer: PeerId, pc: RtcPeerConnection) -> u64 {
+pub(crate) fn register(peer: PeerId, pc: RtcPeerConnection, server: bool) -> u64 {
     LIVE.with(|live| {
         let mut live = live.borrow_mut();
         live.0 += 1;
         let id = live.0;
-        live.1.insert(id, (peer, pc));
+        live.1.insert(id, (peer, pc, server));
         id
     })
 }
@@ -46,6 +46,8 @@ pub struct CandidatePair {
 #[serde(rename_all = "camelCase")]
 pub struct PeerConnectionReport {
     pub peer: String,
+    /// True for the `/webrtc-direct` connection to a signalling node.
+    pub server: bool,
     pub connection_state: String,
     pub selected_pair: Option<CandidatePair>,
     pub bytes_sent: f64,
@@ -61,13 +63,14 @@ fn text(value: &JsValue, key: &str) -> String {
     get(value, key).as_string().unwrap_or_default()
 }
 
-/// Reports every open direct connection of this page.
+/// Reports every open `RTCPeerConnection` of this page: peers and signalling nodes.
 pub async fn report() -> Vec<PeerConnectionReport> {
-    let live: Vec<(PeerId, RtcPeerConnection)> = LIVE.with(|live| live.borrow().1.values().cloned().collect());
+    let live: Vec<(PeerId, RtcPeerConnection, bool)> = LIVE.with(|live| live.borrow().1.values().cloned().collect());
     let mut reports = Vec::with_capacity(live.len());
-    for (peer, pc) in live {
+    for (peer, pc, server) in live {
         let mut report = PeerConnectionReport {
             peer: peer.to_string(),
+            server,
             connection_state: format!("{:?}", pc.connection_state()).to_lowercase(),
             selected_pair: None,
             bytes_sent: 0.0,

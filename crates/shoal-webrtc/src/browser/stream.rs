@@ -36,6 +36,8 @@ struct Inner {
     high_water: u32,
     fin_ack_timeout: std::time::Duration,
     fin_ack_deadline: Option<Delay>,
+    /// False for the `/webrtc-direct` Noise channel, see [`Stream::new_handshake`].
+    close_on_drop: bool,
     scratch: Vec<u8>,
     _on_message: Closure<dyn FnMut(MessageEvent)>,
     _on_wake: Closure<dyn FnMut(Event)>,
@@ -65,7 +67,11 @@ impl Stream {
         channel.set_binary_type(RtcDataChannelType::Arraybuffer);
         channel.set_buffered_amount_low_threshold(config.send_low_water);
         let shared = Rc::new(RefCell::new(Shared {
-            core: StreamCore::new(config.max_unread_per_stream),
+            core: if config.fin_ack {
+                StreamCore::new(config.max_unread_per_stream)
+            } else {
+                StreamCore::new(config.max_unread_per_stream).without_fin_ack()
+            },
             read_waker: None,
             write_waker: None,
             error: None,
@@ -94,11 +100,24 @@ impl Stream {
                 high_water: config.send_high_water,
                 fin_ack_timeout: config.fin_ack_timeout,
                 fin_ack_deadline: None,
+                close_on_drop: true,
                 scratch: Vec::with_capacity(crate::frame::MAX_FRAME_LEN),
                 _on_message: on_message,
                 _on_wake: on_wake,
             }),
         }
+    }
+}
+
+impl Stream {
+    /// The `/webrtc-direct` Noise stream (negotiated, id 0). Its data channel is left open
+    /// when the stream is dropped: closing it would free id 0 for the browser's next
+    /// in-band channel while the server may still be tearing down its own end of the
+    /// old one, and that teardown then lands on the new stream.
+    pub(crate) fn new_handshake(channel: RtcDataChannel, config: &Config) -> Self {
+        let mut stream = Self::new(channel, config);
+        stream.inner.close_on_drop = false;
+        stream
     }
 }
 
@@ -183,6 +202,10 @@ impl AsyncRead for Stream {
 impl AsyncWrite for Stream {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         let this = &mut *self.get_mut().inner;
+        // An empty data frame reads as end-of-stream to libp2p-webrtc-utils; send nothing.
+        if buf.is_empty() {
+            return Poll::Ready(Ok(0));
+        }
         if let Some(error) = this.reset_error() {
             return Poll::Ready(Err(error));
         }
@@ -259,6 +282,9 @@ impl Drop for Inner {
         self.channel.set_onclose(None);
         self.channel.set_onerror(None);
         self.channel.set_onbufferedamountlow(None);
+        if !self.close_on_drop {
+            return;
+        }
         let graceful = self.shared.borrow().core.fully_closed();
         if !graceful && self.channel.ready_state() == RtcDataChannelState::Open {
             let mut frame = Vec::with_capacity(4);

@@ -18,20 +18,23 @@ use libp2p::{
         Endpoint,
         transport::{DialOpts, ListenerId, TransportError, TransportEvent},
     },
+    identity::Keypair,
 };
 use send_wrapper::SendWrapper;
 
-use super::{Config, Connection, Error, driver, peer_connections_created};
+use super::{Config, Connection, Error, direct, driver, peer_connections_created};
 use crate::{
     Behaviour, addr,
     behaviour::{InboundSignaling, SignalingRequest, channels},
     handshake::Role,
 };
 
-/// Browser-to-browser WebRTC transport. Must be used together with the [`Behaviour`]
-/// returned by [`Transport::new`], which owns the relayed connections it signals over.
+/// Browser WebRTC transport: browser-to-browser over `/p2p-circuit/webrtc` (used together
+/// with the [`Behaviour`] returned by [`Transport::new`], which owns the relayed
+/// connections it signals over), and browser-to-server over `/webrtc-direct`.
 pub struct Transport {
     config: Arc<Config>,
+    keypair: Keypair,
     requests: mpsc::Sender<SignalingRequest>,
     inbound: mpsc::Receiver<InboundSignaling>,
     listeners: Vec<ListenerId>,
@@ -39,10 +42,16 @@ pub struct Transport {
 }
 
 impl Transport {
-    pub fn new(config: Config) -> (Self, Behaviour) {
+    pub fn new(config: Config, keypair: Keypair) -> (Self, Behaviour) {
         let ((requests, inbound), behaviour) = channels();
-        let transport =
-            Self { config: Arc::new(config), requests, inbound, listeners: Vec::new(), events: VecDeque::new() };
+        let transport = Self {
+            config: Arc::new(config),
+            keypair,
+            requests,
+            inbound,
+            listeners: Vec::new(),
+            events: VecDeque::new(),
+        };
         (transport, behaviour)
     }
 
@@ -90,13 +99,19 @@ impl libp2p::core::Transport for Transport {
     }
 
     fn dial(&mut self, addr: Multiaddr, opts: DialOpts) -> Result<Self::Dial, TransportError<Error>> {
-        let Some(target) = addr::parse_dial_addr(&addr) else {
-            return Err(TransportError::MultiaddrNotSupported(addr));
-        };
         if opts.role == Endpoint::Listener {
             // Hole-punch style "dial as listener" has no meaning here.
             return Err(TransportError::MultiaddrNotSupported(addr));
         }
+        if !addr::is_relayed(&addr)
+            && let Some((socket, fingerprint)) = libp2p_webrtc_utils::parse_webrtc_dial_addr(&addr)
+        {
+            self.check_budget().map_err(TransportError::Other)?;
+            return Ok(send_future(direct::dial(socket, fingerprint, self.keypair.clone(), self.config.clone())));
+        }
+        let Some(target) = addr::parse_dial_addr(&addr) else {
+            return Err(TransportError::MultiaddrNotSupported(addr));
+        };
         self.check_budget().map_err(TransportError::Other)?;
         let mut requests = self.requests.clone();
         let config = self.config.clone();
