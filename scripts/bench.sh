@@ -2,6 +2,8 @@
 # Runs a benchmark. Usage: scripts/bench.sh <name>
 #   transport  goodput vs raw RTCDataChannel, connect time (browser, network namespace)
 #   sim        10,000-viewer swarm simulation (wall time, offload, origin egress, memory)
+#   offload    4/8/12 tabs playing the demo stream vs plain hls.js: offload, stalls, CPU, memory
+#   size       the npm package's download size, gzipped and brotli
 # Results go to stdout; copy them, with this command, into BENCHMARKS.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."

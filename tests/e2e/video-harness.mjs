@@ -11,12 +11,7 @@ export async function openViewers(browser, node, { tabs, query = '', stagger = 1
   const pages = [];
   for (let i = 0; i < tabs; i++) {
     const page = await context.newPage();
-    page.on('pageerror', (error) => {
-      // webrtc-websys (the node link) logs this harmlessly: rust-libp2p #6551.
-      if (!String(error.message).includes('closure invoked recursively or after being dropped')) {
-        console.error(`[tab ${i}] ${error.stack ?? error}`);
-      }
-    });
+    page.on('pageerror', (error) => console.error(`[tab ${i}] ${error.stack ?? error}`));
     await page.goto(`${node.url}/?${query}`);
     pages.push(page);
     if (i + 1 < tabs) await sleep(stagger);
@@ -28,23 +23,25 @@ export async function openViewers(browser, node, { tabs, query = '', stagger = 1
 export function readTab(page) {
   return page.evaluate(() => {
     const demo = window.shoalDemo;
-    const stats = demo.shoal.stats();
-    const swarm = Object.values(stats.pieces)[0] ?? { bytesFromPeers: 0, bytesFromHttp: 0, bytesUploaded: 0, segmentsLoaded: 0 };
+    const c = demo.counters();
     const video = document.getElementById('video');
     return {
       started: demo.playback.started,
       waiting: demo.playback.waiting,
       stalls: demo.playback.stalls.length,
       fatal: demo.playback.errors.filter((e) => e.fatal).map((e) => e.details),
-      fromPeers: swarm.bytesFromPeers,
-      fromHttp: swarm.bytesFromHttp,
-      uploaded: swarm.bytesUploaded,
-      segments: swarm.segmentsLoaded,
-      seeds: swarm.httpSeeds ?? 0,
-      urgent: swarm.httpUrgent ?? 0,
-      fallbacks: demo.integration.segments.fallbacks,
-      peers: stats.connections.length,
+      fromPeers: c.fromPeers,
+      fromHttp: c.fromHttp,
+      uploaded: c.uploaded,
+      segments: c.segments,
+      seeds: c.seeds,
+      urgent: c.urgent,
+      fallbacks: c.fallbacks,
+      peers: c.peers,
+      fragmentBytes: demo.fragmentBytes,
       latency: demo.hls.latency,
+      droppedFrames: video.getVideoPlaybackQuality().droppedVideoFrames,
+      wasmMemory: demo.shoal ? demo.shoal.stats().wasmMemoryBytes : 0,
       currentTime: video.currentTime,
     };
   });
@@ -54,13 +51,14 @@ export function readTab(page) {
  * Plays for `warmup` + `measure` ms and reports offload over the measured part:
  * the bytes each tab received from peers and over HTTP between the two readings.
  */
-export async function measurePlayback(pages, { warmup, measure }) {
+export async function measurePlayback(pages, { warmup, measure, onMeasureStart = () => {} }) {
   await waitFor(async () => (await Promise.all(pages.map(readTab))).every((t) => t.started), {
     timeout: 60000,
     message: 'every tab to start playing',
   });
   await sleep(warmup);
   const before = await Promise.all(pages.map(readTab));
+  onMeasureStart();
   await sleep(measure);
   const after = await Promise.all(pages.map(readTab));
   let fromPeers = 0;
@@ -80,6 +78,7 @@ export async function measurePlayback(pages, { warmup, measure }) {
     stalls: after.reduce((n, t) => n + t.stalls, 0),
     fatal: after.flatMap((t) => t.fatal),
     fallbacks: after.reduce((n, t) => n + t.fallbacks, 0),
+    droppedFrames: after.reduce((n, t) => n + t.droppedFrames, 0) - before.reduce((n, t) => n + t.droppedFrames, 0),
     latency: after.reduce((n, t) => n + (t.latency ?? 0), 0) / pages.length,
     perTab: after,
   };

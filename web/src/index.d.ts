@@ -80,6 +80,8 @@ export interface ShoalStats {
   bannedPeers: number;
   gossip: { published: number; received: number; rejectedOversize: number; rejectedInvalid: number };
   pieces: Record<string, SwarmStats>;
+  /** Size of the WebAssembly heap (it only grows): the runtime's memory high-water mark. */
+  wasmMemoryBytes: number;
 }
 
 export interface ConnectionReport {

@@ -269,6 +269,11 @@ impl ShoalNode {
             let _ = js_sys::Reflect::set(&swarms, &JsValue::from_str(name), &to_js(&host.stats())?);
         }
         let _ = js_sys::Reflect::set(&snapshot, &JsValue::from_str("pieces"), &swarms);
+        // The wasm heap only grows; its size is the runtime's memory high-water mark
+        // (the segment cache lives in it).
+        let memory = wasm_bindgen::memory().unchecked_into::<js_sys::WebAssembly::Memory>();
+        let bytes = memory.buffer().unchecked_into::<js_sys::ArrayBuffer>().byte_length();
+        let _ = js_sys::Reflect::set(&snapshot, &JsValue::from_str("wasmMemoryBytes"), &JsValue::from_f64(f64::from(bytes)));
         Ok(snapshot)
     }
 

@@ -1,0 +1,123 @@
+// End-to-end: the packed npm package, installed the way a user installs it, works from a
+// Vite production build and from a plain `<script type="module">` page. One tab of each
+// joins the same swarm; they connect directly and exchange gossip.
+
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
+import { createServer } from 'node:http';
+import { mkdtempSync, mkdirSync, readFileSync, readdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { extname, join, normalize } from 'node:path';
+import { ROOT, TEST_IP, startNode, launchBrowser, newContext, waitFor } from './harness.mjs';
+
+const TYPES = {
+  '.html': 'text/html', '.js': 'text/javascript', '.mjs': 'text/javascript', '.wasm': 'application/wasm',
+  '.json': 'application/json', '.map': 'application/json', '.css': 'text/css',
+};
+
+/** A static file server for `dir`, standing in for the site that embeds Shoal. */
+async function serveDir(dir) {
+  const server = createServer((req, res) => {
+    const path = normalize(decodeURIComponent(new URL(req.url, 'http://x').pathname)).replace(/^(\.\.[/\\])+/, '');
+    const file = join(dir, path.endsWith('/') ? `${path}index.html` : path);
+    try {
+      if (!file.startsWith(dir) || !statSync(file).isFile()) throw new Error('not a file');
+      res.writeHead(200, { 'content-type': TYPES[extname(file)] ?? 'application/octet-stream' });
+      res.end(readFileSync(file));
+    } catch {
+      res.writeHead(404).end();
+    }
+  });
+  await new Promise((resolve) => server.listen(0, TEST_IP, resolve));
+  return { url: `http://${TEST_IP}:${server.address().port}`, close: () => new Promise((r) => server.close(r)) };
+}
+
+/** The app both pages run; only how it imports the package differs. */
+const appSource = (specifier) => `
+import { Shoal, swarmIdFromUrl } from '${specifier}';
+window.app = {
+  async start(wellKnownUrl) {
+    this.received = [];
+    this.shoal = await Shoal.create({ wellKnownUrl });
+    this.shoal.addEventListener('gossip', (e) => this.received.push(new TextDecoder().decode(e.detail.data)));
+    this.shoal.join(swarmIdFromUrl('https://example.invalid/live/stream.m3u8?token=1'));
+    await this.shoal.subscribe('news');
+    return this.shoal.peerId;
+  },
+  peers() { return this.shoal.stats().connections.map((c) => c.peer); },
+  publish(text) { return this.shoal.publish('news', text); },
+};
+window.appReady = true;
+`;
+
+test('the packed npm package works from a Vite build and from a plain page', async (t) => {
+  const work = mkdtempSync(join(tmpdir(), 'shoal-package-'));
+  t.after(() => rmSync(work, { recursive: true, force: true }));
+
+  // npm pack, then install the tarball into a fresh project with no network.
+  execFileSync('npm', ['pack', '--silent', '--pack-destination', work], { cwd: join(ROOT, 'pkg'), stdio: 'pipe' });
+  const tarball = readdirSync(work).find((f) => f.endsWith('.tgz'));
+  assert.ok(tarball, 'npm pack produced a tarball');
+  const app = join(work, 'app');
+  mkdirSync(app);
+  writeFileSync(join(app, 'package.json'), JSON.stringify({ name: 'app', private: true, type: 'module', dependencies: { shoal: `file:../${tarball}` } }));
+  execFileSync('npm', ['install', '--offline', '--no-audit', '--no-fund', '--silent'], { cwd: app, stdio: 'pipe' });
+  const installed = readdirSync(join(app, 'node_modules/shoal')).sort();
+  for (const file of ['index.js', 'index.d.ts', 'hls.js', 'shoal.js', 'shoal_bg.wasm', 'package.json']) {
+    assert.ok(installed.includes(file), `the package ships ${file} (has ${installed.join(', ')})`);
+  }
+
+  // Vite production build of an app that imports 'shoal' (and 'shoal/hls', which must
+  // resolve through the package's exports map).
+  const viteSrc = join(app, 'vite-src');
+  mkdirSync(viteSrc);
+  writeFileSync(join(viteSrc, 'index.html'), '<!doctype html><link rel="icon" href="data:,"><script type="module" src="./main.js"></script>');
+  writeFileSync(join(viteSrc, 'main.js'), `import { ShoalHls } from 'shoal/hls';\nwindow.hasHlsIntegration = typeof ShoalHls === 'function';\n${appSource('shoal')}`);
+  const { build } = await import('vite');
+  await build({ root: viteSrc, base: './', logLevel: 'silent', build: { outDir: join(app, 'vite-dist'), emptyOutDir: true } });
+  const assets = readdirSync(join(app, 'vite-dist/assets'));
+  assert.ok(assets.some((f) => f.endsWith('.wasm')), `Vite emitted the wasm module as an asset (${assets.join(', ')})`);
+
+  // The plain page imports the installed files directly, no bundler.
+  writeFileSync(join(app, 'plain.html'), `<!doctype html><link rel="icon" href="data:,"><script type="module">${appSource('./node_modules/shoal/index.js')}</script>`);
+
+  const site = await serveDir(app);
+  const node = await startNode();
+  const browser = await launchBrowser();
+  t.after(async () => {
+    await browser.close();
+    await node.stop();
+    await site.close();
+  });
+  const context = await newContext(browser, node);
+  const pages = [];
+  for (const path of ['/vite-dist/index.html', '/plain.html']) {
+    const page = await context.newPage();
+    page.on('pageerror', (error) => console.error(`[${path}] ${error.stack ?? error}`));
+    page.on('console', (msg) => msg.type() === 'error' && console.error(`[${path}] ${msg.text()}`));
+    page.on('requestfailed', (req) => console.error(`[${path}] request failed: ${req.url()}`));
+    await page.goto(`${site.url}${path}`);
+    await page.waitForFunction(() => window.appReady === true);
+    pages.push(page);
+  }
+  assert.equal(await pages[0].evaluate(() => window.hasHlsIntegration), true);
+
+  // The site is on another origin than the node: the page is pointed at it.
+  const wellKnownUrl = `${node.url}/.well-known/shoal.json`;
+  const ids = [];
+  for (const page of pages) ids.push(await page.evaluate((url) => window.app.start(url), wellKnownUrl));
+  await waitFor(async () => {
+    const [a, b] = await Promise.all(pages.map((p) => p.evaluate(() => window.app.peers())));
+    return a.includes(ids[1]) && b.includes(ids[0]);
+  }, { timeout: 20000, message: 'the Vite page and the plain page to connect directly' });
+
+  // Both directions, retried until the subscriptions have propagated.
+  for (const [from, to] of [[0, 1], [1, 0]]) {
+    const text = `hello from ${from}`;
+    await waitFor(async () => {
+      await pages[from].evaluate((text) => window.app.publish(text).catch(() => {}), text);
+      return (await pages[to].evaluate(() => window.app.received)).includes(text);
+    }, { timeout: 15000, interval: 500, message: `gossip from page ${from} to page ${to}` });
+  }
+});
