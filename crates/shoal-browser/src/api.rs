@@ -273,7 +273,11 @@ impl ShoalNode {
         // (the segment cache lives in it).
         let memory = wasm_bindgen::memory().unchecked_into::<js_sys::WebAssembly::Memory>();
         let bytes = memory.buffer().unchecked_into::<js_sys::ArrayBuffer>().byte_length();
-        let _ = js_sys::Reflect::set(&snapshot, &JsValue::from_str("wasmMemoryBytes"), &JsValue::from_f64(f64::from(bytes)));
+        let _ = js_sys::Reflect::set(
+            &snapshot,
+            &JsValue::from_str("wasmMemoryBytes"),
+            &JsValue::from_f64(f64::from(bytes)),
+        );
         Ok(snapshot)
     }
 

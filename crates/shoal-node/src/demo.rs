@@ -23,16 +23,14 @@ use axum::{
     response::{IntoResponse, Response},
     routing::get,
 };
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use prometheus_client::metrics::counter::Counter;
-use shoal_core::{Message, Publisher, SegmentId, SegmentRecord, StreamId};
+use shoal_core::Publisher;
 
-use crate::NodeError;
+use crate::{NodeError, publish};
 
 /// Segments listed in the live playlist.
 const WINDOW: u64 = 6;
-/// Chunk size of the records (what peers verify and exchange one at a time).
-const CHUNK_SIZE: u32 = 64 * 1024;
 /// Records kept signed.
 const RECORD_CACHE: usize = 64;
 
@@ -80,7 +78,7 @@ impl DemoStream {
             return Err(NodeError::Config(format!("{} lists no segments", playlist_path.display())));
         }
         let target_duration = segments.iter().map(|s| s.duration.ceil() as u64).max().unwrap_or(2).max(1);
-        let secret = load_or_create_secret(key_path)?;
+        let secret = publish::load_or_create_secret(key_path)?;
         Ok(Self {
             segments,
             target_duration,
@@ -129,11 +127,8 @@ impl DemoStream {
         if let Some(bytes) = cache.get(&n) {
             return bytes.clone();
         }
-        let record =
-            SegmentRecord::for_data(StreamId::from_name(SWARM), SegmentId(n), &self.segment(n).data, CHUNK_SIZE);
-        let mut frame = BytesMut::new();
-        Message::Record { record: Arc::new(self.publisher.sign(record)) }.encode(&mut frame);
-        let bytes = frame.freeze();
+        let bytes =
+            publish::sign_segment(&self.publisher, SWARM, n, &self.segment(n).data, publish::DEFAULT_CHUNK_SIZE);
         cache.insert(n, bytes.clone());
         while cache.len() > RECORD_CACHE {
             cache.pop_first();
@@ -151,7 +146,7 @@ impl DemoStream {
     }
 
     pub fn public_key_hex(&self) -> String {
-        self.publisher.public_key().to_bytes().iter().map(|b| format!("{b:02x}")).collect()
+        publish::public_key_hex(&self.publisher.public_key())
     }
 }
 
@@ -167,7 +162,7 @@ async fn playlist(State(demo): State<DemoState>) -> impl IntoResponse {
 }
 
 async fn publisher(State(demo): State<DemoState>) -> impl IntoResponse {
-    let body = serde_json::json!({ "publicKey": demo.public_key_hex(), "swarm": SWARM, "chunkSize": CHUNK_SIZE });
+    let body = serde_json::json!({ "publicKey": demo.public_key_hex(), "swarm": SWARM, "chunkSize": publish::DEFAULT_CHUNK_SIZE });
     ([(header::CACHE_CONTROL, "no-cache")], axum::Json(body))
 }
 
@@ -226,22 +221,10 @@ fn parse_range(header: &str, total: u64) -> Option<(u64, u64)> {
     (start <= end).then_some((start, end + 1))
 }
 
-fn load_or_create_secret(path: &Path) -> Result<[u8; 32], NodeError> {
-    match fs::read(path) {
-        Ok(bytes) => bytes
-            .try_into()
-            .map_err(|_| NodeError::Identity { path: path.to_owned(), reason: "not a 32-byte publisher key".into() }),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let secret: [u8; 32] = rand::random();
-            crate::identity::write_private(path, &secret)?;
-            Ok(secret)
-        }
-        Err(source) => Err(NodeError::Io { context: format!("reading {}", path.display()), source }),
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use shoal_core::{Message, StreamId};
+
     use super::*;
 
     #[test]

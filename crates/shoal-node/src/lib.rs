@@ -16,6 +16,7 @@ mod identity;
 mod ip_limits;
 pub mod membership;
 mod metrics;
+pub mod publish;
 
 use std::{
     io,

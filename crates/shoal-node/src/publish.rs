@@ -1,0 +1,205 @@
+//! The publisher's side of integrity: a key file, and a signed record next to every
+//! segment (`<segment>.shoal`), which is what browsers fetch to check segments that reach
+//! them from other peers. Used by the demo stream and by `shoal-sign`, the tool a real
+//! site runs beside its packager.
+//!
+//! A record names its swarm (the `swarmId` pages join) and the segment's media sequence
+//! number, so a record cannot be replayed for another stream or another segment.
+
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    sync::Arc,
+};
+
+use bytes::{Bytes, BytesMut};
+use shoal_core::{Message, Publisher, PublisherKey, SegmentId, SegmentRecord, StreamId};
+
+use crate::NodeError;
+
+/// Chunk size of the records: the unit peers verify and exchange one at a time.
+pub const DEFAULT_CHUNK_SIZE: u32 = 64 * 1024;
+/// What a record's URL adds to its segment's URL (the browser's default `recordSuffix`).
+pub const RECORD_SUFFIX: &str = ".shoal";
+
+/// Reads a 32-byte publisher secret from `path`.
+pub fn load_secret(path: &Path) -> Result<[u8; 32], NodeError> {
+    let bytes =
+        fs::read(path).map_err(|source| NodeError::Io { context: format!("reading {}", path.display()), source })?;
+    bytes
+        .try_into()
+        .map_err(|_| NodeError::Identity { path: path.to_owned(), reason: "not a 32-byte publisher key".into() })
+}
+
+/// Reads the publisher secret at `path`, creating it (mode 0600) if there is none.
+pub fn load_or_create_secret(path: &Path) -> Result<[u8; 32], NodeError> {
+    if path.exists() {
+        return load_secret(path);
+    }
+    let secret: [u8; 32] = rand::random();
+    crate::identity::write_private(path, &secret)?;
+    Ok(secret)
+}
+
+/// The public key pages pass as `publisherKey`, as 64 hex characters.
+pub fn public_key_hex(key: &PublisherKey) -> String {
+    key.to_bytes().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Signs the record of segment `sequence` of `swarm` holding `data`: one wire frame,
+/// the exact bytes to serve at `<segment URL>.shoal`.
+pub fn sign_segment(publisher: &Publisher, swarm: &str, sequence: u64, data: &[u8], chunk_size: u32) -> Bytes {
+    let record = SegmentRecord::for_data(StreamId::from_name(swarm), SegmentId(sequence), data, chunk_size);
+    let mut frame = BytesMut::new();
+    Message::Record { record: Arc::new(publisher.sign(record)) }.encode(&mut frame);
+    frame.freeze()
+}
+
+/// A media segment listed by a playlist, with its media sequence number.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListedSegment {
+    pub sequence: u64,
+    pub uri: String,
+}
+
+/// The segments of an HLS media playlist: `EXT-X-MEDIA-SEQUENCE` (default 0) numbers
+/// the first, each URI line the next. Master playlists list no segments.
+pub fn parse_media_playlist(text: &str) -> Vec<ListedSegment> {
+    let mut sequence = 0;
+    let mut out = Vec::new();
+    for line in text.lines().map(str::trim).filter(|l| !l.is_empty()) {
+        if let Some(value) = line.strip_prefix("#EXT-X-MEDIA-SEQUENCE:") {
+            sequence = value.trim().parse().unwrap_or(0);
+        } else if line.starts_with("#EXT-X-STREAM-INF") {
+            return Vec::new();
+        } else if !line.starts_with('#') {
+            out.push(ListedSegment { sequence, uri: line.to_owned() });
+            sequence += 1;
+        }
+    }
+    out
+}
+
+/// What [`sign_playlist`] did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct SignReport {
+    pub signed: Vec<PathBuf>,
+    pub already_signed: usize,
+    /// Listed segments that are not local files (absolute URLs) or are missing.
+    pub skipped: Vec<String>,
+}
+
+/// Writes `<segment>.shoal` for every segment of the media playlist at `playlist` that
+/// has none yet, or whose record is older than the segment. Segments are local files
+/// next to the playlist, as a packager writes them.
+pub fn sign_playlist(
+    publisher: &Publisher,
+    swarm: &str,
+    playlist: &Path,
+    chunk_size: u32,
+) -> Result<SignReport, NodeError> {
+    let text = fs::read_to_string(playlist)
+        .map_err(|source| NodeError::Io { context: format!("reading {}", playlist.display()), source })?;
+    let dir = playlist.parent().unwrap_or(Path::new("."));
+    let mut report = SignReport::default();
+    for segment in parse_media_playlist(&text) {
+        let path_part = segment.uri.split(['?', '#']).next().unwrap_or_default();
+        if segment.uri.contains("://") || path_part.starts_with('/') || path_part.contains("..") {
+            report.skipped.push(segment.uri);
+            continue;
+        }
+        let file = dir.join(path_part);
+        let record_path = PathBuf::from(format!("{}{RECORD_SUFFIX}", file.display()));
+        let modified = |p: &Path| fs::metadata(p).and_then(|m| m.modified()).ok();
+        let Some(segment_time) = modified(&file) else {
+            report.skipped.push(segment.uri);
+            continue;
+        };
+        if modified(&record_path).is_some_and(|record_time| record_time >= segment_time) {
+            report.already_signed += 1;
+            continue;
+        }
+        let data = fs::read(&file)
+            .map_err(|source| NodeError::Io { context: format!("reading {}", file.display()), source })?;
+        let frame = sign_segment(publisher, swarm, segment.sequence, &data, chunk_size);
+        // Write then rename: a browser never fetches a half-written record.
+        let tmp = record_path.with_extension("shoal.tmp");
+        let io = |source| NodeError::Io { context: format!("writing {}", record_path.display()), source };
+        fs::write(&tmp, &frame).map_err(io)?;
+        fs::rename(&tmp, &record_path).map_err(io)?;
+        report.signed.push(record_path);
+    }
+    Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use shoal_core::wire::FrameDecoder;
+
+    use super::*;
+
+    fn decode_record(frame: &[u8]) -> Arc<shoal_core::SignedRecord> {
+        let mut decoder = FrameDecoder::new();
+        decoder.extend(frame);
+        match decoder.next_message() {
+            Ok(Some(Message::Record { record })) => record,
+            other => panic!("not a record frame: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn playlist_numbering_follows_media_sequence() {
+        let text = "#EXTM3U\n#EXT-X-TARGETDURATION:2\n#EXT-X-MEDIA-SEQUENCE:41\n#EXTINF:2.0,\na.ts\n#EXT-X-DISCONTINUITY\n#EXTINF:2.0,\nb.ts?x=1\n";
+        assert_eq!(
+            parse_media_playlist(text),
+            vec![
+                ListedSegment { sequence: 41, uri: "a.ts".into() },
+                ListedSegment { sequence: 42, uri: "b.ts?x=1".into() }
+            ]
+        );
+        assert!(parse_media_playlist("#EXTM3U\n#EXT-X-STREAM-INF:BANDWIDTH=1\nlow.m3u8\n").is_empty());
+        assert_eq!(parse_media_playlist("#EXTM3U\n#EXTINF:2,\nx.ts\n")[0].sequence, 0);
+    }
+
+    #[test]
+    fn signs_each_listed_segment_once_and_records_verify() {
+        let dir = tempfile::tempdir().unwrap();
+        let publisher = Publisher::from_secret([7; 32]);
+        fs::write(dir.path().join("a.ts"), vec![1u8; 200_000]).unwrap();
+        fs::write(dir.path().join("b.ts"), vec![2u8; 1000]).unwrap();
+        let playlist = dir.path().join("live.m3u8");
+        fs::write(
+            &playlist,
+            "#EXTM3U\n#EXT-X-MEDIA-SEQUENCE:10\n#EXTINF:2,\na.ts\n#EXTINF:2,\nb.ts\n#EXTINF:2,\nmissing.ts\n#EXTINF:2,\nhttps://cdn.example/c.ts\n",
+        )
+        .unwrap();
+
+        let report = sign_playlist(&publisher, "site/live", &playlist, 65536).unwrap();
+        assert_eq!(report.signed.len(), 2);
+        assert_eq!(report.skipped, vec!["missing.ts".to_owned(), "https://cdn.example/c.ts".to_owned()]);
+
+        let record = decode_record(&fs::read(dir.path().join("a.ts.shoal")).unwrap());
+        let stream = StreamId::from_name("site/live");
+        publisher.public_key().verify(&stream, &record).unwrap();
+        assert_eq!(record.record.segment, SegmentId(10));
+        assert_eq!(record.record.size, 200_000);
+        // The record does not verify for another swarm.
+        assert!(publisher.public_key().verify(&StreamId::from_name("other"), &record).is_err());
+        let record_b = decode_record(&fs::read(dir.path().join("b.ts.shoal")).unwrap());
+        assert_eq!(record_b.record.segment, SegmentId(11));
+
+        // A second run finds everything signed.
+        let again = sign_playlist(&publisher, "site/live", &playlist, 65536).unwrap();
+        assert_eq!((again.signed.len(), again.already_signed), (0, 2));
+    }
+
+    #[test]
+    fn key_file_is_created_once_and_must_be_32_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("publisher.key");
+        let first = load_or_create_secret(&path).unwrap();
+        assert_eq!(load_or_create_secret(&path).unwrap(), first);
+        fs::write(&path, b"short").unwrap();
+        assert!(matches!(load_secret(&path), Err(NodeError::Identity { .. })));
+    }
+}
