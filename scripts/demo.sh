@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs the demo: a signalling node on this machine that serves the demo page, the npm
-# package and (issue 4) a built-in live test stream. Open the printed URL in several
+# package and a built-in live test stream (looping, with signed segment records). Open the printed URL in several
 # tabs or browsers. Extra arguments go to shoal-node (see `shoal-node --help`).
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -28,14 +28,12 @@ test('gossip reaches five other tabs within 1 s; invalid and oversize messages a
   });
   for (const page of pages) await page.evaluate((topic) => window.harness.subscribe(topic), TOPIC);
 
-  // Subscriptions spread with gossipsub's heartbeat: wait until a first message makes
-  // it everywhere, then time fresh ones.
-  await waitFor(async () => {
-    await pages[0].evaluate((topic) => window.harness.publish(topic, `ok:warm-up ${Date.now()}`), TOPIC);
-    await sleep(300);
-    const got = await Promise.all(pages.slice(1).map((p) => p.evaluate((topic) => window.harness.received(topic).length, TOPIC)));
-    return got.every((n) => n > 0);
-  }, { timeout: 20000, message: 'gossip to reach every tab' });
+  // Subscriptions travel as soon as they change: every tab soon knows the five others
+  // subscribe (publish resolves to the number of neighbours it was sent to).
+  for (const page of pages) {
+    await waitFor(async () => (await page.evaluate((topic) => window.harness.publish(topic, 'ok:hello'), TOPIC)).sent === 5,
+      { timeout: 5000, message: 'the subscriptions of five neighbours' });
+  }
 
   const latencies = [];
   for (let round = 0; round < 5; round++) {
@@ -76,4 +74,33 @@ test('gossip reaches five other tabs within 1 s; invalid and oversize messages a
   // Publishing past one's own limit fails up front, with a code.
   const refused = await pages[3].evaluate((topic) => window.harness.publish(topic, 'ok:too big', 70000), TOPIC);
   assert.deepEqual({ ok: refused.ok, code: refused.code }, { ok: false, code: 'message-too-large' });
+
+  // A forged message: tab 1 writes, on a raw gossip stream to tab 3, a publication that
+  // claims to come from tab 2 with a made-up signature. Tab 3 checks the signature
+  // against tab 2's key (inside its PeerId), rejects and counts it, delivers nothing.
+  const before3 = (await stats(pages[3])).gossip.rejectedInvalid;
+  await pages[1].evaluate(async ([peer, origin, topic]) => {
+    const frame = window.gossipFrame(topic, origin, 1n << 40n, new Uint8Array(64).fill(7), new TextEncoder().encode('ok:forged'));
+    const handle = await window.harness.openStream(peer, '/shoal/gossip/1', false);
+    await window.harness.write(handle, frame);
+  }, [ids[3], ids[2], TOPIC]);
+  await waitFor(async () => (await stats(pages[3])).gossip.rejectedInvalid > before3,
+    { timeout: 5000, message: 'tab 3 to reject the forged message' });
+  const rejections = await pages[3].evaluate(() => window.harness.eventsOf('gossip-rejected').map((e) => e.reason));
+  assert.ok(rejections.includes('bad signature'), rejections.join('; '));
+  const texts3 = await pages[3].evaluate((topic) => window.harness.received(topic).map((m) => m.text), TOPIC);
+  assert.ok(!texts3.includes('ok:forged'));
+
+  // A neighbour that keeps sending invalid messages is cut off: tab 1 has now sent its
+  // third (one refused by validators, one forged; a third refused one now).
+  await pages[1].evaluate((topic) => window.harness.publish(topic, 'bad:again'), TOPIC);
+  await waitFor(async () => {
+    const s3 = await stats(pages[3]);
+    return s3.bannedPeers >= 1 && !s3.connections.some((c) => c.peer === ids[1]);
+  }, { timeout: 5000, message: 'tab 3 to cut tab 1 off after three invalid messages' });
+  // The others keep gossiping.
+  const after = await pages[2].evaluate((topic) => window.harness.publish(topic, 'ok:still here'), TOPIC);
+  assert.ok(after.sent >= 3, JSON.stringify(after));
+  await waitFor(async () => (await pages[3].evaluate((topic) => window.harness.received(topic).map((m) => m.text), TOPIC)).includes('ok:still here'),
+    { timeout: 5000, message: 'gossip among the remaining tabs' });
 });

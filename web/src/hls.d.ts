@@ -3,8 +3,12 @@ import type { Shoal } from './index.js';
 export interface ShoalHlsOptions {
   /** The publisher's ed25519 public key; without it every segment comes over HTTP. */
   publisherKey?: string;
-  /** Swarm id (default: the level playlist URL without query or fragment). */
-  swarmId?: string;
+  /**
+   * Swarm id: a string for a single rendition, or a function of the level playlist URL
+   * (one swarm per rendition). Default: the level playlist URL without query or fragment.
+   * It must equal the `--swarm` the publisher signed the rendition's records with.
+   */
+  swarmId?: string | ((levelPlaylistUrl: string) => string);
   live?: boolean;
   recordSuffix?: string;
   urgentWindowMs?: number;

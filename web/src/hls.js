@@ -12,8 +12,9 @@ import { swarmIdFromUrl } from './index.js';
 export class ShoalHls {
   /**
    * @param shoal a started `Shoal`
-   * @param options `publisherKey` (required to exchange segments), `swarmId` (default:
-   *   the level playlist URL without query), `live`, `recordSuffix`, `urgentWindowMs`
+   * @param options `publisherKey` (required to exchange segments), `swarmId` (string, or
+   *   function of the level playlist URL; default: that URL without query), `live`,
+   *   `recordSuffix`, `urgentWindowMs`
    */
   constructor(shoal, options = {}) {
     this.shoal = shoal;
@@ -137,9 +138,15 @@ export class ShoalHls {
     return this;
   }
 
-  /** The swarm of a rendition: `options.swarmId`, or its playlist URL without query. */
+  /**
+   * The swarm of a rendition: `options.swarmId` (a string for a single rendition, or a
+   * function of the level playlist URL), else that URL without query or fragment. Each
+   * rendition must be its own swarm: sequence numbers repeat across renditions.
+   */
   swarmFor(url) {
-    return this.options.swarmId ?? swarmIdFromUrl(url);
+    const { swarmId } = this.options;
+    if (typeof swarmId === 'function') return swarmId(url);
+    return swarmId ?? swarmIdFromUrl(url);
   }
 
   ensureJoined(swarm) {

@@ -78,7 +78,8 @@ export interface ShoalStats {
   peerConnectionsCreated: number;
   nodeReconnects: number;
   bannedPeers: number;
-  gossip: { published: number; received: number; rejectedOversize: number; rejectedInvalid: number };
+  /** `duplicates`: copies of messages already seen (each arrives once per path). */
+  gossip: { published: number; received: number; rejectedOversize: number; rejectedInvalid: number; duplicates: number };
   pieces: Record<string, SwarmStats>;
   /** Size of the WebAssembly heap (it only grows): the runtime's memory high-water mark. */
   wasmMemoryBytes: number;
@@ -139,7 +140,8 @@ export class Shoal extends EventTarget {
   offerSegment(swarm: string, id: number, data: Uint8Array): void;
   subscribe(topic: string, validate?: (data: Uint8Array, from: string) => boolean): Promise<void>;
   unsubscribe(topic: string): void;
-  publish(topic: string, data: Uint8Array | string): Promise<void>;
+  /** Resolves to the number of connected peers it was sent to (0: nobody subscribed yet). */
+  publish(topic: string, data: Uint8Array | string): Promise<number>;
   setUploadEnabled(enabled: boolean): void;
   setP2pDownloadEnabled(enabled: boolean): void;
   stats(): ShoalStats;

@@ -115,7 +115,10 @@ export class Shoal extends EventTarget {
     this.#live().unsubscribe(topic);
   }
 
-  /** Gossip: publish `data` (Uint8Array or string) on `topic`. */
+  /**
+   * Gossip: publish `data` (Uint8Array or string) on `topic`, signed with this peer's key.
+   * Resolves to the number of connected peers it was sent to.
+   */
   publish(topic, data) {
     const bytes = typeof data === 'string' ? new TextEncoder().encode(data) : data;
     return this.#live().publish(topic, bytes);

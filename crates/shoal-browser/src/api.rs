@@ -234,28 +234,20 @@ impl ShoalNode {
     }
 
     /// Subscribes to a gossip topic. `validate(data, from)` (optional) must return true
-    /// for a message to be delivered and forwarded; rejected ones are counted.
+    /// for a message to be delivered and forwarded; rejected ones are counted, and a
+    /// neighbour that keeps sending them is cut off.
     pub async fn subscribe(&self, topic: String, validate: Option<js_sys::Function>) -> Result<(), JsValue> {
-        let (reply, done) = oneshot::channel();
-        self.handle
-            .commands
-            .unbounded_send(Command::Subscribe(topic, validate, reply))
-            .map_err(|_| error("stopped", "peer is stopped"))?;
-        done.await.map_err(|_| error("stopped", "peer is stopped"))?.map_err(|e| error("gossip", e))
+        self.handle.gossip.subscribe(topic, validate).map_err(|e| error("gossip", e))
     }
 
     pub fn unsubscribe(&self, topic: String) {
-        let _ = self.handle.commands.unbounded_send(Command::Unsubscribe(topic));
+        self.handle.gossip.unsubscribe(&topic);
     }
 
-    /// Publishes `data` on `topic`.
-    pub async fn publish(&self, topic: String, data: Vec<u8>) -> Result<(), JsValue> {
-        let (reply, done) = oneshot::channel();
-        self.handle
-            .commands
-            .unbounded_send(Command::Publish(topic, data, reply))
-            .map_err(|_| error("stopped", "peer is stopped"))?;
-        done.await.map_err(|_| error("stopped", "peer is stopped"))?.map_err(|e| {
+    /// Publishes `data` on `topic`; resolves to the number of neighbours it was sent to
+    /// (0 when no connected peer subscribes to the topic yet).
+    pub async fn publish(&self, topic: String, data: Vec<u8>) -> Result<u32, JsValue> {
+        self.handle.gossip.publish(topic, data).map(|n| n as u32).map_err(|e| {
             let code = if e.contains("gossipMaxBytes") { "message-too-large" } else { "gossip" };
             error(code, e)
         })

@@ -189,8 +189,9 @@ impl Config {
     }
 }
 
-/// Largest gossip frame on the wire; the per-app limit (`gossipMaxBytes`) is enforced
-/// by validation so oversize messages are seen, rejected and counted.
+/// Largest `gossipMaxBytes` a page may set. Frames up to the page's own limit plus
+/// headers are read (so a slightly oversize message is seen, rejected and counted);
+/// larger ones end the stream.
 pub const MAX_GOSSIP_TRANSMIT: usize = 256 * 1024;
 
 /// Parses a publisher key: 64 hex characters, or standard/url-safe base64 of 32 bytes.

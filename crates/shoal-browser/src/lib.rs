@@ -5,8 +5,9 @@
 //!
 //! - [`config`]: the options objects JavaScript passes, checked.
 //! - [`bulk`]: a verifiable bulk-transfer protocol (tests, benchmarks).
-//! - `runtime` (wasm32): the swarm, node link, memberships, gossip, bans.
+//! - `runtime` (wasm32): the swarm, node link, memberships, bans.
 //! - `pieces` (wasm32): one engine host per swarm: piece streams, HTTP, timers.
+//! - `gossip` (wasm32): the page's gossip over `/shoal/gossip/1` streams.
 //! - `api` (wasm32): the exported class.
 
 pub mod bulk;
@@ -16,6 +17,8 @@ pub mod config;
 mod api;
 #[cfg(target_arch = "wasm32")]
 mod console_log;
+#[cfg(target_arch = "wasm32")]
+mod gossip;
 #[cfg(target_arch = "wasm32")]
 mod http;
 #[cfg(target_arch = "wasm32")]

@@ -2,10 +2,11 @@
 //!
 //! The loop owns the `Swarm`: the link to the signalling node (with reconnection and
 //! re-registration), membership of each joined swarm, direct connections to members,
-//! gossipsub, and bans. JavaScript talks to it through [`Handle`]: commands over a
+//! and bans. JavaScript talks to it through [`Handle`]: commands over a
 //! channel, a shared snapshot for synchronous reads, and an event callback. Piece
-//! exchange runs in [`crate::pieces`], one engine host per swarm with pieces; streams run
-//! as their own tasks, so transfers never wait on the swarm loop.
+//! exchange runs in [`crate::pieces`], one engine host per swarm with pieces, and gossip in
+//! [`crate::gossip`]; streams run as their own tasks, so transfers never wait on the
+//! swarm loop.
 
 use std::{
     cell::RefCell,
@@ -19,7 +20,6 @@ use futures_timer::Delay;
 use libp2p::{
     Multiaddr, PeerId, StreamProtocol, Swarm, Transport,
     core::{ConnectedPoint, muxing::StreamMuxerBox, transport::ListenerId, upgrade::Version},
-    gossipsub,
     identity::Keypair,
     multiaddr::Protocol,
     noise, ping, relay,
@@ -37,7 +37,8 @@ use web_time::Instant;
 
 use crate::{
     bulk,
-    config::{Config, MAX_GOSSIP_TRANSMIT},
+    config::Config,
+    gossip::{self, GossipHost, GossipStats},
     pieces::{self, SwarmHost},
     streams,
 };
@@ -49,7 +50,6 @@ pub(crate) struct Behaviour {
     ping: ping::Behaviour,
     membership: request_response::json::Behaviour<MembershipRequest, MembershipResponse>,
     streams: streams::Behaviour,
-    gossipsub: gossipsub::Behaviour,
 }
 
 /// Events delivered to JavaScript, as plain objects with a `type`.
@@ -156,16 +156,6 @@ pub(crate) struct ConnectionInfo {
     pub rtt_ms: Option<f64>,
 }
 
-/// Gossip counters.
-#[derive(Debug, Default, Clone, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub(crate) struct GossipStats {
-    pub published: u64,
-    pub received: u64,
-    pub rejected_oversize: u64,
-    pub rejected_invalid: u64,
-}
-
 /// What JavaScript can read without waiting.
 #[derive(Debug, Default, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -193,15 +183,13 @@ pub(crate) enum Command {
     Leave(String),
     /// Cut a peer off for good.
     Ban(PeerId, String),
-    Subscribe(String, Option<js_sys::Function>, Reply<()>),
-    Unsubscribe(String),
-    Publish(String, Vec<u8>, Reply<()>),
 }
 
 /// JavaScript's side of the runtime.
 pub(crate) struct Handle {
     pub peer_id: PeerId,
     pub hosts: Hosts,
+    pub gossip: Rc<GossipHost>,
     pub commands: mpsc::UnboundedSender<Command>,
     pub snapshot: Rc<RefCell<Snapshot>>,
     pub control: streams::Control,
@@ -258,21 +246,11 @@ pub(crate) fn start(config: Config, nodes: Vec<Multiaddr>, emit: EventSink) -> R
         .boxed();
 
     let (streams_behaviour, control, incoming) =
-        streams::Behaviour::new(vec![pieces::PROTOCOL, StreamProtocol::new(bulk::PROTOCOL)]);
+        streams::Behaviour::new(vec![pieces::PROTOCOL, gossip::PROTOCOL, StreamProtocol::new(bulk::PROTOCOL)]);
     let membership = request_response::json::Behaviour::new(
         [(StreamProtocol::new(shoal_proto::MEMBERSHIP_PROTOCOL), ProtocolSupport::Outbound)],
         request_response::Config::default().with_request_timeout(Duration::from_secs(10)),
     );
-    let gossip_config = gossipsub::ConfigBuilder::default()
-        .max_transmit_size(MAX_GOSSIP_TRANSMIT)
-        .validation_mode(gossipsub::ValidationMode::Strict)
-        // The app-level size limit and the page's validators decide; see `on_gossip`.
-        .validate_messages()
-        .heartbeat_interval(Duration::from_secs(1))
-        .build()
-        .map_err(|e| e.to_string())?;
-    let gossipsub = gossipsub::Behaviour::new(gossipsub::MessageAuthenticity::Signed(keypair.clone()), gossip_config)
-        .map_err(|e| e.to_string())?;
     let behaviour = Behaviour {
         relay: relay_behaviour,
         webrtc: webrtc_behaviour,
@@ -281,7 +259,6 @@ pub(crate) fn start(config: Config, nodes: Vec<Multiaddr>, emit: EventSink) -> R
         ),
         membership,
         streams: streams_behaviour,
-        gossipsub,
     };
     let swarm_config =
         libp2p::swarm::Config::with_wasm_executor().with_idle_connection_timeout(Duration::from_secs(60));
@@ -293,7 +270,8 @@ pub(crate) fn start(config: Config, nodes: Vec<Multiaddr>, emit: EventSink) -> R
     let (commands_tx, commands) = mpsc::unbounded();
     let snapshot = Rc::new(RefCell::new(Snapshot::default()));
     let hosts: Hosts = Rc::default();
-    serve_incoming(incoming, hosts.clone(), emit.clone());
+    let gossip = GossipHost::new(keypair, config.gossip_max_bytes, emit.clone(), commands_tx.clone(), control.clone());
+    serve_incoming(incoming, hosts.clone(), gossip.clone(), emit.clone());
     let mut runtime = Runtime {
         swarm,
         config,
@@ -309,23 +287,25 @@ pub(crate) fn start(config: Config, nodes: Vec<Multiaddr>, emit: EventSink) -> R
         relayed_dials: HashMap::new(),
         rtt: HashMap::new(),
         banned: HashSet::new(),
-        validators: HashMap::new(),
-        gossip: GossipStats::default(),
+        gossip: gossip.clone(),
     };
     if let Some(swarm) = runtime.config.swarm.clone() {
         runtime.join(swarm, None);
     }
     wasm_bindgen_futures::spawn_local(runtime.run());
-    Ok(Handle { peer_id, hosts, commands: commands_tx, snapshot, control })
+    Ok(Handle { peer_id, hosts, gossip, commands: commands_tx, snapshot, control })
 }
 
 /// Serves inbound streams: piece streams go to their swarm's engine host (after the
-/// `Hello` that names the swarm), bulk transfers are verified and reported.
-fn serve_incoming(mut incoming: streams::Incoming, hosts: Hosts, emit: EventSink) {
+/// `Hello` that names the swarm), gossip streams to the gossip host, bulk transfers are
+/// verified and reported.
+fn serve_incoming(mut incoming: streams::Incoming, hosts: Hosts, gossip: Rc<GossipHost>, emit: EventSink) {
     wasm_bindgen_futures::spawn_local(async move {
         while let Some((peer, protocol, stream)) = incoming.next().await {
             if protocol == pieces::PROTOCOL {
                 wasm_bindgen_futures::spawn_local(serve_piece_stream(peer, stream, hosts.clone()));
+            } else if protocol == gossip::PROTOCOL {
+                gossip.attach_reader(peer, stream);
             } else {
                 wasm_bindgen_futures::spawn_local(serve_bulk(peer, stream, emit.clone()));
             }
@@ -452,8 +432,7 @@ struct Runtime {
     relayed_dials: HashMap<ConnectionId, Reply<()>>,
     rtt: HashMap<PeerId, Duration>,
     banned: HashSet<PeerId>,
-    validators: HashMap<gossipsub::TopicHash, (String, Option<js_sys::Function>)>,
-    gossip: GossipStats,
+    gossip: Rc<GossipHost>,
 }
 
 impl Runtime {
@@ -502,41 +481,8 @@ impl Runtime {
                     for host in self.hosts.borrow().values() {
                         host.peer_gone(peer);
                     }
+                    self.gossip.peer_gone(peer);
                 }
-            }
-            Command::Subscribe(topic, validator, reply) => {
-                let hash = gossipsub::IdentTopic::new(topic.clone());
-                let result =
-                    self.swarm.behaviour_mut().gossipsub.subscribe(&hash).map(|_| ()).map_err(|e| e.to_string());
-                if result.is_ok() {
-                    self.validators.insert(hash.hash(), (topic, validator));
-                }
-                let _ = reply.send(result);
-            }
-            Command::Unsubscribe(topic) => {
-                let hash = gossipsub::IdentTopic::new(topic);
-                self.validators.remove(&hash.hash());
-                self.swarm.behaviour_mut().gossipsub.unsubscribe(&hash);
-            }
-            Command::Publish(topic, data, reply) => {
-                let result = if data.len() > self.config.gossip_max_bytes {
-                    Err(format!(
-                        "message of {} bytes exceeds gossipMaxBytes ({})",
-                        data.len(),
-                        self.config.gossip_max_bytes
-                    ))
-                } else {
-                    self.swarm
-                        .behaviour_mut()
-                        .gossipsub
-                        .publish(gossipsub::IdentTopic::new(topic), data)
-                        .map(|_| ())
-                        .map_err(|e| e.to_string())
-                };
-                if result.is_ok() {
-                    self.gossip.published += 1;
-                }
-                let _ = reply.send(result);
             }
         }
     }
@@ -603,9 +549,18 @@ impl Runtime {
         }
     }
 
-    /// Periodic work: reconnect to the node, refresh memberships.
+    /// Periodic work: reconnect to the node, refresh memberships, reopen streams.
     fn maintain(&mut self) {
         let now = Instant::now();
+        // A stream dies with its connection, and when two peers dialled each other at
+        // once the connection it ran on may be the duplicate that was closed: offer every
+        // connected peer again (a no-op where the streams are up).
+        for peer in self.direct.keys().filter(|p| !self.banned.contains(p)) {
+            for host in self.hosts.borrow().values() {
+                host.peer_connected(*peer);
+            }
+            self.gossip.peer_connected(*peer);
+        }
         if !self.node.connected && !self.node.dialing && now >= self.node.next_attempt {
             self.node.dialing = true;
             let opts = DialOpts::peer_id(self.node.peer)
@@ -712,7 +667,6 @@ impl Runtime {
                 }
             }
             SwarmEvent::Behaviour(BehaviourEvent::Membership(event)) => self.on_membership(event),
-            SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(event)) => self.on_gossip(event),
             SwarmEvent::Behaviour(BehaviourEvent::Ping(ping::Event { peer, result, connection })) => match result {
                 Ok(rtt) => {
                     self.rtt.insert(peer, rtt);
@@ -759,6 +713,7 @@ impl Runtime {
             for host in self.hosts.borrow().values() {
                 host.peer_connected(peer);
             }
+            self.gossip.peer_connected(peer);
         } else {
             self.deduplicate(peer);
         }
@@ -787,6 +742,7 @@ impl Runtime {
             for host in self.hosts.borrow().values() {
                 host.peer_gone(peer);
             }
+            self.gossip.peer_gone(peer);
             (self.emit)(Event::PeerDisconnected { peer: peer.to_string(), reason });
         }
     }
@@ -868,51 +824,6 @@ impl Runtime {
         }
     }
 
-    /// Checks each gossip message before it is delivered or forwarded: size within the
-    /// page's limit, and the topic's validator (if any) accepts it.
-    fn on_gossip(&mut self, event: gossipsub::Event) {
-        let gossipsub::Event::Message { propagation_source, message_id, message } = event else { return };
-        let from = message.source.unwrap_or(propagation_source).to_string();
-        let (topic, validator) = match self.validators.get(&message.topic) {
-            Some((topic, validator)) => (topic.clone(), validator.clone()),
-            None => (message.topic.to_string(), None),
-        };
-        let verdict = if message.data.len() > self.config.gossip_max_bytes {
-            self.gossip.rejected_oversize += 1;
-            Err(format!("{} bytes exceeds the {} byte limit", message.data.len(), self.config.gossip_max_bytes))
-        } else if let Some(validator) = validator {
-            let data = js_sys::Uint8Array::from(&message.data[..]);
-            let accepted = validator
-                .call2(&wasm_bindgen::JsValue::NULL, &data, &wasm_bindgen::JsValue::from_str(&from))
-                .map(|v| v.is_truthy())
-                .unwrap_or(false);
-            if accepted {
-                Ok(())
-            } else {
-                self.gossip.rejected_invalid += 1;
-                Err("the topic's validator refused it".to_owned())
-            }
-        } else {
-            Ok(())
-        };
-        let acceptance = match &verdict {
-            Ok(()) => gossipsub::MessageAcceptance::Accept,
-            Err(_) => gossipsub::MessageAcceptance::Reject,
-        };
-        self.swarm.behaviour_mut().gossipsub.report_message_validation_result(
-            &message_id,
-            &propagation_source,
-            acceptance,
-        );
-        match verdict {
-            Ok(()) => {
-                self.gossip.received += 1;
-                (self.emit)(Event::Gossip { topic, from, data: message.data });
-            }
-            Err(reason) => (self.emit)(Event::GossipRejected { topic, from, reason }),
-        }
-    }
-
     fn refresh_snapshot(&mut self) {
         let mut snapshot = self.snapshot.borrow_mut();
         snapshot.node_connected = self.node.connected;
@@ -922,7 +833,7 @@ impl Runtime {
         snapshot.peer_connections_created = shoal_webrtc::peer_connections_created();
         snapshot.node_reconnects = self.node.connections_made.saturating_sub(1);
         snapshot.banned_peers = self.banned.len();
-        snapshot.gossip = self.gossip.clone();
+        snapshot.gossip = self.gossip.stats();
         snapshot.connections = self
             .direct
             .iter()

@@ -10,11 +10,13 @@
 //! - [`availability`]: compact sets of segment ids;
 //! - [`wire`]: the piece-exchange messages and their bounded binary encoding;
 //! - [`engine`]: the scheduler, upload queue, cache and peer scoring;
+//! - [`gossip`]: topic messages flooded through a swarm, checked at every hop;
 //! - [`config`]: its settings; [`time`]: the driver's clock, as a value.
 
 pub mod availability;
 pub mod config;
 pub mod engine;
+pub mod gossip;
 pub mod integrity;
 pub mod time;
 pub mod wire;

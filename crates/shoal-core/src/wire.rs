@@ -92,7 +92,7 @@ pub enum WireError {
     Empty,
 }
 
-fn put_varint(out: &mut BytesMut, mut value: u64) {
+pub(crate) fn put_varint(out: &mut BytesMut, mut value: u64) {
     while value >= 0x80 {
         out.extend_from_slice(&[(value as u8) | 0x80]);
         value >>= 7;
@@ -101,7 +101,7 @@ fn put_varint(out: &mut BytesMut, mut value: u64) {
 }
 
 /// Reads a varint from the front of `buf`: `Ok(None)` if it needs more bytes.
-fn peek_varint(buf: &[u8]) -> Result<Option<(u64, usize)>, WireError> {
+pub(crate) fn peek_varint(buf: &[u8]) -> Result<Option<(u64, usize)>, WireError> {
     let mut value = 0u64;
     for (i, &byte) in buf.iter().enumerate().take(10) {
         if i == 9 && byte > 1 {
@@ -115,36 +115,36 @@ fn peek_varint(buf: &[u8]) -> Result<Option<(u64, usize)>, WireError> {
     if buf.len() >= 10 { Err(WireError::BadVarint) } else { Ok(None) }
 }
 
-struct Reader {
-    body: Bytes,
+pub(crate) struct Reader {
+    pub(crate) body: Bytes,
 }
 
 impl Reader {
-    fn varint(&mut self) -> Result<u64, WireError> {
+    pub(crate) fn varint(&mut self) -> Result<u64, WireError> {
         let (value, used) = peek_varint(&self.body)?.ok_or(WireError::Truncated)?;
         self.body.advance(used);
         Ok(value)
     }
 
-    fn u32(&mut self) -> Result<u32, WireError> {
+    pub(crate) fn u32(&mut self) -> Result<u32, WireError> {
         u32::try_from(self.varint()?).map_err(|_| WireError::BadVarint)
     }
 
-    fn byte(&mut self) -> Result<u8, WireError> {
+    pub(crate) fn byte(&mut self) -> Result<u8, WireError> {
         if self.body.is_empty() {
             return Err(WireError::Truncated);
         }
         Ok(self.body.get_u8())
     }
 
-    fn take(&mut self, len: usize) -> Result<Bytes, WireError> {
+    pub(crate) fn take(&mut self, len: usize) -> Result<Bytes, WireError> {
         if self.body.len() < len {
             return Err(WireError::Truncated);
         }
         Ok(self.body.split_to(len))
     }
 
-    fn array<const N: usize>(&mut self) -> Result<[u8; N], WireError> {
+    pub(crate) fn array<const N: usize>(&mut self) -> Result<[u8; N], WireError> {
         let bytes = self.take(N)?;
         let mut out = [0; N];
         out.copy_from_slice(&bytes);
@@ -161,7 +161,7 @@ impl Reader {
         Ok(SegmentSet::from_bitmap(base, &bytes))
     }
 
-    fn finish(self) -> Result<(), WireError> {
+    pub(crate) fn finish(self) -> Result<(), WireError> {
         if self.body.is_empty() { Ok(()) } else { Err(WireError::Trailing(self.body.len())) }
     }
 }
