@@ -50,11 +50,9 @@ impl ShoalNode {
     /// Starts a peer: finds the signalling node and connects to it. `onEvent` receives
     /// `{type, ...}` objects.
     pub async fn start(config: JsValue, on_event: Option<js_sys::Function>) -> Result<ShoalNode, JsValue> {
-        let config: Config = if config.is_undefined() || config.is_null() {
-            serde_json::from_str("{}").map_err(|e| error("invalid-config", e))?
-        } else {
-            serde_wasm_bindgen::from_value(config).map_err(|e| error("invalid-config", e))?
-        };
+        // No config means an empty one: the same serde defaults, one deserializer.
+        let config = if config.is_undefined() || config.is_null() { js_sys::Object::new().into() } else { config };
+        let config: Config = serde_wasm_bindgen::from_value(config).map_err(|e| error("invalid-config", e))?;
         config.validate().map_err(|e| error("invalid-config", e))?;
         crate::console_log::init(config.log_level.as_deref());
 

@@ -287,6 +287,14 @@ const BUSY_BACKOFF: Duration = Duration::from_millis(150);
 /// Most deferred requests held per segment.
 const MAX_DEFERRED: usize = 256;
 
+/// One HTTP fetch in flight.
+struct HttpInFlight {
+    segment: SegmentId,
+    started: Instant,
+    /// Byte range, end exclusive; `None`: the whole segment.
+    range: Option<(u64, u64)>,
+}
+
 /// See the module docs.
 pub struct Engine<P: PeerKey> {
     config: Config,
@@ -298,8 +306,8 @@ pub struct Engine<P: PeerKey> {
     segments: BTreeMap<SegmentId, Segment<P>>,
     wants: BTreeMap<SegmentId, Instant>,
     requests: Map<u32, Request<P>>,
-    /// HTTP fetches in flight: segment, start time, byte range (`None`: all of it).
-    http: Map<u64, (SegmentId, Instant, Option<(u64, u64)>)>,
+    /// HTTP fetches in flight.
+    http: Map<u64, HttpInFlight>,
     /// Smoothed duration of an HTTP fetch.
     http_time: Duration,
     uploads: VecDeque<Upload<P>>,
@@ -844,7 +852,7 @@ impl<P: PeerKey> Engine<P> {
     /// The body of HTTP fetch `id` (the requested range, or the whole segment).
     pub fn http_complete(&mut self, id: u64, body: Bytes, now: Instant) {
         self.now = now;
-        let Some((segment, started, range)) = self.http.remove(&id) else { return };
+        let Some(HttpInFlight { segment, started, range }) = self.http.remove(&id) else { return };
         let took = now.saturating_since(started);
         self.http_time = if self.http_time.is_zero() { took } else { self.http_time.mul_f64(0.7) + took.mul_f64(0.3) };
         let Some(entry) = self.segments.get_mut(&segment) else { return };
@@ -914,7 +922,7 @@ impl<P: PeerKey> Engine<P> {
     /// HTTP fetch `id` failed. The segment is retried up to [`Config::http_attempts`].
     pub fn http_failed(&mut self, id: u64, now: Instant) {
         self.now = now;
-        if let Some((segment, _, _)) = self.http.remove(&id) {
+        if let Some(HttpInFlight { segment, .. }) = self.http.remove(&id) {
             self.abandon_http(segment);
         }
         self.drive(now);
@@ -989,7 +997,7 @@ impl<P: PeerKey> Engine<P> {
                 self.send(r.peer, Message::Cancel { id: request_id });
             }
         }
-        self.http.insert(id, (segment, self.now, range));
+        self.http.insert(id, HttpInFlight { segment, started: self.now, range });
         self.dirty.push(segment);
         self.actions.push_back(Action::HttpFetch { id, segment, range });
     }

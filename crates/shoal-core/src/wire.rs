@@ -435,12 +435,7 @@ mod tests {
         fn any_bytes_decode_to_a_message_or_an_error(bytes: Vec<u8>) {
             let mut decoder = FrameDecoder::new();
             decoder.extend(&bytes);
-            loop {
-                match decoder.next_message() {
-                    Ok(Some(_)) => continue,
-                    Ok(None) | Err(_) => break,
-                }
-            }
+            while let Ok(Some(_)) = decoder.next_message() {}
             let _ = Message::decode(Bytes::from(bytes));
         }
     }

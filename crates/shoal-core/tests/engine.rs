@@ -1,4 +1,5 @@
 //! The engine through its public API, wired to a tiny zero-latency network and origin.
+#![allow(clippy::unwrap_used)] // a panic in a test is a failed test
 
 use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
@@ -10,6 +11,9 @@ use shoal_core::{
 
 const CHUNK: u32 = 16 * 1024;
 
+/// A byte range, end exclusive; `None`: the whole segment.
+type ByteRange = Option<(u64, u64)>;
+
 struct Net {
     now: Instant,
     stream: StreamId,
@@ -19,7 +23,8 @@ struct Net {
     records: BTreeMap<SegmentId, Arc<SignedRecord>>,
     delivered: Vec<(u32, Delivery)>,
     failed: Vec<(u32, SegmentId)>,
-    http: Vec<(u32, SegmentId, Option<(u64, u64)>)>,
+    /// HTTP fetches issued: peer, segment, byte range.
+    http: Vec<(u32, SegmentId, ByteRange)>,
     bans: Vec<(u32, u32, Misbehaviour)>,
     sent: Vec<(u32, u32, Message)>,
     /// Applied to every message a peer sends (to play a misbehaving peer).

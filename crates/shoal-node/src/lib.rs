@@ -329,7 +329,7 @@ impl Node {
                     let has_hash = a.iter().any(|p| matches!(p, Protocol::Certhash(_)));
                     if is_webrtc
                         && !has_hash
-                        && let Some(hash) = certhash.clone()
+                        && let Some(hash) = certhash
                     {
                         a.push(Protocol::Certhash(hash));
                     }

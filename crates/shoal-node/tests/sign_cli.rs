@@ -1,5 +1,6 @@
 //! `shoal-sign` as a publisher runs it: key creation, signing a live playlist's segments,
 //! and clear failures.
+#![allow(clippy::unwrap_used)] // a panic in a test is a failed test
 
 use std::{fs, process::Command};
 

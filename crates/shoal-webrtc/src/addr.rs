@@ -36,11 +36,7 @@ pub fn parse_dial_addr(addr: &Multiaddr) -> Option<WebRtcDialAddr> {
 /// Whether `addr` is one we listen on: `/webrtc` or `<relay>/p2p-circuit/webrtc`.
 pub fn is_listen_addr(addr: &Multiaddr) -> bool {
     let protocols: Vec<Protocol<'_>> = addr.iter().collect();
-    match protocols.as_slice() {
-        [Protocol::WebRTC] => true,
-        [.., Protocol::P2p(_), Protocol::P2pCircuit, Protocol::WebRTC] => true,
-        _ => false,
-    }
+    matches!(protocols.as_slice(), [Protocol::WebRTC] | [.., Protocol::P2p(_), Protocol::P2pCircuit, Protocol::WebRTC])
 }
 
 /// The address a listener advertises for a relay reservation address

@@ -257,11 +257,9 @@ impl StreamCore {
                 }
             }
             Some(Flag::Reset) => self.reset(),
-            Some(Flag::FinAck) => {
-                if self.write == WriteHalf::FinSent {
-                    self.write = WriteHalf::FinAcked;
-                }
-            }
+            Some(Flag::FinAck) if self.write == WriteHalf::FinSent => self.write = WriteHalf::FinAcked,
+            // A FIN_ACK for a FIN we never sent changes nothing.
+            Some(Flag::FinAck) => {}
         }
         Ok(())
     }

@@ -11,22 +11,32 @@ use wasm_bindgen::JsValue;
 use wasm_bindgen_futures::JsFuture;
 use web_sys::RtcPeerConnection;
 
+/// An open connection: its peer, its `RTCPeerConnection`, whether the peer is a node.
+type LiveConnection = (PeerId, RtcPeerConnection, bool);
+
+/// The open connections of this page, by registration id.
+#[derive(Default)]
+struct Live {
+    last_id: u64,
+    connections: HashMap<u64, LiveConnection>,
+}
+
 thread_local! {
-    static LIVE: RefCell<(u64, HashMap<u64, (PeerId, RtcPeerConnection, bool)>)> = RefCell::new((0, HashMap::new()));
+    static LIVE: RefCell<Live> = RefCell::new(Live::default());
 }
 
 pub(crate) fn register(peer: PeerId, pc: RtcPeerConnection, server: bool) -> u64 {
     LIVE.with(|live| {
         let mut live = live.borrow_mut();
-        live.0 += 1;
-        let id = live.0;
-        live.1.insert(id, (peer, pc, server));
+        live.last_id += 1;
+        let id = live.last_id;
+        live.connections.insert(id, (peer, pc, server));
         id
     })
 }
 
 pub(crate) fn unregister(id: u64) {
-    LIVE.with(|live| live.borrow_mut().1.remove(&id));
+    LIVE.with(|live| live.borrow_mut().connections.remove(&id));
 }
 
 /// One end of the selected ICE candidate pair.
@@ -65,7 +75,7 @@ fn text(value: &JsValue, key: &str) -> String {
 
 /// Reports every open `RTCPeerConnection` of this page: peers and signalling nodes.
 pub async fn report() -> Vec<PeerConnectionReport> {
-    let live: Vec<(PeerId, RtcPeerConnection, bool)> = LIVE.with(|live| live.borrow().1.values().cloned().collect());
+    let live: Vec<LiveConnection> = LIVE.with(|live| live.borrow().connections.values().cloned().collect());
     let mut reports = Vec::with_capacity(live.len());
     for (peer, pc, server) in live {
         let mut report = PeerConnectionReport {
