@@ -5,9 +5,10 @@
 // scripts/bench.sh create (loopback + 10.99.0.1 on a veth pair that never leaves it).
 
 import { spawn } from 'node:child_process';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { createServer } from 'node:http';
+import { mkdtempSync, readFileSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { extname, join, normalize } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { chromium } from 'playwright-core';
 
@@ -147,3 +148,25 @@ export function startPeer(page, config) {
 
 export const stats = (page) => page.evaluate(() => window.harness.stats());
 export const events = (page, type) => page.evaluate((type) => window.harness.eventsOf(type), type);
+
+const TYPES = {
+  '.html': 'text/html', '.js': 'text/javascript', '.mjs': 'text/javascript', '.wasm': 'application/wasm',
+  '.json': 'application/json', '.map': 'application/json', '.css': 'text/css',
+};
+
+/** A static file server for `dir` on the test address: a site other than the node. */
+export async function serveDir(dir) {
+  const server = createServer((req, res) => {
+    const path = normalize(decodeURIComponent(new URL(req.url, 'http://x').pathname)).replace(/^(\.\.[/\\])+/, '');
+    const file = join(dir, path.endsWith('/') ? `${path}index.html` : path);
+    try {
+      if (!file.startsWith(dir) || !statSync(file).isFile()) throw new Error('not a file');
+      res.writeHead(200, { 'content-type': TYPES[extname(file)] ?? 'application/octet-stream' });
+      res.end(readFileSync(file));
+    } catch {
+      res.writeHead(404).end();
+    }
+  });
+  await new Promise((resolve) => server.listen(0, TEST_IP, resolve));
+  return { url: `http://${TEST_IP}:${server.address().port}`, close: () => new Promise((r) => server.close(r)) };
+}

@@ -5,33 +5,10 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
-import { createServer } from 'node:http';
-import { mkdtempSync, mkdirSync, readFileSync, readdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, mkdirSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { extname, join, normalize } from 'node:path';
-import { ROOT, TEST_IP, startNode, launchBrowser, newContext, waitFor } from './harness.mjs';
-
-const TYPES = {
-  '.html': 'text/html', '.js': 'text/javascript', '.mjs': 'text/javascript', '.wasm': 'application/wasm',
-  '.json': 'application/json', '.map': 'application/json', '.css': 'text/css',
-};
-
-/** A static file server for `dir`, standing in for the site that embeds Shoal. */
-async function serveDir(dir) {
-  const server = createServer((req, res) => {
-    const path = normalize(decodeURIComponent(new URL(req.url, 'http://x').pathname)).replace(/^(\.\.[/\\])+/, '');
-    const file = join(dir, path.endsWith('/') ? `${path}index.html` : path);
-    try {
-      if (!file.startsWith(dir) || !statSync(file).isFile()) throw new Error('not a file');
-      res.writeHead(200, { 'content-type': TYPES[extname(file)] ?? 'application/octet-stream' });
-      res.end(readFileSync(file));
-    } catch {
-      res.writeHead(404).end();
-    }
-  });
-  await new Promise((resolve) => server.listen(0, TEST_IP, resolve));
-  return { url: `http://${TEST_IP}:${server.address().port}`, close: () => new Promise((r) => server.close(r)) };
-}
+import { join } from 'node:path';
+import { ROOT, serveDir, startNode, launchBrowser, newContext, waitFor } from './harness.mjs';
 
 /** The app both pages run; only how it imports the package differs. */
 const appSource = (specifier) => `

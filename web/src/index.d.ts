@@ -71,6 +71,8 @@ export interface SwarmStats {
 
 export interface ShoalStats {
   nodeConnected: boolean;
+  /** Where other browsers reach this peer (`…/p2p-circuit/webrtc/p2p/<peerId>`); null until its relay reservation is up. */
+  address: string | null;
   joined: boolean;
   swarms: string[];
   connections: { peer: string; remoteAddr: string; direct: boolean; dialer: boolean; rttMs: number | null }[];
@@ -94,6 +96,8 @@ export interface ConnectionReport {
   bytesSent: number;
   bytesReceived: number;
   currentRoundTripMs: number | null;
+  /** Data channels (libp2p streams) opened on this connection so far, by either side. */
+  dataChannelsOpened: number;
 }
 
 /** Event details, by event type. */
@@ -119,7 +123,7 @@ export type ShoalErrorCode =
   | 'invalid-config' | 'invalid-argument' | 'invalid-peer' | 'invalid-use' | 'no-node' | 'no-window'
   | 'start-failed' | 'wasm-load-failed' | 'not-joined' | 'segment-unavailable' | 'integrity'
   | 'gossip' | 'message-too-large' | 'stopped' | 'destroyed' | 'stream-failed' | 'transfer-failed'
-  | 'dial-failed' | 'io' | 'closed' | 'internal';
+  | 'dial-failed' | 'invalid-address' | 'io' | 'closed' | 'internal';
 
 export interface ShoalError extends Error {
   code: ShoalErrorCode;
@@ -132,6 +136,8 @@ export class Shoal extends EventTarget {
   private constructor(token: symbol);
   static create(config?: ShoalConfig): Promise<Shoal>;
   readonly peerId: string;
+  /** Connects directly to the browser peer at `addr` (its `stats().address`), in a swarm with us or not. */
+  connect(addr: string): Promise<void>;
   join(swarm: string, options?: SwarmOptions): void;
   leave(swarm: string): void;
   setPlaylist(swarm: string, segments: { id: number; url: string }[]): void;

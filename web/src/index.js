@@ -73,6 +73,14 @@ export class Shoal extends EventTarget {
   }
 
   /**
+   * Connects directly to the browser peer at `addr` (another peer's `stats().address`),
+   * whether or not it is in one of this peer's swarms. Resolves once connected.
+   */
+  connect(addr) {
+    return this.#live().connect(addr);
+  }
+
+  /**
    * Joins a swarm (one per stream rendition). With `options.publisherKey` the swarm
    * exchanges segments, every one checked against the publisher's signed records.
    */

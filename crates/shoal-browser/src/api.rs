@@ -304,6 +304,26 @@ impl ShoalNode {
         Ok(result.into())
     }
 
+    /// Connects directly to the browser peer at `addr`
+    /// (`<node>/p2p/<node id>/p2p-circuit/webrtc/p2p/<peer>`, as its `stats().address`
+    /// says), which need not be a member of any swarm this peer joined. Resolves once the
+    /// direct connection is up.
+    pub async fn connect(&self, addr: String) -> Result<(), JsValue> {
+        let addr: Multiaddr = addr.parse().map_err(|e| error("invalid-address", e))?;
+        let Some(target) = shoal_webrtc::addr::parse_dial_addr(&addr) else {
+            return Err(error("invalid-address", "not a browser address: expected …/p2p-circuit/webrtc/p2p/<peer>"));
+        };
+        if target.peer == self.handle.peer_id {
+            return Err(error("invalid-address", "that is this peer's own address"));
+        }
+        let (reply, done) = oneshot::channel();
+        self.handle
+            .commands
+            .unbounded_send(Command::Connect(addr, target.peer, reply))
+            .map_err(|_| error("stopped", "peer is stopped"))?;
+        done.await.map_err(|_| error("stopped", "peer is stopped"))?.map_err(|e| error("dial-failed", e))
+    }
+
     /// Diagnostics: opens a raw libp2p stream speaking `protocol` to `peer`. With
     /// `viaRelay`, a relayed connection through the signalling node is opened first (the
     /// path WebRTC signalling takes). Tests use it to play a misbehaving peer.

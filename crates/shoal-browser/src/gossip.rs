@@ -5,7 +5,7 @@
 
 use std::{
     cell::RefCell,
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, HashMap, HashSet},
     rc::Rc,
 };
 
@@ -24,7 +24,7 @@ use wasm_bindgen::JsValue;
 use crate::{
     pieces::now_ms,
     runtime::{Command, Event, EventSink},
-    streams,
+    streams::{self, OpenError},
 };
 
 /// Protocol of gossip streams.
@@ -44,6 +44,9 @@ pub(crate) struct GossipStats {
 struct Inner {
     gossip: Gossip<PeerId>,
     writers: HashMap<PeerId, mpsc::UnboundedSender<Bytes>>,
+    /// Connected peers that do not speak gossip (not Shoal pages): not asked again until
+    /// they reconnect.
+    foreign: HashSet<PeerId>,
     validators: BTreeMap<String, Option<js_sys::Function>>,
     stats: GossipStats,
     seqno: u64,
@@ -94,6 +97,7 @@ impl GossipHost {
             inner: RefCell::new(Inner {
                 gossip: Gossip::new(config, seed),
                 writers: HashMap::new(),
+                foreign: HashSet::new(),
                 validators: BTreeMap::new(),
                 stats: GossipStats::default(),
                 seqno: 0,
@@ -111,18 +115,21 @@ impl GossipHost {
     /// A direct connection to `peer` is up (or our stream to it died): open a stream and
     /// send our subscriptions. A no-op while our stream is up.
     pub(crate) fn peer_connected(self: &Rc<Self>, peer: PeerId) {
-        if self.inner.borrow().writers.contains_key(&peer) {
-            return;
+        {
+            let inner = self.inner.borrow();
+            if inner.writers.contains_key(&peer) || inner.foreign.contains(&peer) {
+                return;
+            }
         }
         let (frames_tx, mut frames) = mpsc::unbounded::<Bytes>();
         self.inner.borrow_mut().writers.insert(peer, frames_tx);
         let control = self.control.clone();
         let host = Rc::downgrade(self);
         wasm_bindgen_futures::spawn_local(async move {
-            let result: Result<(), String> = async {
+            let result: Result<(), OpenError> = async {
                 let mut stream = control.open(peer, PROTOCOL).await?;
                 while let Some(frame) = frames.next().await {
-                    stream.write_all(&frame).await.map_err(|e| e.to_string())?;
+                    stream.write_all(&frame).await.map_err(|e| OpenError::Io(e.to_string()))?;
                 }
                 let _ = stream.close().await;
                 Ok(())
@@ -133,7 +140,11 @@ impl GossipHost {
                 // another stays up: the runtime offers the peer again, and a new stream
                 // re-announces our subscriptions. What we know of the peer's stays.
                 tracing::debug!(%peer, %error, "gossip stream closed");
-                host.inner.borrow_mut().writers.remove(&peer);
+                let mut inner = host.inner.borrow_mut();
+                inner.writers.remove(&peer);
+                if matches!(error, OpenError::Unsupported) {
+                    inner.foreign.insert(peer);
+                }
             }
         });
         self.inner.borrow_mut().gossip.peer_connected(peer);
@@ -144,6 +155,7 @@ impl GossipHost {
     pub(crate) fn peer_gone(&self, peer: PeerId) {
         let mut inner = self.inner.borrow_mut();
         inner.writers.remove(&peer);
+        inner.foreign.remove(&peer);
         inner.gossip.peer_disconnected(&peer);
     }
 

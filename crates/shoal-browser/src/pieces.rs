@@ -8,7 +8,7 @@
 
 use std::{
     cell::{Cell, RefCell},
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, HashMap, HashSet},
     rc::Rc,
     sync::Arc,
     time::Duration,
@@ -30,6 +30,7 @@ use shoal_core::{
 use crate::{
     http::{Fetch, record_url},
     runtime::{Command, Event, EventSink},
+    streams::OpenError,
 };
 
 /// Protocol of piece-exchange streams.
@@ -95,6 +96,9 @@ pub(crate) struct PeerTraffic {
 struct Inner {
     engine: Engine<PeerId>,
     writers: HashMap<PeerId, Writer>,
+    /// Connected peers that do not speak the pieces protocol (not Shoal pages): not asked
+    /// again until they reconnect.
+    foreign: HashSet<PeerId>,
     urls: BTreeMap<SegmentId, String>,
     pending: BTreeMap<SegmentId, Vec<oneshot::Sender<Result<Delivery, String>>>>,
     fetches: HashMap<u64, Rc<Fetch>>,
@@ -147,6 +151,7 @@ impl SwarmHost {
             inner: RefCell::new(Inner {
                 engine,
                 writers: HashMap::new(),
+                foreign: HashSet::new(),
                 urls: BTreeMap::new(),
                 pending: BTreeMap::new(),
                 fetches: HashMap::new(),
@@ -180,8 +185,11 @@ impl SwarmHost {
 
     /// A direct connection to `peer` is up: open our stream to it and tell the engine.
     pub(crate) fn peer_connected(self: &Rc<Self>, peer: PeerId) {
-        if self.inner.borrow().writers.contains_key(&peer) {
-            return;
+        {
+            let inner = self.inner.borrow();
+            if inner.writers.contains_key(&peer) || inner.foreign.contains(&peer) {
+                return;
+            }
         }
         let (control, control_frames) = mpsc::unbounded::<Bytes>();
         let (data, data_frames) = mpsc::unbounded::<Bytes>();
@@ -205,13 +213,14 @@ impl SwarmHost {
         let mut hello = BytesMut::new();
         Message::Hello { version: shoal_core::wire::PROTOCOL_VERSION, stream: self.stream_id }.encode(&mut hello);
         wasm_bindgen_futures::spawn_local(async move {
-            let result: Result<(), String> = async {
+            let result: Result<(), OpenError> = async {
                 let mut stream = control.open(peer, PROTOCOL).await?;
+                let io = |e: std::io::Error| OpenError::Io(e.to_string());
                 if queued.is_some() {
-                    stream.write_all(&hello).await.map_err(|e| e.to_string())?;
+                    stream.write_all(&hello).await.map_err(io)?;
                 }
                 while let Some(frame) = frames.next().await {
-                    stream.write_all(&frame).await.map_err(|e| e.to_string())?;
+                    stream.write_all(&frame).await.map_err(io)?;
                     if let Some(queued) = &queued {
                         queued.set(queued.get().saturating_sub(frame.len()));
                     }
@@ -225,6 +234,9 @@ impl SwarmHost {
             .await;
             if let (Err(error), Some(host)) = (result, host.upgrade()) {
                 tracing::debug!(%peer, %error, "piece stream closed");
+                if matches!(error, OpenError::Unsupported) {
+                    host.inner.borrow_mut().foreign.insert(peer);
+                }
                 host.peer_gone(peer);
             }
         });
@@ -281,6 +293,12 @@ impl SwarmHost {
             self.inner.borrow_mut().traffic.entry(peer).or_default().down += data.len() as u64;
         }
         self.with_engine(|engine, now| engine.handle_message(peer, message, now));
+    }
+
+    /// Every connection to `peer` closed: a later connection may be a Shoal page again.
+    pub(crate) fn peer_disconnected(self: &Rc<Self>, peer: PeerId) {
+        self.inner.borrow_mut().foreign.remove(&peer);
+        self.peer_gone(peer);
     }
 
     /// The connection or a stream to `peer` ended.

@@ -161,6 +161,9 @@ pub(crate) struct ConnectionInfo {
 #[serde(rename_all = "camelCase")]
 pub(crate) struct Snapshot {
     pub node_connected: bool,
+    /// Where other browsers reach this peer (`<node>/p2p-circuit/webrtc/p2p/<me>`), while
+    /// it holds a relay reservation on its node.
+    pub address: Option<String>,
     pub joined: bool,
     pub swarms: Vec<String>,
     pub connections: Vec<ConnectionInfo>,
@@ -178,6 +181,8 @@ pub(crate) enum Command {
     Stop(futures::channel::oneshot::Sender<()>),
     /// Diagnostics: open a relayed connection to a peer through the node.
     DialRelayed(PeerId, Reply<()>),
+    /// Connect directly to the browser peer at a `/p2p-circuit/webrtc/p2p/<peer>` address.
+    Connect(Multiaddr, PeerId, Reply<()>),
     /// Join a swarm (with an engine host if it exchanges pieces).
     Join(String, Option<Rc<SwarmHost>>),
     Leave(String),
@@ -284,7 +289,7 @@ pub(crate) fn start(config: Config, nodes: Vec<Multiaddr>, emit: EventSink) -> R
         direct: HashMap::new(),
         relayed: HashSet::new(),
         dials: HashMap::new(),
-        relayed_dials: HashMap::new(),
+        dial_replies: HashMap::new(),
         rtt: HashMap::new(),
         banned: HashSet::new(),
         gossip: gossip.clone(),
@@ -428,8 +433,8 @@ struct Runtime {
     relayed: HashSet<ConnectionId>,
     /// Our own dials to members, so failures of other dials are not reported.
     dials: HashMap<ConnectionId, PeerId>,
-    /// Diagnostic relayed dials waiting to complete.
-    relayed_dials: HashMap<ConnectionId, Reply<()>>,
+    /// Dials a JavaScript call waits on (`connect`, diagnostics).
+    dial_replies: HashMap<ConnectionId, Reply<()>>,
     rtt: HashMap<PeerId, Duration>,
     banned: HashSet<PeerId>,
     gossip: Rc<GossipHost>,
@@ -464,6 +469,7 @@ impl Runtime {
         match command {
             Command::Stop(_) => {}
             Command::DialRelayed(peer, reply) => self.dial_relayed(peer, reply),
+            Command::Connect(addr, peer, reply) => self.connect(addr, peer, reply),
             Command::Join(name, host) => self.join(name, host),
             Command::Leave(name) => {
                 if let Some(host) = self.hosts.borrow_mut().remove(&name) {
@@ -541,7 +547,35 @@ impl Runtime {
         let id = opts.connection_id();
         match self.swarm.dial(opts) {
             Ok(()) => {
-                self.relayed_dials.insert(id, reply);
+                self.dial_replies.insert(id, reply);
+            }
+            Err(e) => {
+                let _ = reply.send(Err(e.to_string()));
+            }
+        }
+    }
+
+    /// A direct connection the page asked for, to a peer it learnt of by other means than
+    /// membership. Resolves at once if one is up already.
+    fn connect(&mut self, addr: Multiaddr, peer: PeerId, reply: Reply<()>) {
+        if self.direct.contains_key(&peer) {
+            let _ = reply.send(Ok(()));
+            return;
+        }
+        if self.banned.contains(&peer) {
+            let _ = reply.send(Err(format!("{peer} is banned")));
+            return;
+        }
+        if self.direct.len() >= self.config.max_peers {
+            let _ = reply.send(Err(format!("already connected to maxPeers ({}) peers", self.config.max_peers)));
+            return;
+        }
+        let opts = DialOpts::peer_id(peer).addresses(vec![addr]).condition(PeerCondition::Always).build();
+        let id = opts.connection_id();
+        match self.swarm.dial(opts) {
+            Ok(()) => {
+                self.dials.insert(id, peer);
+                self.dial_replies.insert(id, reply);
             }
             Err(e) => {
                 let _ = reply.send(Err(e.to_string()));
@@ -600,7 +634,7 @@ impl Runtime {
         match event {
             SwarmEvent::ConnectionEstablished { peer_id, connection_id, endpoint, .. } => {
                 self.dials.remove(&connection_id);
-                if let Some(reply) = self.relayed_dials.remove(&connection_id) {
+                if let Some(reply) = self.dial_replies.remove(&connection_id) {
                     let _ = reply.send(Ok(()));
                 }
                 self.on_connection_established(peer_id, connection_id, &endpoint)
@@ -625,7 +659,7 @@ impl Runtime {
             }
             SwarmEvent::OutgoingConnectionError { peer_id: Some(peer), error, connection_id } => {
                 let ours = self.dials.remove(&connection_id).is_some();
-                if let Some(reply) = self.relayed_dials.remove(&connection_id) {
+                if let Some(reply) = self.dial_replies.remove(&connection_id) {
                     let _ = reply.send(Err(error_chain(&error)));
                 }
                 if peer == self.node.peer {
@@ -740,7 +774,7 @@ impl Runtime {
             self.direct.remove(&peer);
             self.rtt.remove(&peer);
             for host in self.hosts.borrow().values() {
-                host.peer_gone(peer);
+                host.peer_disconnected(peer);
             }
             self.gossip.peer_gone(peer);
             (self.emit)(Event::PeerDisconnected { peer: peer.to_string(), reason });
@@ -827,6 +861,9 @@ impl Runtime {
     fn refresh_snapshot(&mut self) {
         let mut snapshot = self.snapshot.borrow_mut();
         snapshot.node_connected = self.node.connected;
+        snapshot.address = (self.node.connected && self.node.reserved).then(|| {
+            self.node.circuit_addr().with(Protocol::WebRTC).with(Protocol::P2p(*self.swarm.local_peer_id())).to_string()
+        });
         snapshot.joined = !self.swarms.is_empty() && self.swarms.values().all(|m| m.joined);
         snapshot.swarms = self.swarms.keys().cloned().collect();
         snapshot.relayed_connections = self.relayed.len();

@@ -27,7 +27,24 @@ use libp2p::{
     },
 };
 
-type OpenReply = oneshot::Sender<Result<Stream, String>>;
+/// Why an outbound stream could not be opened.
+#[derive(Debug, Clone, thiserror::Error)]
+pub(crate) enum OpenError {
+    #[error("no direct connection to {0}")]
+    NotConnected(PeerId),
+    /// The peer negotiated no protocol we offered: it is not a Shoal peer (a js-libp2p
+    /// page, say), or an older one. Asking again on this connection is pointless.
+    #[error("the peer does not speak this protocol")]
+    Unsupported,
+    #[error("timed out opening a stream")]
+    Timeout,
+    #[error("stream I/O: {0}")]
+    Io(String),
+    #[error("the peer is stopped")]
+    Stopped,
+}
+
+type OpenReply = oneshot::Sender<Result<Stream, OpenError>>;
 
 struct OpenRequest {
     peer: PeerId,
@@ -45,7 +62,7 @@ pub(crate) struct Control {
 
 impl Control {
     /// A stream speaking `protocol` to `peer`, over its direct connection.
-    pub(crate) async fn open(&self, peer: PeerId, protocol: StreamProtocol) -> Result<Stream, String> {
+    pub(crate) async fn open(&self, peer: PeerId, protocol: StreamProtocol) -> Result<Stream, OpenError> {
         self.open_via(peer, protocol, false).await
     }
 
@@ -55,12 +72,12 @@ impl Control {
         peer: PeerId,
         protocol: StreamProtocol,
         relayed_ok: bool,
-    ) -> Result<Stream, String> {
+    ) -> Result<Stream, OpenError> {
         let (reply, stream) = oneshot::channel();
         self.requests
             .unbounded_send(OpenRequest { peer, protocol, relayed_ok, reply })
-            .map_err(|_| "the peer is stopped".to_owned())?;
-        stream.await.map_err(|_| "the peer is stopped".to_owned())?
+            .map_err(|_| OpenError::Stopped)?;
+        stream.await.map_err(|_| OpenError::Stopped)?
     }
 }
 
@@ -75,7 +92,8 @@ pub(crate) struct Behaviour {
     /// Connections by peer, with whether each is relayed.
     connections: HashMap<PeerId, Vec<(ConnectionId, bool)>>,
     /// Requests handed to a handler, by id.
-    waiting: HashMap<u64, OpenReply>,
+    /// Open requests in flight, with the connection each was sent to.
+    waiting: HashMap<u64, (ConnectionId, OpenReply)>,
     next_id: u64,
     queued: VecDeque<ToSwarm<Infallible, HandlerIn>>,
 }
@@ -103,12 +121,12 @@ impl Behaviour {
             c.iter().find(|(_, relayed)| !relayed).or_else(|| c.iter().find(|_| request.relayed_ok)).map(|(id, _)| *id)
         });
         let Some(connection) = connection else {
-            let _ = request.reply.send(Err(format!("no direct connection to {}", request.peer)));
+            let _ = request.reply.send(Err(OpenError::NotConnected(request.peer)));
             return;
         };
         let id = self.next_id;
         self.next_id += 1;
-        self.waiting.insert(id, request.reply);
+        self.waiting.insert(id, (connection, request.reply));
         self.queued.push_back(ToSwarm::NotifyHandler {
             peer_id: request.peer,
             handler: NotifyHandler::One(connection),
@@ -165,11 +183,21 @@ impl NetworkBehaviour for Behaviour {
                 self.connections.remove(&closed.peer_id);
             }
         }
+        // Requests sent to a connection that is gone get no answer from its handler.
+        if let FromSwarm::ConnectionClosed(closed) = event {
+            let orphaned: Vec<u64> =
+                self.waiting.iter().filter(|(_, (c, _))| *c == closed.connection_id).map(|(id, _)| *id).collect();
+            for id in orphaned {
+                if let Some((_, reply)) = self.waiting.remove(&id) {
+                    let _ = reply.send(Err(OpenError::NotConnected(closed.peer_id)));
+                }
+            }
+        }
     }
 
     fn on_connection_handler_event(&mut self, _peer: PeerId, _connection: ConnectionId, event: THandlerOutEvent<Self>) {
         let HandlerOut { id, result } = event;
-        if let Some(reply) = self.waiting.remove(&id) {
+        if let Some((_, reply)) = self.waiting.remove(&id) {
             let _ = reply.send(result);
         }
     }
@@ -196,7 +224,7 @@ pub(crate) struct HandlerIn {
 #[derive(Debug)]
 pub(crate) struct HandlerOut {
     id: u64,
-    result: Result<Stream, String>,
+    result: Result<Stream, OpenError>,
 }
 
 /// Accepts the protocols on one connection and opens the streams asked for.
@@ -257,13 +285,13 @@ impl ConnectionHandler for Handler {
                 self.events.push_back(HandlerOut { id, result: Ok(stream) });
             }
             ConnectionEvent::DialUpgradeError(DialUpgradeError { info: id, error }) => {
-                let message = match error {
-                    StreamUpgradeError::Timeout => "timed out opening a stream".to_owned(),
-                    StreamUpgradeError::NegotiationFailed => "the peer does not speak this protocol".to_owned(),
-                    StreamUpgradeError::Io(e) => e.to_string(),
+                let error = match error {
+                    StreamUpgradeError::Timeout => OpenError::Timeout,
+                    StreamUpgradeError::NegotiationFailed => OpenError::Unsupported,
+                    StreamUpgradeError::Io(e) => OpenError::Io(e.to_string()),
                     StreamUpgradeError::Apply(never) => match never {},
                 };
-                self.events.push_back(HandlerOut { id, result: Err(message) });
+                self.events.push_back(HandlerOut { id, result: Err(error) });
             }
             _ => {}
         }

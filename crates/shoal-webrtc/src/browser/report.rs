@@ -63,6 +63,8 @@ pub struct PeerConnectionReport {
     pub bytes_sent: f64,
     pub bytes_received: f64,
     pub current_round_trip_ms: Option<f64>,
+    /// Data channels (streams) opened on this connection so far, by either side.
+    pub data_channels_opened: f64,
 }
 
 fn get(value: &JsValue, key: &str) -> JsValue {
@@ -86,11 +88,15 @@ pub async fn report() -> Vec<PeerConnectionReport> {
             bytes_sent: 0.0,
             bytes_received: 0.0,
             current_round_trip_ms: None,
+            data_channels_opened: 0.0,
         };
         if let Ok(stats) = JsFuture::from(pc.get_stats()).await {
             // RTCStatsReport is maplike: Array.from yields [id, stats] pairs.
             let entries: Vec<JsValue> = Array::from(&stats).iter().map(|entry| Array::from(&entry).get(1)).collect();
             let by_id: HashMap<String, &JsValue> = entries.iter().map(|e| (text(e, "id"), e)).collect();
+            if let Some(pc_stats) = entries.iter().find(|e| text(e, "type") == "peer-connection") {
+                report.data_channels_opened = get(pc_stats, "dataChannelsOpened").as_f64().unwrap_or(0.0);
+            }
             let transport = entries.iter().find(|e| text(e, "type") == "transport");
             let pair = transport.and_then(|t| by_id.get(&text(t, "selectedCandidatePairId")).copied()).or_else(|| {
                 entries
