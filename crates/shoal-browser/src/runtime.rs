@@ -431,7 +431,8 @@ struct Runtime {
     hosts: Hosts,
     direct: HashMap<PeerId, Vec<DirectConnection>>,
     relayed: HashSet<ConnectionId>,
-    /// Our own dials to members, so failures of other dials are not reported.
+    /// Our own dials (to members, or asked for with `connect`), so failures of other
+    /// dials are not reported.
     dials: HashMap<ConnectionId, PeerId>,
     /// Dials a JavaScript call waits on (`connect`, diagnostics).
     dial_replies: HashMap<ConnectionId, Reply<()>>,

@@ -91,8 +91,7 @@ pub(crate) struct Behaviour {
     requests: mpsc::UnboundedReceiver<OpenRequest>,
     /// Connections by peer, with whether each is relayed.
     connections: HashMap<PeerId, Vec<(ConnectionId, bool)>>,
-    /// Requests handed to a handler, by id.
-    /// Open requests in flight, with the connection each was sent to.
+    /// Open requests handed to a handler, by id, with the connection each went to.
     waiting: HashMap<u64, (ConnectionId, OpenReply)>,
     next_id: u64,
     queued: VecDeque<ToSwarm<Infallible, HandlerIn>>,
