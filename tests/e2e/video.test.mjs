@@ -79,3 +79,45 @@ test('a peer that uploads corrupt data is cut off and playback is unaffected', a
   // The honest tabs still share with each other.
   assert.ok(result.fromPeers > 0, describe(result));
 });
+
+test('viewers that crash while uploading do not stall the others', async (t) => {
+  const node = await startNode();
+  const browser = await launchBrowser();
+  t.after(async () => {
+    await browser.close();
+    await node.stop();
+  });
+  const { context, pages } = await openViewers(browser, node, { tabs: 5 });
+  const doomed = pages.slice(0, 2);
+  const survivors = pages.slice(2);
+  const doomedIds = await Promise.all(doomed.map((p) => p.evaluate(() => window.shoalDemo.shoal.peerId)));
+  const crashed = [];
+  const result = await measurePlayback(survivors, {
+    warmup: 15000,
+    measure: 30000,
+    // Each doomed tab's renderer is killed the moment it is seen uploading, so peers
+    // vanish with chunks in flight: no SCTP shutdown, no goodbye, just silence.
+    onMeasureStart: () => {
+      for (const page of doomed) {
+        crashed.push((async () => {
+          const start = (await readTab(page)).uploaded;
+          await waitFor(async () => (await readTab(page)).uploaded > start, { timeout: 10000, interval: 20, message: 'a doomed tab to upload' });
+          const cdp = await context.newCDPSession(page);
+          const gone = new Promise((resolve) => page.once('crash', resolve));
+          cdp.send('Page.crash').catch(() => {});
+          await gone;
+        })());
+      }
+    },
+  });
+  await Promise.all(crashed);
+  console.log(describe(result));
+  assert.equal(result.waiting, 0, 'no `waiting` in the surviving tabs');
+  assert.equal(result.stalls, 0, 'no hls.js buffer stall in the surviving tabs');
+  assert.deepEqual(result.fatal, []);
+  assert.ok(result.fromPeers > 0, `the survivors still share with each other: ${describe(result)}`);
+  for (const page of survivors) {
+    const peers = await page.evaluate(() => window.shoalDemo.shoal.stats().connections.map((c) => c.peer));
+    assert.ok(!peers.some((p) => doomedIds.includes(p)), 'the crashed tabs are no longer counted as peers');
+  }
+});
