@@ -3,6 +3,7 @@
 
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { startNode, waitFor } from './harness.mjs';
 import { describe, launchBrowser, measurePlayback, openViewers, readTab } from './video-harness.mjs';
 
@@ -88,29 +89,37 @@ test('viewers that crash while uploading do not stall the others', async (t) => 
     await node.stop();
   });
   const { context, pages } = await openViewers(browser, node, { tabs: 5 });
-  const doomed = pages.slice(0, 2);
-  const survivors = pages.slice(2);
-  const doomedIds = await Promise.all(doomed.map((p) => p.evaluate(() => window.shoalDemo.shoal.peerId)));
-  const crashed = [];
-  const result = await measurePlayback(survivors, {
-    warmup: 15000,
-    measure: 30000,
-    // Each doomed tab's renderer is killed the moment it is seen uploading, so peers
-    // vanish with chunks in flight: no SCTP shutdown, no goodbye, just silence.
-    onMeasureStart: () => {
-      for (const page of doomed) {
-        crashed.push((async () => {
-          const start = (await readTab(page)).uploaded;
-          await waitFor(async () => (await readTab(page)).uploaded > start, { timeout: 10000, interval: 20, message: 'a doomed tab to upload' });
-          const cdp = await context.newCDPSession(page);
-          const gone = new Promise((resolve) => page.once('crash', resolve));
-          cdp.send('Page.crash').catch(() => {});
-          await gone;
-        })());
-      }
-    },
+  await waitFor(async () => (await Promise.all(pages.map(readTab))).every((tab) => tab.started), {
+    timeout: 60000,
+    message: 'every tab to start playing',
   });
-  await Promise.all(crashed);
+  await sleep(15000);
+  const ids = await Promise.all(pages.map((p) => p.evaluate(() => window.shoalDemo.shoal.peerId)));
+
+  // The first two tabs seen uploading have their renderer killed on the spot, so peers
+  // vanish with chunks in flight: no SCTP shutdown, no goodbye, just silence.
+  const crash = async (page) => {
+    const cdp = await context.newCDPSession(page);
+    const gone = new Promise((resolve) => page.once('crash', resolve));
+    cdp.send('Page.crash').catch(() => {});
+    await gone;
+  };
+  const doomed = new Set();
+  const base = await Promise.all(pages.map(async (p) => (await readTab(p)).uploaded));
+  await waitFor(async () => {
+    for (const [i, page] of pages.entries()) {
+      if (doomed.size === 2 || doomed.has(i)) continue;
+      if ((await readTab(page)).uploaded > base[i]) {
+        doomed.add(i);
+        await crash(page);
+      }
+    }
+    return doomed.size === 2;
+  }, { timeout: 30000, interval: 10, message: 'two tabs to upload' });
+  const survivors = pages.filter((_, i) => !doomed.has(i));
+  const doomedIds = [...doomed].map((i) => ids[i]);
+
+  const result = await measurePlayback(survivors, { warmup: 0, measure: 30000 });
   console.log(describe(result));
   assert.equal(result.waiting, 0, 'no `waiting` in the surviving tabs');
   assert.equal(result.stalls, 0, 'no hls.js buffer stall in the surviving tabs');

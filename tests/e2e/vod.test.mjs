@@ -93,9 +93,9 @@ test('VOD from a site that signs its own segments: viewers at different position
   // soon holds most of the first minute.
   const first = await open(0);
   await waitFor(async () => (await read(first)).currentTime >= 10, { timeout: 60000, message: 'the first viewer to play 10 s' });
-  // Two more: one from the start, one from the middle.
+  // Two more: one from the start, one from 20 s in (inside what the first one holds).
   const fromStart = await open(0);
-  const fromMiddle = await open(30);
+  const fromMiddle = await open(20);
   const later = [fromStart, fromMiddle];
   await waitFor(async () => (await Promise.all(later.map(read))).every((r) => r.started), { timeout: 30000, message: 'the later viewers to start' });
   await sleep(20000);
@@ -108,7 +108,7 @@ test('VOD from a site that signs its own segments: viewers at different position
     assert.deepEqual(r.fatal, [], `tab ${i}: no fatal error`);
     assert.equal(r.rejected, 0, `tab ${i}: every chunk matched the site's signatures`);
   }
-  assert.ok(tabs[1].currentTime >= 15 && tabs[2].currentTime >= 45, 'the later viewers played on from where they started');
+  assert.ok(tabs[1].currentTime >= 15 && tabs[2].currentTime >= 35, 'the later viewers played on from where they started');
   // What the first viewer already had reaches the viewer behind it mostly from peers.
   const behind = tabs[1];
   assert.ok(behind.fromPeers > behind.fromHttp, `the viewer behind got most of its bytes from peers (${JSON.stringify(behind)})`);

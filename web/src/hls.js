@@ -22,6 +22,8 @@ export class ShoalHls {
     this.hls = null;
     this.joined = new Set();
     this.segments = { fromPeers: 0, fromHttp: 0, fallbacks: 0 };
+    // Before playback has a position: where it will start (the first fragment asked for).
+    this.startFrom = null;
   }
 
   /** hls.js configuration to merge into `new Hls({...})`: the fragment loader. */
@@ -125,6 +127,9 @@ export class ShoalHls {
   attach(hls) {
     this.hls = hls;
     const Events = hls.constructor.Events;
+    // A new source or a new media element starts the clock again.
+    hls.on(Events.MANIFEST_LOADING, () => { this.startFrom = null; });
+    hls.on(Events.MEDIA_ATTACHED, () => { this.startFrom = null; });
     hls.on(Events.LEVEL_LOADED, (_event, data) => {
       const details = data.details;
       if (!this.options.publisherKey || !details?.fragments?.length) return;
@@ -158,15 +163,24 @@ export class ShoalHls {
 
   /**
    * When playback reaches `frag`, on the `performance.now()` clock. Before playback has
-   * a position, everything is due now (startup comes over HTTP).
+   * a position, it is counted from where playback will start (the first fragment asked
+   * for), as if it started now: that fragment is due at once and comes over HTTP, the
+   * ones after it have their natural slack and may come from peers.
    */
   deadlineFor(frag) {
     const now = performance.now();
     const media = this.hls?.media;
-    if (!media || !(media.currentTime > 0)) return now;
-    const ahead = frag.start - media.currentTime;
+    let position;
+    if (media && media.currentTime > 0) {
+      position = media.currentTime;
+      this.startFrom = null;
+    } else {
+      this.startFrom ??= frag.start;
+      position = Math.min(this.startFrom, frag.start);
+    }
+    const ahead = frag.start - position;
     if (!(ahead > 0)) return now;
-    const rate = media.paused ? 1 : Math.max(media.playbackRate || 1, 0.1);
+    const rate = media && !media.paused ? Math.max(media.playbackRate || 1, 0.1) : 1;
     return now + (ahead * 1000) / rate;
   }
 }
