@@ -9,6 +9,9 @@
 
 import { swarmIdFromUrl } from './index.js';
 
+/** Seconds of media from the start position that always come over HTTP at startup. */
+const STARTUP_URGENT_S = 6;
+
 export class ShoalHls {
   /**
    * @param shoal a started `Shoal`
@@ -164,21 +167,23 @@ export class ShoalHls {
   /**
    * When playback reaches `frag`, on the `performance.now()` clock. Before playback has
    * a position, it is counted from where playback will start (the first fragment asked
-   * for), as if it started now: that fragment is due at once and comes over HTTP, the
-   * ones after it have their natural slack and may come from peers.
+   * for): what playback needs in its first `STARTUP_URGENT_S` seconds is due at once and
+   * comes over HTTP, as a slow or not yet connected peer must not delay the start; what
+   * lies further (a VOD start or seek buffering ahead) keeps its slack and may come from
+   * peers.
    */
   deadlineFor(frag) {
     const now = performance.now();
     const media = this.hls?.media;
-    let position;
+    let ahead;
     if (media && media.currentTime > 0) {
-      position = media.currentTime;
       this.startFrom = null;
+      ahead = frag.start - media.currentTime;
     } else {
       this.startFrom ??= frag.start;
-      position = Math.min(this.startFrom, frag.start);
+      ahead = frag.start - this.startFrom;
+      if (ahead < STARTUP_URGENT_S) return now;
     }
-    const ahead = frag.start - position;
     if (!(ahead > 0)) return now;
     const rate = media && !media.paused ? Math.max(media.playbackRate || 1, 0.1) : 1;
     return now + (ahead * 1000) / rate;
