@@ -123,6 +123,17 @@ export async function launchBrowser() {
   return chromium.launch({ executablePath: process.env.CHROMIUM ?? '/usr/bin/chromium', args: CHROMIUM_ARGS });
 }
 
+/** A signalling node and a browser for test `t`, both shut down when it ends. */
+export async function startNodeAndBrowser(t, nodeOptions) {
+  const node = await startNode(nodeOptions);
+  const browser = await launchBrowser();
+  t.after(async () => {
+    await browser.close();
+    await node.stop();
+  });
+  return { node, browser };
+}
+
 /** Opens the harness page in a new tab and waits for the package to load. */
 export async function openHarness(context, node) {
   const page = await context.newPage();

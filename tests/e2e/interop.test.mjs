@@ -9,7 +9,7 @@ import assert from 'node:assert/strict';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { ROOT, launchBrowser, newContext, openHarness, serveDir, startNode, startPeer, waitFor } from './harness.mjs';
+import { ROOT, newContext, openHarness, serveDir, startNodeAndBrowser, startPeer, waitFor } from './harness.mjs';
 
 const BYTES = 1024 * 1024;
 
@@ -76,11 +76,8 @@ test('Shoal and js-libp2p browser peers connect over /webrtc and exchange verifi
     build: { outDir: work, emptyOutDir: true, chunkSizeWarningLimit: 4096 },
   });
   const site = await serveDir(work);
-  const node = await startNode();
-  const browser = await launchBrowser();
+  const { node, browser } = await startNodeAndBrowser(t);
   t.after(async () => {
-    await browser.close();
-    await node.stop();
     await site.close();
     rmSync(work, { recursive: true, force: true });
   });

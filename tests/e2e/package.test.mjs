@@ -8,7 +8,7 @@ import { execFileSync } from 'node:child_process';
 import { mkdtempSync, mkdirSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { ROOT, serveDir, startNode, launchBrowser, newContext, waitFor } from './harness.mjs';
+import { ROOT, serveDir, startNodeAndBrowser, newContext, waitFor } from './harness.mjs';
 
 /** The app both pages run; only how it imports the package differs. */
 const appSource = (specifier) => `
@@ -60,13 +60,8 @@ test('the packed npm package works from a Vite build and from a plain page', asy
   writeFileSync(join(app, 'plain.html'), `<!doctype html><link rel="icon" href="data:,"><script type="module">${appSource('./node_modules/shoal/index.js')}</script>`);
 
   const site = await serveDir(app);
-  const node = await startNode();
-  const browser = await launchBrowser();
-  t.after(async () => {
-    await browser.close();
-    await node.stop();
-    await site.close();
-  });
+  const { node, browser } = await startNodeAndBrowser(t);
+  t.after(() => site.close());
   const context = await newContext(browser, node);
   const pages = [];
   for (const path of ['/vite-dist/index.html', '/plain.html']) {

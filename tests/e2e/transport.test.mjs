@@ -6,7 +6,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { setTimeout as sleep } from 'node:timers/promises';
 import {
-  startNode, launchBrowser, newContext, openHarness, startPeer, stats, events, waitFor,
+  startNodeAndBrowser, newContext, openHarness, startPeer, stats, events, waitFor,
 } from './harness.mjs';
 
 const MiB = 1024 * 1024;
@@ -26,12 +26,7 @@ async function waitForMesh(pages, ids, timeout = 20000) {
 }
 
 test('three tabs connect directly, move 8 MiB each way intact, and survive a node restart', async (t) => {
-  const node = await startNode();
-  const browser = await launchBrowser();
-  t.after(async () => {
-    await browser.close();
-    await node.stop();
-  });
+  const { node, browser } = await startNodeAndBrowser(t);
   const context = await newContext(browser, node);
   const pages = [];
   for (let i = 0; i < 3; i++) pages.push(await openHarness(context, node));
@@ -112,12 +107,7 @@ test('three tabs connect directly, move 8 MiB each way intact, and survive a nod
 });
 
 test('hostile signalling ends each attempt with a clear error and harms nobody else', async (t) => {
-  const node = await startNode();
-  const browser = await launchBrowser();
-  t.after(async () => {
-    await browser.close();
-    await node.stop();
-  });
+  const { node, browser } = await startNodeAndBrowser(t);
   const context = await newContext(browser, node);
   const victim = await openHarness(context, node);
   const bystander = await openHarness(context, node);

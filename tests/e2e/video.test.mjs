@@ -4,18 +4,13 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { startNode, waitFor } from './harness.mjs';
-import { describe, launchBrowser, measurePlayback, openViewers, readTab } from './video-harness.mjs';
+import { startNodeAndBrowser, waitFor } from './harness.mjs';
+import { describe, measurePlayback, openViewers, readTab } from './video-harness.mjs';
 
 const TABS = 6;
 
 test(`${TABS} tabs play the live stream for 60 s: offload >= 80 % after warm-up, no stall`, async (t) => {
-  const node = await startNode();
-  const browser = await launchBrowser();
-  t.after(async () => {
-    await browser.close();
-    await node.stop();
-  });
+  const { node, browser } = await startNodeAndBrowser(t);
   const { pages } = await openViewers(browser, node, { tabs: TABS });
   // 60 s of playback: 20 s to warm up (every tab's startup comes over HTTP), 40 s measured.
   const result = await measurePlayback(pages, { warmup: 20000, measure: 40000 });
@@ -27,12 +22,7 @@ test(`${TABS} tabs play the live stream for 60 s: offload >= 80 % after warm-up,
 });
 
 test('with P2P switched off the same harness reports 0 % offload and no stall', async (t) => {
-  const node = await startNode();
-  const browser = await launchBrowser();
-  t.after(async () => {
-    await browser.close();
-    await node.stop();
-  });
+  const { node, browser } = await startNodeAndBrowser(t);
   const { pages } = await openViewers(browser, node, { tabs: 3, query: 'p2p=0' });
   const result = await measurePlayback(pages, { warmup: 10000, measure: 20000 });
   console.log(describe(result));
@@ -44,12 +34,7 @@ test('with P2P switched off the same harness reports 0 % offload and no stall', 
 });
 
 test('a peer that uploads corrupt data is cut off and playback is unaffected', async (t) => {
-  const node = await startNode();
-  const browser = await launchBrowser();
-  t.after(async () => {
-    await browser.close();
-    await node.stop();
-  });
+  const { node, browser } = await startNodeAndBrowser(t);
   // The corrupting tab starts first, so it is the one others would fetch from.
   const corrupt = await openViewers(browser, node, { tabs: 1, query: 'corrupt=1' });
   await waitFor(async () => (await readTab(corrupt.pages[0])).started, { timeout: 30000, message: 'the corrupting tab to play' });
@@ -82,12 +67,7 @@ test('a peer that uploads corrupt data is cut off and playback is unaffected', a
 });
 
 test('viewers that crash while uploading do not stall the others', async (t) => {
-  const node = await startNode();
-  const browser = await launchBrowser();
-  t.after(async () => {
-    await browser.close();
-    await node.stop();
-  });
+  const { node, browser } = await startNodeAndBrowser(t);
   const { context, pages } = await openViewers(browser, node, { tabs: 5 });
   await waitFor(async () => (await Promise.all(pages.map(readTab))).every((tab) => tab.started), {
     timeout: 60000,

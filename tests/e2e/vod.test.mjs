@@ -10,7 +10,7 @@ import { cpSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { ROOT, launchBrowser, newContext, serveDir, startNode, waitFor } from './harness.mjs';
+import { ROOT, newContext, serveDir, startNodeAndBrowser, waitFor } from './harness.mjs';
 
 const SWARM = 'site.test/vod/360p';
 
@@ -71,13 +71,8 @@ test('VOD from a site that signs its own segments: viewers at different position
   rmSync(join(site, 'keys'), { recursive: true });
 
   const origin = await serveDir(site);
-  const node = await startNode();
-  const browser = await launchBrowser();
-  t.after(async () => {
-    await browser.close();
-    await node.stop();
-    await origin.close();
-  });
+  const { node, browser } = await startNodeAndBrowser(t);
+  t.after(() => origin.close());
   const context = await newContext(browser, node);
   const open = async (start) => {
     const page = await context.newPage();
