@@ -3,17 +3,12 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { startNode, launchBrowser, newContext, openHarness, startPeer, stats, waitFor } from './harness.mjs';
+import { startNodeAndBrowser, newContext, openHarness, startPeer, stats, waitFor } from './harness.mjs';
 
 const TOPIC = 'chat';
 
 test('gossip reaches five other tabs within 1 s; invalid and oversize messages are rejected and counted', async (t) => {
-  const node = await startNode();
-  const browser = await launchBrowser();
-  t.after(async () => {
-    await browser.close();
-    await node.stop();
-  });
+  const { node, browser } = await startNodeAndBrowser(t);
   const context = await newContext(browser, node);
   const pages = [];
   for (let i = 0; i < 6; i++) pages.push(await openHarness(context, node));
@@ -29,10 +24,13 @@ test('gossip reaches five other tabs within 1 s; invalid and oversize messages a
   for (const page of pages) await page.evaluate((topic) => window.harness.subscribe(topic), TOPIC);
 
   // Subscriptions travel as soon as they change: every tab soon knows the five others
-  // subscribe (publish resolves to the number of neighbours it was sent to).
+  // subscribe (publish resolves to the number of neighbours it was sent to). Usually
+  // within 20 ms; in about one run in three, one link's first gossip stream hangs until
+  // libp2p's 10 s stream-upgrade timeout and the next tick reopens it (a known open
+  // problem, see the closing note), hence 15 s here.
   for (const page of pages) {
     await waitFor(async () => (await page.evaluate((topic) => window.harness.publish(topic, 'ok:hello'), TOPIC)).sent === 5,
-      { timeout: 5000, message: 'the subscriptions of five neighbours' });
+      { timeout: 15000, message: 'the subscriptions of five neighbours' });
   }
 
   const latencies = [];
