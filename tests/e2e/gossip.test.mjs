@@ -25,7 +25,7 @@ test('gossip reaches five other tabs within 1 s; invalid and oversize messages a
 
   // Subscriptions travel as soon as they change: every tab soon knows the five others
   // subscribe (publish resolves to the number of neighbours it was sent to). Usually
-  // within 20 ms; in about one run in three, one link's first gossip stream hangs until
+  // within 20 ms; in about half the runs here, one link's first gossip stream hangs until
   // libp2p's 10 s stream-upgrade timeout and the next tick reopens it (a known open
   // problem, see the closing note), hence 15 s here.
   for (const page of pages) {
