@@ -19,7 +19,7 @@ use libp2p::{
 use send_wrapper::SendWrapper;
 use wasm_bindgen::{JsCast, prelude::Closure};
 use web_sys::{
-    Event, RtcDataChannel, RtcDataChannelEvent, RtcDataChannelInit, RtcPeerConnection, RtcPeerConnectionState,
+    Event, RtcDataChannelEvent, RtcDataChannelInit, RtcPeerConnection, RtcPeerConnectionState,
 };
 
 use super::{Config, Error, Stream};
@@ -39,7 +39,7 @@ struct Inner {
     pc: RtcPeerConnection,
     registry_id: u64,
     config: Arc<Config>,
-    inbound: mpsc::Receiver<RtcDataChannel>,
+    inbound: mpsc::Receiver<Stream>,
     state: Rc<RefCell<StateWatch>>,
     disconnected_since: Option<Delay>,
     closed: bool,
@@ -54,14 +54,20 @@ struct StateWatch {
 
 /// Installs `ondatachannel` on a fresh peer connection, before any channel can arrive,
 /// and returns the queue the connection will accept streams from.
+///
+/// Each channel becomes a [`Stream`] the moment it arrives, not when the connection is
+/// polled for it: the remote may open a stream and write to it before our side of the
+/// handshake has finished (the answerer is connected a round trip before the offerer),
+/// and a message that reaches a channel with no `onmessage` handler yet is gone.
 pub(crate) struct InboundChannels {
-    receiver: mpsc::Receiver<RtcDataChannel>,
+    receiver: mpsc::Receiver<Stream>,
     closure: Closure<dyn FnMut(RtcDataChannelEvent)>,
 }
 
 impl InboundChannels {
-    pub(crate) fn install(pc: &RtcPeerConnection) -> Self {
+    pub(crate) fn install(pc: &RtcPeerConnection, config: &Arc<Config>) -> Self {
         let (mut sender, receiver) = mpsc::channel(MAX_PENDING_INBOUND);
+        let config = config.clone();
         let closure = Closure::<dyn FnMut(RtcDataChannelEvent)>::new(move |event: RtcDataChannelEvent| {
             let channel = event.channel();
             // The dialer's `init` channel exists for the offer only. It is neither a
@@ -69,12 +75,12 @@ impl InboundChannels {
             if channel.label() == INIT_CHANNEL_LABEL {
                 return;
             }
-            if let Err(e) = sender.try_send(channel) {
+            // Dropping a refused stream closes its channel.
+            if let Err(e) = sender.try_send(Stream::new(channel, &config)) {
                 tracing::warn!(
                     "refusing inbound data channel: {}",
                     if e.is_full() { "too many pending" } else { "connection gone" }
                 );
-                e.into_inner().close();
             }
         });
         pc.set_ondatachannel(Some(closure.as_ref().unchecked_ref()));
@@ -143,7 +149,7 @@ impl StreamMuxer for Connection {
     fn poll_inbound(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<Stream, Error>> {
         let this = &mut *self.get_mut().inner;
         match this.inbound.poll_next_unpin(cx) {
-            Poll::Ready(Some(channel)) => Poll::Ready(Ok(Stream::new(channel, &this.config))),
+            Poll::Ready(Some(stream)) => Poll::Ready(Ok(stream)),
             Poll::Ready(None) => Poll::Ready(Err(Error::Connection("peer connection closed".into()))),
             Poll::Pending => Poll::Pending,
         }

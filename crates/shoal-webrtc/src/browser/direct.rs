@@ -35,7 +35,7 @@ pub(crate) async fn dial(
     take_budget(config.peer_connection_budget)?;
     let config = Arc::new(Config { fin_ack: false, ..(*config).clone() });
     let pc = new_peer_connection(&config)?;
-    let inbound = InboundChannels::install(&pc);
+    let inbound = InboundChannels::install(&pc, &config);
     let attempt = async {
         // The Noise channel must exist before the offer, so the offer has a data section.
         let init = RtcDataChannelInit::new();

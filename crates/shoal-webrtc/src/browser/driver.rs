@@ -50,7 +50,7 @@ pub(crate) async fn run(
 ) -> Result<Connection, Error> {
     take_budget(config.peer_connection_budget)?;
     let pc = new_peer_connection(&config)?;
-    let inbound = InboundChannels::install(&pc);
+    let inbound = InboundChannels::install(&pc, &config);
     let (events_tx, events) = mpsc::unbounded();
     let callbacks = Callbacks::install(&pc, events_tx);
     let init = (role == Role::Dialer).then(|| pc.create_data_channel(INIT_CHANNEL_LABEL));
