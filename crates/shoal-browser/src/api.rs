@@ -63,7 +63,7 @@ impl ShoalNode {
         };
         let nodes: Vec<Multiaddr> = nodes
             .iter()
-            .filter_map(|a| a.parse::<Multiaddr>().ok())
+            .filter_map(|a| shoal_webrtc::addr::parse(a).ok())
             .filter(|a| a.iter().any(|p| matches!(p, libp2p::multiaddr::Protocol::WebRTCDirect)))
             .collect();
         if nodes.is_empty() {
@@ -309,7 +309,7 @@ impl ShoalNode {
     /// says), which need not be a member of any swarm this peer joined. Resolves once the
     /// direct connection is up.
     pub async fn connect(&self, addr: String) -> Result<(), JsValue> {
-        let addr: Multiaddr = addr.parse().map_err(|e| error("invalid-address", e))?;
+        let addr = shoal_webrtc::addr::parse(&addr).map_err(|e| error("invalid-address", e))?;
         let Some(target) = shoal_webrtc::addr::parse_dial_addr(&addr) else {
             return Err(error("invalid-address", "not a browser address: expected …/p2p-circuit/webrtc/p2p/<peer>"));
         };

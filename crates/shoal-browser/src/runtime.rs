@@ -837,7 +837,7 @@ impl Runtime {
             let addrs: Vec<Multiaddr> = member
                 .addrs
                 .iter()
-                .filter_map(|a| a.parse::<Multiaddr>().ok())
+                .filter_map(|a| shoal_webrtc::addr::parse(a).ok())
                 .filter(|a| shoal_webrtc::addr::parse_dial_addr(a).is_some_and(|d| d.peer == peer))
                 .collect();
             // One address: each would cost a circuit and a handshake. Prefer the one
