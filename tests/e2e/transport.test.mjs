@@ -121,9 +121,9 @@ test('hostile signalling ends each attempt with a clear error and harms nobody e
   await waitForMesh([victim, bystander], [victimId, bystanderId]);
 
   const failures = async () => (await events(victim, 'inbound-failed')).map((e) => e.error);
-  const expectFailure = async (attack, pattern) => {
+  const expectFailure = async (attack, pattern, arg) => {
     const seen = (await failures()).length;
-    await attacker.evaluate(([attack, peer]) => window.hostile[attack](peer), [attack, victimId]);
+    await attacker.evaluate(([attack, peer, arg]) => window.hostile[attack](peer, arg), [attack, victimId, arg]);
     const errors = await waitFor(async () => {
       const all = await failures();
       return all.length > seen && all.slice(seen);
@@ -134,6 +134,10 @@ test('hostile signalling ends each attempt with a clear error and harms nobody e
   await expectFailure('oversize', /exceeds the 16384 byte limit/);
   await expectFailure('unknownType', /unknown signalling message type 7/);
   await expectFailure('garbageSdp', /remote SDP refused/);
+  // Candidates are JSON parsed by the page's own JSON.parse (no serde_json in the wasm).
+  await expectFailure('badCandidate', /ICE candidate is not valid JSON of RTCIceCandidate: .*JSON/, '{"candidate": candidate:1');
+  await expectFailure('badCandidate', /ICE candidate is not valid JSON of RTCIceCandidate: missing field `candidate`/, '{"sdpMid":"0"}');
+  await expectFailure('badCandidate', /ICE candidate is not valid JSON of RTCIceCandidate: candidate line must start with `candidate:`/, '{"candidate":"a=x"}');
   await expectFailure('truncatedThenReset', /signalling stream closed while waiting for the offer|timed out while waiting for the offer/);
   await expectFailure('wrongFingerprint', /became Failed|does not match the fingerprint|timed out while waiting for ICE/);
 

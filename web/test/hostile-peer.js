@@ -56,6 +56,18 @@ window.hostile = {
     await h().write(s, [100, 0x08, 0x00, 0x12]);
     await h().resetStream(s);
   },
+  /** A real offer, then candidates that are not JSON, then JSON of the wrong shape. */
+  async badCandidate(victim, data) {
+    const pc = new RTCPeerConnection({ iceServers: [] });
+    pc.createDataChannel('init');
+    await pc.setLocalDescription(await pc.createOffer());
+    const s = await open(victim);
+    await h().write(s, encode(SDP_OFFER, pc.localDescription.sdp));
+    await readMessages(s, 1);
+    await h().write(s, encode(ICE_CANDIDATE, data));
+    await new Promise((r) => setTimeout(r, 1000));
+    pc.close();
+  },
   /** A real offer whose DTLS fingerprint does not match the certificate used. */
   async wrongFingerprint(victim) {
     const pc = new RTCPeerConnection({ iceServers: [] });

@@ -8,6 +8,7 @@
 //! - `runtime` (wasm32): the swarm, node link, memberships, bans.
 //! - `pieces` (wasm32): one engine host per swarm: piece streams, HTTP, timers.
 //! - `gossip` (wasm32): the page's gossip over `/shoal/gossip/1` streams.
+//! - `membership` (wasm32): the membership protocol's codec.
 //! - `api` (wasm32): the exported class.
 
 pub mod bulk;
@@ -21,6 +22,8 @@ mod console_log;
 mod gossip;
 #[cfg(target_arch = "wasm32")]
 mod http;
+#[cfg(target_arch = "wasm32")]
+mod membership;
 #[cfg(target_arch = "wasm32")]
 mod pieces;
 #[cfg(target_arch = "wasm32")]

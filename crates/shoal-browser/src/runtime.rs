@@ -48,7 +48,7 @@ pub(crate) struct Behaviour {
     relay: relay::client::Behaviour,
     webrtc: shoal_webrtc::Behaviour,
     ping: ping::Behaviour,
-    membership: request_response::json::Behaviour<MembershipRequest, MembershipResponse>,
+    membership: request_response::Behaviour<crate::membership::Codec>,
     streams: streams::Behaviour,
 }
 
@@ -252,7 +252,7 @@ pub(crate) fn start(config: Config, nodes: Vec<Multiaddr>, emit: EventSink) -> R
 
     let (streams_behaviour, control, incoming) =
         streams::Behaviour::new(vec![pieces::PROTOCOL, gossip::PROTOCOL, StreamProtocol::new(bulk::PROTOCOL)]);
-    let membership = request_response::json::Behaviour::new(
+    let membership = request_response::Behaviour::new(
         [(StreamProtocol::new(shoal_proto::MEMBERSHIP_PROTOCOL), ProtocolSupport::Outbound)],
         request_response::Config::default().with_request_timeout(Duration::from_secs(10)),
     );

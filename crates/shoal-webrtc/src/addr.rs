@@ -90,7 +90,6 @@ pub fn webrtc_from_relayed(relayed: &Multiaddr) -> Multiaddr {
     out
 }
 
-
 /// Why a multiaddr's text form was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AddrParseError {
@@ -276,7 +275,9 @@ mod parse_tests {
     #[test]
     fn agrees_with_multiaddr_crate() {
         for text in [
-            format!("/ip4/10.99.0.1/udp/9090/webrtc-direct/certhash/uEiDDq4_xNyDorZBH3TlGazyJdOWSwvo4PUo5YHFMrvDE8g/p2p/{RELAY}/p2p-circuit/webrtc/p2p/{PEER}"),
+            format!(
+                "/ip4/10.99.0.1/udp/9090/webrtc-direct/certhash/uEiDDq4_xNyDorZBH3TlGazyJdOWSwvo4PUo5YHFMrvDE8g/p2p/{RELAY}/p2p-circuit/webrtc/p2p/{PEER}"
+            ),
             format!("/ip4/127.0.0.1/tcp/4001/ws/p2p/{RELAY}"),
             format!("/dns4/node.example.com/tcp/443/wss/p2p/{RELAY}/p2p-circuit/p2p/{PEER}"),
             "/ip6/::1/udp/1/quic-v1/webtransport".to_string(),

@@ -17,6 +17,7 @@ pub mod addr;
 mod behaviour;
 pub mod frame;
 pub mod handshake;
+pub mod json;
 mod proto;
 pub mod signaling;
 

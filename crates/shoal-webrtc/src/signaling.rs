@@ -81,8 +81,8 @@ impl SignalingMessage {
         let (kind, data) = match self {
             Self::Offer(sdp) => (TYPE_OFFER, sdp.clone()),
             Self::Answer(sdp) => (TYPE_ANSWER, sdp.clone()),
-            // serde_json cannot fail on this plain struct.
-            Self::Candidate(Some(c)) => (TYPE_CANDIDATE, serde_json::to_string(c).unwrap_or_default()),
+            // Cannot fail on this plain struct of strings and a number.
+            Self::Candidate(Some(c)) => (TYPE_CANDIDATE, crate::json::to_string(c).unwrap_or_default()),
             Self::Candidate(None) => (TYPE_CANDIDATE, "null".to_owned()),
         };
         let mut body = Vec::with_capacity(data.len() + 8);
@@ -136,8 +136,7 @@ fn parse_candidate(json: &str) -> Result<Option<IceCandidate>, DecodeError> {
     if trimmed.is_empty() || trimmed == "null" {
         return Ok(None);
     }
-    let candidate: IceCandidate =
-        serde_json::from_str(trimmed).map_err(|e| DecodeError::BadCandidate(e.to_string()))?;
+    let candidate: IceCandidate = crate::json::from_str(trimmed).map_err(DecodeError::BadCandidate)?;
     // An empty candidate string is the W3C end-of-candidates marker.
     if candidate.candidate.is_empty() {
         return Ok(None);

@@ -18,9 +18,7 @@ use libp2p::{
 };
 use send_wrapper::SendWrapper;
 use wasm_bindgen::{JsCast, prelude::Closure};
-use web_sys::{
-    Event, RtcDataChannelEvent, RtcDataChannelInit, RtcPeerConnection, RtcPeerConnectionState,
-};
+use web_sys::{Event, RtcDataChannelEvent, RtcDataChannelInit, RtcPeerConnection, RtcPeerConnectionState};
 
 use super::{Config, Error, Stream};
 
