@@ -5,7 +5,7 @@
 
 use std::{
     cell::RefCell,
-    collections::{BTreeMap, HashMap, HashSet},
+    collections::{HashMap, HashSet},
     rc::Rc,
 };
 
@@ -47,7 +47,7 @@ struct Inner {
     /// Connected peers that do not speak gossip (not Shoal pages): not asked again until
     /// they reconnect.
     foreign: HashSet<PeerId>,
-    validators: BTreeMap<String, Option<js_sys::Function>>,
+    validators: HashMap<String, Option<js_sys::Function>>,
     stats: GossipStats,
     seqno: u64,
 }
@@ -98,7 +98,7 @@ impl GossipHost {
                 gossip: Gossip::new(config, seed),
                 writers: HashMap::new(),
                 foreign: HashSet::new(),
-                validators: BTreeMap::new(),
+                validators: HashMap::new(),
                 stats: GossipStats::default(),
                 seqno: 0,
             }),
@@ -306,7 +306,7 @@ impl GossipHost {
 
 /// The driver's half of checking a new publication: the origin's signature, then the
 /// page's validator for the topic.
-fn check(publication: &Publication, validators: &BTreeMap<String, Option<js_sys::Function>>) -> Verdict {
+fn check(publication: &Publication, validators: &HashMap<String, Option<js_sys::Function>>) -> Verdict {
     let Some(key) = public_key_of(&publication.origin) else {
         return Verdict::Reject("origin is not a PeerId with an inline key".into());
     };

@@ -8,7 +8,7 @@
 
 use std::{
     cell::{Cell, RefCell},
-    collections::{BTreeMap, HashMap, HashSet},
+    collections::{HashMap, HashSet},
     rc::Rc,
     sync::Arc,
     time::Duration,
@@ -83,7 +83,7 @@ pub(crate) struct SwarmStats {
     pub cached_bytes: u64,
     pub peers: usize,
     /// Per peer: bytes received from it and sent to it.
-    pub per_peer: BTreeMap<String, PeerTraffic>,
+    pub per_peer: HashMap<String, PeerTraffic>,
 }
 
 #[derive(Debug, Default, Clone, serde::Serialize)]
@@ -99,10 +99,10 @@ struct Inner {
     /// Connected peers that do not speak the pieces protocol (not Shoal pages): not asked
     /// again until they reconnect.
     foreign: HashSet<PeerId>,
-    urls: BTreeMap<SegmentId, String>,
-    pending: BTreeMap<SegmentId, Vec<oneshot::Sender<Result<Delivery, String>>>>,
+    urls: HashMap<SegmentId, String>,
+    pending: HashMap<SegmentId, Vec<oneshot::Sender<Result<Delivery, String>>>>,
     fetches: HashMap<u64, Rc<Fetch>>,
-    traffic: BTreeMap<PeerId, PeerTraffic>,
+    traffic: HashMap<PeerId, PeerTraffic>,
     segments_failed: u64,
     /// Bytes written to peers over the last interval, for the upload backlog estimate.
     sent_window: (f64, u64),
@@ -152,10 +152,10 @@ impl SwarmHost {
                 engine,
                 writers: HashMap::new(),
                 foreign: HashSet::new(),
-                urls: BTreeMap::new(),
-                pending: BTreeMap::new(),
+                urls: HashMap::new(),
+                pending: HashMap::new(),
                 fetches: HashMap::new(),
-                traffic: BTreeMap::new(),
+                traffic: HashMap::new(),
                 segments_failed: 0,
                 sent_window: (now_ms(), 0),
                 upload_rate: 0.0,
@@ -317,6 +317,12 @@ impl SwarmHost {
     pub(crate) fn set_playlist(self: &Rc<Self>, segments: Vec<(u64, String)>) {
         let infos: Vec<SegmentInfo> = {
             let mut inner = self.inner.borrow_mut();
+            // A live playlist slides: forget the URLs of segments that left it (unless a
+            // fetch still waits on one), or a day of viewing keeps tens of thousands.
+            if let Some(oldest) = segments.iter().map(|(id, _)| *id).min() {
+                let Inner { urls, pending, .. } = &mut *inner;
+                urls.retain(|id, _| id.0 >= oldest || pending.contains_key(id));
+            }
             segments
                 .into_iter()
                 .map(|(id, url)| {

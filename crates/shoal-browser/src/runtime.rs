@@ -10,7 +10,7 @@
 
 use std::{
     cell::RefCell,
-    collections::{BTreeMap, HashMap, HashSet},
+    collections::{HashMap, HashSet},
     rc::Rc,
     time::Duration,
 };
@@ -203,7 +203,7 @@ pub(crate) struct Handle {
 pub(crate) type EventSink = Rc<dyn Fn(Event)>;
 
 /// The engine hosts of joined swarms, by swarm name.
-pub(crate) type Hosts = Rc<RefCell<BTreeMap<String, Rc<SwarmHost>>>>;
+pub(crate) type Hosts = Rc<RefCell<HashMap<String, Rc<SwarmHost>>>>;
 
 const NODE_BACKOFF_MIN: Duration = Duration::from_millis(250);
 const NODE_BACKOFF_MAX: Duration = Duration::from_secs(8);
@@ -284,7 +284,7 @@ pub(crate) fn start(config: Config, nodes: Vec<Multiaddr>, emit: EventSink) -> R
         emit,
         snapshot: snapshot.clone(),
         commands,
-        swarms: BTreeMap::new(),
+        swarms: HashMap::new(),
         hosts: hosts.clone(),
         direct: HashMap::new(),
         relayed: HashSet::new(),
@@ -427,7 +427,7 @@ struct Runtime {
     emit: EventSink,
     snapshot: Rc<RefCell<Snapshot>>,
     commands: mpsc::UnboundedReceiver<Command>,
-    swarms: BTreeMap<String, Membership>,
+    swarms: HashMap<String, Membership>,
     hosts: Hosts,
     direct: HashMap<PeerId, Vec<DirectConnection>>,
     relayed: HashSet<ConnectionId>,
