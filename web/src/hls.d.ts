@@ -21,6 +21,11 @@ export class ShoalHls {
   readonly options: ShoalHlsOptions;
   /** Bytes received per source, and segments that fell back to hls.js's own loader. */
   readonly segments: { fromPeers: number; fromHttp: number; fallbacks: number };
+  /**
+   * Milliseconds hls.js has lately needed between a fragment's bytes arriving and its
+   * being buffered (rises with each slow one, decays slowly); taken off every deadline.
+   */
+  readonly processingMs: number;
   /** Fields to merge into the hls.js config (`fLoader`). `Hls` is the hls.js class. */
   config(Hls: { DefaultConfig: { loader: unknown } }): { fLoader: unknown };
   /** Connects to the hls.js instance created with `config()`. */

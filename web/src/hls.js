@@ -12,7 +12,18 @@ import { swarmIdFromUrl } from './index.js';
 /** Seconds of media from the start position that always come over HTTP at startup. */
 const STARTUP_URGENT_S = 6;
 
+/**
+ * What hls.js needs, after a fragment's bytes arrive, before they are in the buffer
+ * (transmuxing in its worker, appending to MSE), assumed before anything is measured:
+ * up to ~0.7 s in a page that is still starting under load here, tens of ms later.
+ */
+const INITIAL_PROCESSING_MS = 1000;
+/** Per fragment buffered, the allowance falls towards what is measured by this factor. */
+const PROCESSING_DECAY = 0.9;
+
 export class ShoalHls {
+  #deliveredAt;
+
   /**
    * @param shoal a started `Shoal`
    * @param options `publisherKey` (required to exchange segments), `swarmId` (string, or
@@ -27,6 +38,11 @@ export class ShoalHls {
     this.segments = { fromPeers: 0, fromHttp: 0, fallbacks: 0 };
     // Before playback has a position: where it will start (the first fragment asked for).
     this.startFrom = null;
+    // Time from a fragment's bytes reaching hls.js to its being buffered: taken off each
+    // deadline, as a fragment delivered "just in time" that still has to be transmuxed
+    // stalls playback. Rises at once with a slow measurement, decays slowly.
+    this.processingMs = INITIAL_PROCESSING_MS;
+    this.#deliveredAt = new Map();
   }
 
   /** hls.js configuration to merge into `new Hls({...})`: the fragment loader. */
@@ -106,6 +122,7 @@ export class ShoalHls {
             stats.loading.first = start + (end - start) / 2;
             stats.loading.end = end;
             stats.loaded = stats.total = result.data.byteLength;
+            integration.#delivered(frag.sn, end);
             integration.segments.fromPeers += result.fromPeers;
             integration.segments.fromHttp += result.fromHttp;
             const data = result.data.buffer.slice(result.data.byteOffset, result.data.byteOffset + result.data.byteLength);
@@ -133,6 +150,12 @@ export class ShoalHls {
     // A new source or a new media element starts the clock again.
     hls.on(Events.MANIFEST_LOADING, () => { this.startFrom = null; });
     hls.on(Events.MEDIA_ATTACHED, () => { this.startFrom = null; });
+    hls.on(Events.FRAG_BUFFERED, (_event, data) => {
+      const at = this.#deliveredAt.get(data.frag?.sn);
+      if (at === undefined) return;
+      this.#deliveredAt.delete(data.frag.sn);
+      this.processingMs = Math.max(performance.now() - at, this.processingMs * PROCESSING_DECAY);
+    });
     hls.on(Events.LEVEL_LOADED, (_event, data) => {
       const details = data.details;
       if (!this.options.publisherKey || !details?.fragments?.length) return;
@@ -164,13 +187,21 @@ export class ShoalHls {
     this.joined.add(swarm);
   }
 
+  /** Our loader handed fragment `sn` to hls.js at `at`. */
+  #delivered(sn, at) {
+    this.#deliveredAt.set(sn, at);
+    // Fragments aborted after delivery are never buffered: keep the map small.
+    if (this.#deliveredAt.size > 16) this.#deliveredAt.delete(this.#deliveredAt.keys().next().value);
+  }
+
   /**
-   * When playback reaches `frag`, on the `performance.now()` clock. Before playback has
-   * a position, it is counted from where playback will start (the first fragment asked
-   * for): what playback needs in its first `STARTUP_URGENT_S` seconds is due at once and
-   * comes over HTTP, as a slow or not yet connected peer must not delay the start; what
-   * lies further (a VOD start or seek buffering ahead) keeps its slack and may come from
-   * peers.
+   * When `frag`'s bytes must be in hls.js's hands, on the `performance.now()` clock:
+   * when playback reaches it, less the time hls.js has lately needed to buffer a
+   * fragment (`processingMs`). Before playback has a position, it is counted from where
+   * playback will start (the first fragment asked for): what playback needs in its
+   * first `STARTUP_URGENT_S` seconds is due at once and comes over HTTP, as a slow or
+   * not yet connected peer must not delay the start; what lies further (a VOD start or
+   * seek buffering ahead) keeps its slack and may come from peers.
    */
   deadlineFor(frag) {
     const now = performance.now();
@@ -186,6 +217,6 @@ export class ShoalHls {
     }
     if (!(ahead > 0)) return now;
     const rate = media && !media.paused ? Math.max(media.playbackRate || 1, 0.1) : 1;
-    return now + (ahead * 1000) / rate;
+    return Math.max(now, now + (ahead * 1000) / rate - this.processingMs);
   }
 }
