@@ -135,4 +135,14 @@ test('Shoal and js-libp2p browser peers connect over /webrtc and exchange verifi
     assert.equal(garbage, 'invalid-address');
     await shoal.page.close();
   });
+
+  await t.test('a node address the page cannot read is named in the start error', async () => {
+    const page = await openHarness(context, node);
+    const failed = await page.evaluate((addr) => window.harness.start({ nodes: [addr] })
+      .then(() => null, (e) => ({ code: e.code, message: e.message })),
+    '/ip4/10.99.0.1/udp/1/webrtc-direct/certhash/zQmNotBase64url');
+    assert.equal(failed?.code, 'no-node', JSON.stringify(failed));
+    assert.match(failed.message, /unreadable: .*certhash must be multibase base64url/);
+    await page.close();
+  });
 });

@@ -61,13 +61,19 @@ impl ShoalNode {
         } else {
             config.nodes.clone()
         };
+        // Addresses we cannot read are skipped, but named if no usable one is left.
+        let mut unreadable = Vec::new();
         let nodes: Vec<Multiaddr> = nodes
             .iter()
-            .filter_map(|a| shoal_webrtc::addr::parse(a).ok())
+            .filter_map(|a| shoal_webrtc::addr::parse(a).map_err(|e| unreadable.push(format!("{a}: {e}"))).ok())
             .filter(|a| a.iter().any(|p| matches!(p, libp2p::multiaddr::Protocol::WebRTCDirect)))
             .collect();
         if nodes.is_empty() {
-            return Err(error("no-node", "no /webrtc-direct signalling node address"));
+            let mut message = "no /webrtc-direct signalling node address".to_owned();
+            if !unreadable.is_empty() {
+                message = format!("{message} (unreadable: {})", unreadable.join("; "));
+            }
+            return Err(error("no-node", message));
         }
 
         let on_event = Rc::new(RefCell::new(on_event));
