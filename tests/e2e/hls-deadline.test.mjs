@@ -57,6 +57,8 @@ test('fragment deadlines leave hls.js its measured buffering time', async (t) =>
     }
     out.afterFast = slack(16);
     out.due = slack(10.5); // less time left than the allowance: due now
+    await loadAndBuffer(12, 4500); // a throttled background tab: capped
+    out.capped = integration.processingMs;
     return out;
   });
 
@@ -72,4 +74,5 @@ test('fragment deadlines leave hls.js its measured buffering time', async (t) =>
   }
   assert.ok(result.afterFast > result.afterSlow + 800, `slack recovers: ${result.afterFast} vs ${result.afterSlow}`);
   assert.ok(Math.abs(result.due) < 50, `a fragment closer than the allowance is due now: ${result.due}`);
+  assert.equal(result.capped, 4000, 'one very slow buffering raises the allowance to 4 s at most');
 });

@@ -20,6 +20,11 @@ const STARTUP_URGENT_S = 6;
 const INITIAL_PROCESSING_MS = 1000;
 /** Per fragment buffered, the allowance falls towards what is measured by this factor. */
 const PROCESSING_DECAY = 0.9;
+/**
+ * Most allowance taken: a tab in the background has its timers throttled and may report
+ * many seconds once, which must not send every fragment of the next minute to HTTP.
+ */
+const MAX_PROCESSING_MS = 4000;
 
 export class ShoalHls {
   #deliveredAt;
@@ -154,7 +159,8 @@ export class ShoalHls {
       const at = this.#deliveredAt.get(data.frag?.sn);
       if (at === undefined) return;
       this.#deliveredAt.delete(data.frag.sn);
-      this.processingMs = Math.max(performance.now() - at, this.processingMs * PROCESSING_DECAY);
+      const measured = Math.min(performance.now() - at, MAX_PROCESSING_MS);
+      this.processingMs = Math.max(measured, this.processingMs * PROCESSING_DECAY);
     });
     hls.on(Events.LEVEL_LOADED, (_event, data) => {
       const details = data.details;
