@@ -23,7 +23,8 @@ export class ShoalHls {
   readonly segments: { fromPeers: number; fromHttp: number; fallbacks: number };
   /**
    * Milliseconds hls.js has lately needed between a fragment's bytes arriving and its
-   * being buffered (rises with each slow one, decays slowly); taken off every deadline.
+   * being buffered (rises at once with a slow one, up to 4 s; decays slowly); taken off
+   * every deadline.
    */
   readonly processingMs: number;
   /** Fields to merge into the hls.js config (`fLoader`). `Hls` is the hls.js class. */
