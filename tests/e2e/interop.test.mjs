@@ -88,30 +88,30 @@ test('Shoal and js-libp2p browser peers connect over /webrtc and exchange verifi
 
   const context = await newContext(browser, node);
 
-  await t.test('js-libp2p dials Shoal', async () => {
+  /** A Shoal page and a js-libp2p page, connected by `dial`, streams checked both ways. */
+  const connectPair = async (dial, message) => {
     const shoal = await openShoalPeer(context, node);
     const js = await openJsPeer(context, site, nodeWsAddr);
-    await waitFor(() => js.page.evaluate((addr) => window.jsPeer.dial(addr).then(() => true, () => false), shoal.addr), {
-      timeout: 20000,
-      interval: 500,
-      message: 'js-libp2p to connect to Shoal over /webrtc',
-    });
+    await waitFor(() => dial(shoal, js), { timeout: 20000, interval: 500, message });
     await assertDirect(shoal, js);
     await assertBulkBothWays(shoal, js);
+    return { shoal, js };
+  };
+
+  await t.test('js-libp2p dials Shoal', async () => {
+    const { shoal, js } = await connectPair(
+      (shoal, js) => js.page.evaluate((addr) => window.jsPeer.dial(addr).then(() => true, () => false), shoal.addr),
+      'js-libp2p to connect to Shoal over /webrtc',
+    );
     await js.page.evaluate(() => window.jsPeer.stop());
     await Promise.all([shoal.page.close(), js.page.close()]);
   });
 
   await t.test('Shoal dials js-libp2p', async () => {
-    const shoal = await openShoalPeer(context, node);
-    const js = await openJsPeer(context, site, nodeWsAddr);
-    await waitFor(() => shoal.page.evaluate((addr) => window.harness.connect(addr).then(() => true, () => false), js.addr), {
-      timeout: 20000,
-      interval: 500,
-      message: 'Shoal to connect to js-libp2p over /webrtc',
-    });
-    await assertDirect(shoal, js);
-    await assertBulkBothWays(shoal, js);
+    const { shoal, js } = await connectPair(
+      (shoal, js) => shoal.page.evaluate((addr) => window.harness.connect(addr).then(() => true, () => false), js.addr),
+      'Shoal to connect to js-libp2p over /webrtc',
+    );
     const connected = await shoal.page.evaluate(() => window.harness.eventsOf('peer-connected'));
     assert.ok(connected.some((e) => e.peer === js.id && e.dialer === true), 'Shoal reports the js-libp2p peer, dialled by it');
 

@@ -21,6 +21,10 @@ fn invalid(message: String) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, message)
 }
 
+fn not_a_server() -> io::Error {
+    io::Error::new(io::ErrorKind::Unsupported, "pages do not answer membership requests")
+}
+
 impl libp2p::request_response::Codec for Codec {
     type Protocol = StreamProtocol;
     type Request = MembershipRequest;
@@ -30,7 +34,7 @@ impl libp2p::request_response::Codec for Codec {
     where
         T: AsyncRead + Unpin + Send,
     {
-        Err(io::Error::new(io::ErrorKind::Unsupported, "pages do not answer membership requests"))
+        Err(not_a_server())
     }
 
     async fn read_response<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<MembershipResponse>
@@ -59,6 +63,6 @@ impl libp2p::request_response::Codec for Codec {
     where
         T: AsyncWrite + Unpin + Send,
     {
-        Err(io::Error::new(io::ErrorKind::Unsupported, "pages do not answer membership requests"))
+        Err(not_a_server())
     }
 }

@@ -369,7 +369,9 @@ struct NodeLink {
     connected: bool,
     dialing: bool,
     reservation: Option<ListenerId>,
-    reserved: bool,
+    /// While the node holds a reservation for us: where other browsers reach us
+    /// (`<node>/p2p-circuit/webrtc/p2p/<me>`), formatted once per reservation.
+    address: Option<String>,
     backoff: Duration,
     next_attempt: Instant,
     /// Times the node connection came up; more than once means reconnects.
@@ -384,7 +386,7 @@ impl NodeLink {
             connected: false,
             dialing: false,
             reservation: None,
-            reserved: false,
+            address: None,
             backoff: NODE_BACKOFF_MIN,
             next_attempt: Instant::now(),
             connections_made: 0,
@@ -399,7 +401,7 @@ impl NodeLink {
         self.connected = false;
         self.dialing = false;
         self.reservation = None;
-        self.reserved = false;
+        self.address = None;
         self.next_attempt = Instant::now() + self.backoff;
         self.backoff = (self.backoff * 2).min(NODE_BACKOFF_MAX);
     }
@@ -503,7 +505,7 @@ impl Runtime {
             self.hosts.borrow_mut().entry(name.clone()).or_insert(host);
         }
         self.swarms.entry(name.clone()).or_default();
-        if self.node.reserved {
+        if self.node.address.is_some() {
             self.send_join(&name);
         }
     }
@@ -607,7 +609,7 @@ impl Runtime {
                 self.node.lost();
             }
         }
-        if !self.node.reserved {
+        if self.node.address.is_none() {
             return;
         }
         let rejoin = Duration::from_millis(u64::from(self.config.rejoin_interval_ms));
@@ -688,14 +690,16 @@ impl Runtime {
             }
             SwarmEvent::ListenerClosed { listener_id, .. } if Some(listener_id) == self.node.reservation => {
                 self.node.reservation = None;
-                self.node.reserved = false;
+                self.node.address = None;
             }
             SwarmEvent::Behaviour(BehaviourEvent::Relay(relay::client::Event::ReservationReqAccepted {
                 renewal: false,
                 ..
             })) => {
                 // Reachable through the node now: members dialling us will get through.
-                self.node.reserved = true;
+                let me = *self.swarm.local_peer_id();
+                self.node.address =
+                    Some(self.node.circuit_addr().with(Protocol::WebRTC).with(Protocol::P2p(me)).to_string());
                 let names: Vec<String> = self.swarms.keys().cloned().collect();
                 for name in names {
                     self.send_join(&name);
@@ -862,9 +866,7 @@ impl Runtime {
     fn refresh_snapshot(&mut self) {
         let mut snapshot = self.snapshot.borrow_mut();
         snapshot.node_connected = self.node.connected;
-        snapshot.address = (self.node.connected && self.node.reserved).then(|| {
-            self.node.circuit_addr().with(Protocol::WebRTC).with(Protocol::P2p(*self.swarm.local_peer_id())).to_string()
-        });
+        snapshot.address = self.node.address.clone();
         snapshot.joined = !self.swarms.is_empty() && self.swarms.values().all(|m| m.joined);
         snapshot.swarms = self.swarms.keys().cloned().collect();
         snapshot.relayed_connections = self.relayed.len();

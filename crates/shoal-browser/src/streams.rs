@@ -174,23 +174,16 @@ impl NetworkBehaviour for Behaviour {
     }
 
     fn on_swarm_event(&mut self, event: FromSwarm) {
-        if let FromSwarm::ConnectionClosed(closed) = event
-            && let Some(list) = self.connections.get_mut(&closed.peer_id)
-        {
+        let FromSwarm::ConnectionClosed(closed) = event else { return };
+        if let Some(list) = self.connections.get_mut(&closed.peer_id) {
             list.retain(|(id, _)| *id != closed.connection_id);
             if list.is_empty() {
                 self.connections.remove(&closed.peer_id);
             }
         }
         // Requests sent to a connection that is gone get no answer from its handler.
-        if let FromSwarm::ConnectionClosed(closed) = event {
-            let orphaned: Vec<u64> =
-                self.waiting.iter().filter(|(_, (c, _))| *c == closed.connection_id).map(|(id, _)| *id).collect();
-            for id in orphaned {
-                if let Some((_, reply)) = self.waiting.remove(&id) {
-                    let _ = reply.send(Err(OpenError::NotConnected(closed.peer_id)));
-                }
-            }
+        for (_, (_, reply)) in self.waiting.extract_if(|_, (connection, _)| *connection == closed.connection_id) {
+            let _ = reply.send(Err(OpenError::NotConnected(closed.peer_id)));
         }
     }
 
