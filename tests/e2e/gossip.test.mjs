@@ -80,7 +80,7 @@ test('gossip reaches five other tabs within 1 s; invalid and oversize messages a
   const before3 = (await stats(pages[3])).gossip.rejectedInvalid;
   await pages[1].evaluate(async ([peer, origin, topic]) => {
     const frame = window.gossipFrame(topic, origin, 1n << 40n, new Uint8Array(64).fill(7), new TextEncoder().encode('ok:forged'));
-    const handle = await window.harness.openStream(peer, '/shoal/gossip/1', false);
+    const handle = await window.harness.openStream(peer, '/shoal/gossip/2', false);
     await window.harness.write(handle, frame);
   }, [ids[3], ids[2], TOPIC]);
   await waitFor(async () => (await stats(pages[3])).gossip.rejectedInvalid > before3,

@@ -17,7 +17,7 @@ use libp2p::{
 };
 use serde::Serialize;
 use shoal_core::gossip::{
-    FRAME_OVERHEAD, Gossip, GossipAction, GossipConfig, GossipDecoder, GossipWireError, Publication, Received, Verdict,
+    FRAME_OVERHEAD, Gossip, GossipConfig, GossipDecoder, GossipOutput, Publication, Received, Verdict, WireError,
 };
 use wasm_bindgen::JsValue;
 
@@ -38,6 +38,9 @@ pub(crate) struct GossipStats {
     pub received: u64,
     pub rejected_oversize: u64,
     pub rejected_invalid: u64,
+    /// Dropped past a neighbour's rate limit, or stamped too far from our clock.
+    pub rate_limited: u64,
+    pub expired: u64,
     pub duplicates: u64,
 }
 
@@ -64,6 +67,12 @@ pub(crate) struct GossipHost {
 
 fn now() -> shoal_core::Instant {
     shoal_core::Instant::from_millis_f64(now_ms())
+}
+
+/// Wall-clock milliseconds at the page's time origin (`performance.now()` = 0).
+fn time_origin_ms() -> u64 {
+    let origin = web_sys::window().and_then(|w| w.performance()).map_or(0.0, |p| p.time_origin());
+    if origin > 0.0 { origin as u64 } else { (js_sys::Date::now() - now_ms()).max(0.0) as u64 }
 }
 
 fn origin_string(origin: &[u8]) -> String {
@@ -95,7 +104,7 @@ impl GossipHost {
             origin: Bytes::from(keypair.public().to_peer_id().to_bytes()),
             keypair,
             inner: RefCell::new(Inner {
-                gossip: Gossip::new(config, seed),
+                gossip: Gossip::new(config, seed, time_origin_ms()),
                 writers: HashMap::new(),
                 foreign: HashSet::new(),
                 validators: HashMap::new(),
@@ -147,7 +156,7 @@ impl GossipHost {
                 }
             }
         });
-        self.inner.borrow_mut().gossip.peer_connected(peer);
+        self.inner.borrow_mut().gossip.peer_connected(peer, now());
         self.dispatch();
     }
 
@@ -164,7 +173,7 @@ impl GossipHost {
         let max_frame = self.inner.borrow().gossip.config().max_message_bytes + FRAME_OVERHEAD;
         let host = Rc::downgrade(self);
         wasm_bindgen_futures::spawn_local(async move {
-            let mut decoder = GossipDecoder::new(max_frame);
+            let mut decoder = GossipDecoder::with_limit(max_frame);
             let mut buf = vec![0u8; 16 * 1024];
             loop {
                 let n = match stream.read(&mut buf).await {
@@ -174,7 +183,7 @@ impl GossipHost {
                 let Some(host) = host.upgrade() else { return };
                 decoder.extend(&buf[..n]);
                 loop {
-                    match decoder.next_message() {
+                    match decoder.next_frame() {
                         Ok(Some(message)) => host.on_message(peer, message),
                         Ok(None) => break,
                         Err(error) => {
@@ -187,8 +196,8 @@ impl GossipHost {
         });
     }
 
-    fn on_bad_frame(&self, peer: PeerId, error: &GossipWireError) {
-        if let GossipWireError::TooLarge { .. } = error {
+    fn on_bad_frame(&self, peer: PeerId, error: &WireError) {
+        if let WireError::TooLarge { .. } = error {
             self.inner.borrow_mut().stats.rejected_oversize += 1;
         }
         tracing::info!(%peer, %error, "malformed gossip frame");
@@ -213,6 +222,14 @@ impl GossipHost {
                 }
                 Received::Duplicate => {
                     self.inner.borrow_mut().stats.duplicates += 1;
+                    None
+                }
+                Received::RateLimited => {
+                    self.inner.borrow_mut().stats.rate_limited += 1;
+                    None
+                }
+                Received::Expired => {
+                    self.inner.borrow_mut().stats.expired += 1;
                     None
                 }
                 Received::Delivered | Received::NotSubscribed | Received::Ignored => None,
@@ -253,19 +270,20 @@ impl GossipHost {
         if data.len() > limit {
             return Err(format!("message of {} bytes exceeds gossipMaxBytes ({limit})", data.len()));
         }
-        let seqno = {
+        let (seqno, timestamp_ms) = {
             let mut inner = self.inner.borrow_mut();
             inner.seqno += 1;
-            inner.seqno
+            (inner.seqno, inner.gossip.wall_ms(now()))
         };
         let signature = self
             .keypair
-            .sign(&Publication::signing_bytes(&topic, &self.origin, seqno, &data))
+            .sign(&Publication::signing_bytes(&topic, &self.origin, seqno, timestamp_ms, &data))
             .map_err(|e| e.to_string())?;
         let publication = Publication {
             topic,
             origin: self.origin.clone(),
             seqno,
+            timestamp_ms,
             data: Bytes::from(data),
             signature: signature.into(),
         };
@@ -280,15 +298,15 @@ impl GossipHost {
     }
 
     fn dispatch(&self) {
-        let actions = self.inner.borrow_mut().gossip.take_actions();
-        for action in actions {
+        loop {
+            let Some(action) = self.inner.borrow_mut().gossip.poll_output() else { break };
             match action {
-                GossipAction::Send(peer, frame) => {
+                GossipOutput::Send(peer, frame) => {
                     if let Some(writer) = self.inner.borrow().writers.get(&peer) {
                         let _ = writer.unbounded_send(frame);
                     }
                 }
-                GossipAction::Deliver { publication, .. } => {
+                GossipOutput::Deliver { publication, .. } => {
                     self.inner.borrow_mut().stats.received += 1;
                     (self.emit)(Event::Gossip {
                         topic: publication.topic.clone(),
@@ -296,7 +314,7 @@ impl GossipHost {
                         data: publication.data.to_vec(),
                     });
                 }
-                GossipAction::Ban(peer, reason) => {
+                GossipOutput::Disconnect(peer, reason) => {
                     let _ = self.commands.unbounded_send(Command::Ban(peer, reason));
                 }
             }
@@ -311,7 +329,13 @@ fn check(publication: &Publication, validators: &HashMap<String, Option<js_sys::
         return Verdict::Reject("origin is not a PeerId with an inline key".into());
     };
     let signed =
-        Publication::signing_bytes(&publication.topic, &publication.origin, publication.seqno, &publication.data);
+        Publication::signing_bytes(
+            &publication.topic,
+            &publication.origin,
+            publication.seqno,
+            publication.timestamp_ms,
+            &publication.data,
+        );
     if !key.verify(&signed, &publication.signature) {
         return Verdict::Reject("bad signature".into());
     }

@@ -23,8 +23,8 @@ use futures::{
 use futures_timer::Delay;
 use libp2p::{PeerId, StreamProtocol};
 use shoal_core::{
-    Action, Config as EngineConfig, Delivery, Engine, Event as EngineEvent, Instant, Message, PublisherKey, SegmentId,
-    SegmentInfo, SignedRecord, StreamId, wire::FrameDecoder,
+    Config as EngineConfig, Delivery, Engine, Event as EngineEvent, Instant, Message, PublisherKey, SegmentId,
+    Output, SegmentInfo, SignedRecord, StreamId, wire::FrameDecoder,
 };
 
 use crate::{
@@ -268,7 +268,7 @@ impl SwarmHost {
                 };
                 decoder.extend(&buf[..n]);
                 loop {
-                    match decoder.next_message() {
+                    match decoder.next_frame() {
                         Ok(Some(message)) => host.on_message(peer, message),
                         Ok(None) => break,
                         Err(error) => {
@@ -413,18 +413,18 @@ impl SwarmHost {
     /// Carries out every action the engine queued.
     fn dispatch(self: &Rc<Self>) {
         loop {
-            let action = self.inner.borrow_mut().engine.poll_action();
+            let action = self.inner.borrow_mut().engine.poll_output();
             let Some(action) = action else { break };
             match action {
-                Action::Send { peer, message } => self.send(peer, message),
-                Action::HttpFetch { id, segment, range } => self.http_fetch(id, segment, range),
-                Action::CancelHttp { id } => {
+                Output::Send { peer, message } => self.send(peer, message),
+                Output::HttpFetch { id, segment, range } => self.http_fetch(id, segment, range),
+                Output::CancelHttp { id } => {
                     if let Some(fetch) = self.inner.borrow_mut().fetches.remove(&id) {
                         fetch.abort();
                     }
                 }
-                Action::Deliver(delivery) => self.deliver(delivery),
-                Action::Failed { segment } => {
+                Output::Deliver(delivery) => self.deliver(delivery),
+                Output::Failed { segment } => {
                     let waiting = {
                         let mut inner = self.inner.borrow_mut();
                         inner.segments_failed += 1;
@@ -434,12 +434,12 @@ impl SwarmHost {
                         let _ = reply.send(Err(format!("segment {} could not be fetched", segment.0)));
                     }
                 }
-                Action::Disconnect { peer, reason } => {
+                Output::Disconnect { peer, reason } => {
                     self.inner.borrow_mut().writers.remove(&peer);
                     (self.emit)(Event::PeerBanned { peer: peer.to_string(), reason: format!("{reason:?}") });
                     let _ = self.commands.unbounded_send(Command::Ban(peer, format!("{reason:?}")));
                 }
-                Action::Event(EngineEvent::ChunkDownloaded { peer, segment, bytes }) => {
+                Output::Event(EngineEvent::ChunkDownloaded { peer, segment, bytes }) => {
                     (self.emit)(Event::ChunkDown {
                         swarm: self.name.clone(),
                         peer: peer.to_string(),
@@ -447,7 +447,7 @@ impl SwarmHost {
                         bytes,
                     });
                 }
-                Action::Event(EngineEvent::ChunkUploaded { peer, segment, bytes }) => {
+                Output::Event(EngineEvent::ChunkUploaded { peer, segment, bytes }) => {
                     (self.emit)(Event::ChunkUp {
                         swarm: self.name.clone(),
                         peer: peer.to_string(),
@@ -455,7 +455,7 @@ impl SwarmHost {
                         bytes,
                     });
                 }
-                Action::Event(EngineEvent::PeerBanned { .. }) => {}
+                Output::Event(EngineEvent::PeerBanned { .. }) => {}
             }
         }
         let _ = self.rearm.unbounded_send(());
@@ -571,7 +571,7 @@ impl Inner {
 pub(crate) fn decode_record(bytes: &[u8]) -> Option<Arc<SignedRecord>> {
     let mut decoder = FrameDecoder::new();
     decoder.extend(bytes);
-    match decoder.next_message() {
+    match decoder.next_frame() {
         Ok(Some(Message::Record { record })) => Some(record),
         _ => None,
     }

@@ -323,7 +323,7 @@ async fn serve_piece_stream(peer: PeerId, mut stream: libp2p::Stream, hosts: Hos
     let mut buf = vec![0u8; 4096];
     let hello = async {
         loop {
-            match decoder.next_message() {
+            match decoder.next_frame() {
                 Ok(Some(message)) => return Some(message),
                 Ok(None) => {}
                 Err(_) => return None,

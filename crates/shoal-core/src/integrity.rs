@@ -43,6 +43,11 @@ pub struct SegmentRecord {
     pub segment: SegmentId,
     pub size: u64,
     pub chunk_size: u32,
+    /// When the publisher signed it, in milliseconds since the Unix epoch; 0 for a record
+    /// that never goes stale (VOD). Live peers refuse records that are far older than
+    /// the ones they already trust, so a publisher that restarts and reuses sequence
+    /// numbers cannot have its old segments replayed as new ones.
+    pub published_at_ms: u64,
     /// BLAKE3 of each chunk, in order; the last chunk may be short.
     pub chunk_hashes: Vec<[u8; 32]>,
 }
@@ -76,7 +81,14 @@ impl SegmentRecord {
     pub fn for_data(stream: StreamId, segment: SegmentId, data: &[u8], chunk_size: u32) -> Self {
         let chunk_size = chunk_size.clamp(MIN_CHUNK_SIZE, MAX_CHUNK_SIZE);
         let chunk_hashes = data.chunks(chunk_size as usize).map(|c| *blake3::hash(c).as_bytes()).collect();
-        Self { stream, segment, size: data.len() as u64, chunk_size, chunk_hashes }
+        Self { stream, segment, size: data.len() as u64, chunk_size, published_at_ms: 0, chunk_hashes }
+    }
+
+    /// The same record, stamped with when it was published (see
+    /// [`SegmentRecord::published_at_ms`]).
+    pub fn published_at(mut self, unix_ms: u64) -> Self {
+        self.published_at_ms = unix_ms;
+        self
     }
 
     /// Checks the record's own arithmetic (sizes, counts, limits).
@@ -120,11 +132,12 @@ impl SegmentRecord {
 
     /// The message the publisher signs: a domain-separated digest of every field.
     pub fn signing_digest(&self) -> [u8; 32] {
-        let mut hasher = blake3::Hasher::new_derive_key("shoal segment record v1");
+        let mut hasher = blake3::Hasher::new_derive_key("shoal segment record v2");
         hasher.update(&self.stream.0);
         hasher.update(&self.segment.0.to_le_bytes());
         hasher.update(&self.size.to_le_bytes());
         hasher.update(&self.chunk_size.to_le_bytes());
+        hasher.update(&self.published_at_ms.to_le_bytes());
         hasher.update(&(self.chunk_hashes.len() as u64).to_le_bytes());
         for hash in &self.chunk_hashes {
             hasher.update(hash);
@@ -217,6 +230,10 @@ mod tests {
         let mut renumbered = signed.clone();
         renumbered.record.segment = SegmentId(2);
         assert_eq!(key.verify(&stream, &renumbered), Err(IntegrityError::BadSignature));
+
+        let mut restamped = signed.clone();
+        restamped.record.published_at_ms = 1;
+        assert_eq!(key.verify(&stream, &restamped), Err(IntegrityError::BadSignature));
 
         assert_eq!(key.verify(&StreamId::from_name("other"), &signed), Err(IntegrityError::WrongStream));
 

@@ -1,31 +1,35 @@
 //! The piece-exchange protocol's messages and their binary encoding.
 //!
-//! Each message travels as a frame: an unsigned LEB128 length, then a body whose first
-//! byte is the message type. Fields are varints or fixed arrays; the chunk payload of
-//! `Data` is the rest of the body and is handed out without copying. Every length is
-//! bounded, and decoding any byte string yields a message or an error, never a panic
-//! (property tests here, `fuzz/` for coverage-guided fuzzing).
+//! Each message travels as one [`crate::codec`] frame whose body starts with the message
+//! type. Fields are varints or fixed arrays; the chunk payload of `Data` is the rest of
+//! the body and is handed out without copying. Every length is bounded, and decoding
+//! any byte string yields a message or an error, never a panic (property tests here,
+//! `fuzz/` for coverage-guided fuzzing).
 
 use std::sync::Arc;
 
-use bytes::{Buf, Bytes, BytesMut};
-use thiserror::Error;
+use bytes::{Bytes, BytesMut};
 
+pub use crate::codec::{FrameDecoder as Decoder, WireError};
 use crate::{
     availability::{ChunkSet, MAX_CHUNK_SET_BYTES, MAX_SPAN, SegmentSet},
+    codec::{Frame, Reader, put_varint, varint_len},
     integrity::{MAX_CHUNK_SIZE, MAX_CHUNKS, SegmentId, SegmentRecord, SignedRecord, StreamId},
 };
 
 /// Version carried in `Hello`; peers with another version are disconnected.
-pub const PROTOCOL_VERSION: u8 = 1;
+pub const PROTOCOL_VERSION: u8 = 2;
 /// libp2p protocol name of the piece-exchange stream.
-pub const PROTOCOL_NAME: &str = "/shoal/pieces/1";
+pub const PROTOCOL_NAME: &str = "/shoal/pieces/2";
 /// Largest frame body: a record of the most chunks allowed, or a chunk of the largest
 /// size, with room for headers.
 pub const MAX_FRAME_LEN: usize = 32 * MAX_CHUNKS + 1024;
 const _: () = assert!(MAX_FRAME_LEN > MAX_CHUNK_SIZE as usize + 64);
 /// Largest bitmap in an `Availability` message.
 const MAX_BITMAP_BYTES: usize = (MAX_SPAN / 8) as usize;
+
+/// Decodes piece-exchange frames from a stream.
+pub type FrameDecoder = Decoder<Message>;
 
 /// A message between two peers of a swarm.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -73,103 +77,54 @@ mod kind {
     pub(super) const HAVE_CHUNKS: u8 = 12;
 }
 
-/// Why bytes were not a valid message.
-#[derive(Debug, Clone, PartialEq, Eq, Error)]
-pub enum WireError {
-    #[error("frame of {0} bytes exceeds the {MAX_FRAME_LEN} byte limit")]
-    TooLarge(u64),
-    #[error("message ends early")]
-    Truncated,
-    #[error("varint is malformed or out of range")]
-    BadVarint,
-    #[error("unknown message type {0}")]
-    UnknownType(u8),
-    #[error("{0} trailing bytes after the message")]
-    Trailing(usize),
-    #[error("invalid field: {0}")]
-    Invalid(&'static str),
-    #[error("empty frame")]
-    Empty,
+fn bitmap_len(set: &SegmentSet) -> (u64, Vec<u8>, usize) {
+    let (base, bytes) = set.to_bitmap();
+    let len = varint_len(base) + varint_len(bytes.len() as u64) + bytes.len();
+    (base, bytes, len)
 }
 
-pub(crate) fn put_varint(out: &mut BytesMut, mut value: u64) {
-    while value >= 0x80 {
-        out.extend_from_slice(&[(value as u8) | 0x80]);
-        value >>= 7;
-    }
-    out.extend_from_slice(&[value as u8]);
+fn read_bitmap(r: &mut Reader) -> Result<SegmentSet, WireError> {
+    let base = r.varint()?;
+    let bytes = r.bytes(MAX_BITMAP_BYTES, "bitmap too long")?;
+    Ok(SegmentSet::from_bitmap(base, &bytes))
 }
 
-/// Reads a varint from the front of `buf`: `Ok(None)` if it needs more bytes.
-pub(crate) fn peek_varint(buf: &[u8]) -> Result<Option<(u64, usize)>, WireError> {
-    let mut value = 0u64;
-    for (i, &byte) in buf.iter().enumerate().take(10) {
-        if i == 9 && byte > 1 {
-            return Err(WireError::BadVarint);
-        }
-        value |= u64::from(byte & 0x7f) << (7 * i);
-        if byte & 0x80 == 0 {
-            return Ok(Some((value, i + 1)));
-        }
-    }
-    if buf.len() >= 10 { Err(WireError::BadVarint) } else { Ok(None) }
+/// Bytes a record's fields take on the wire (after the message type).
+pub(crate) fn record_len(record: &SignedRecord) -> usize {
+    let r = &record.record;
+    32 + varint_len(r.segment.0)
+        + varint_len(r.size)
+        + varint_len(u64::from(r.chunk_size))
+        + varint_len(r.published_at_ms)
+        + varint_len(r.chunk_hashes.len() as u64)
+        + 32 * r.chunk_hashes.len()
+        + 64
 }
 
-pub(crate) struct Reader {
-    pub(crate) body: Bytes,
-}
+impl Frame for Message {
+    const MAX_BODY: usize = MAX_FRAME_LEN;
 
-impl Reader {
-    pub(crate) fn varint(&mut self) -> Result<u64, WireError> {
-        let (value, used) = peek_varint(&self.body)?.ok_or(WireError::Truncated)?;
-        self.body.advance(used);
-        Ok(value)
-    }
-
-    pub(crate) fn u32(&mut self) -> Result<u32, WireError> {
-        u32::try_from(self.varint()?).map_err(|_| WireError::BadVarint)
-    }
-
-    pub(crate) fn byte(&mut self) -> Result<u8, WireError> {
-        if self.body.is_empty() {
-            return Err(WireError::Truncated);
+    fn body_len(&self) -> usize {
+        1 + match self {
+            Self::Hello { .. } => 1 + 32,
+            Self::Availability { have, fetching } => bitmap_len(have).2 + bitmap_len(fetching).2,
+            Self::Have { segment } | Self::Fetching { segment } | Self::Dropped { segment } => varint_len(segment.0),
+            Self::HaveChunks { segment, chunks } => {
+                let n = chunks.to_bytes().len();
+                varint_len(segment.0) + varint_len(n as u64) + n
+            }
+            Self::Request { id, segment, chunk, .. } => {
+                varint_len(u64::from(*id)) + varint_len(segment.0) + varint_len(u64::from(*chunk)) + 1
+            }
+            Self::Data { id, segment, chunk, data } => {
+                varint_len(u64::from(*id)) + varint_len(segment.0) + varint_len(u64::from(*chunk)) + data.len()
+            }
+            Self::Record { record } => record_len(record),
+            Self::Absent { id } | Self::Busy { id } | Self::Cancel { id } => varint_len(u64::from(*id)),
         }
-        Ok(self.body.get_u8())
     }
 
-    pub(crate) fn take(&mut self, len: usize) -> Result<Bytes, WireError> {
-        if self.body.len() < len {
-            return Err(WireError::Truncated);
-        }
-        Ok(self.body.split_to(len))
-    }
-
-    pub(crate) fn array<const N: usize>(&mut self) -> Result<[u8; N], WireError> {
-        let bytes = self.take(N)?;
-        let mut out = [0; N];
-        out.copy_from_slice(&bytes);
-        Ok(out)
-    }
-
-    fn bitmap(&mut self) -> Result<SegmentSet, WireError> {
-        let base = self.varint()?;
-        let len = self.varint()? as usize;
-        if len > MAX_BITMAP_BYTES {
-            return Err(WireError::Invalid("bitmap too long"));
-        }
-        let bytes = self.take(len)?;
-        Ok(SegmentSet::from_bitmap(base, &bytes))
-    }
-
-    pub(crate) fn finish(self) -> Result<(), WireError> {
-        if self.body.is_empty() { Ok(()) } else { Err(WireError::Trailing(self.body.len())) }
-    }
-}
-
-impl Message {
-    /// Appends this message as a frame to `out`.
-    pub fn encode(&self, out: &mut BytesMut) {
-        let mut body = BytesMut::with_capacity(self.encoded_hint());
+    fn encode_body(&self, body: &mut BytesMut) {
         match self {
             Self::Hello { version, stream } => {
                 body.extend_from_slice(&[kind::HELLO, *version]);
@@ -178,9 +133,9 @@ impl Message {
             Self::Availability { have, fetching } => {
                 body.extend_from_slice(&[kind::AVAILABILITY]);
                 for set in [have, fetching] {
-                    let (base, bytes) = set.to_bitmap();
-                    put_varint(&mut body, base);
-                    put_varint(&mut body, bytes.len() as u64);
+                    let (base, bytes, _) = bitmap_len(set);
+                    put_varint(body, base);
+                    put_varint(body, bytes.len() as u64);
                     body.extend_from_slice(&bytes);
                 }
             }
@@ -191,41 +146,32 @@ impl Message {
                     _ => kind::DROPPED,
                 };
                 body.extend_from_slice(&[tag]);
-                put_varint(&mut body, segment.0);
+                put_varint(body, segment.0);
             }
             Self::HaveChunks { segment, chunks } => {
                 body.extend_from_slice(&[kind::HAVE_CHUNKS]);
-                put_varint(&mut body, segment.0);
+                put_varint(body, segment.0);
                 let bytes = chunks.to_bytes();
-                put_varint(&mut body, bytes.len() as u64);
+                put_varint(body, bytes.len() as u64);
                 body.extend_from_slice(&bytes);
             }
             Self::Request { id, segment, chunk, with_record } => {
                 body.extend_from_slice(&[kind::REQUEST]);
-                put_varint(&mut body, u64::from(*id));
-                put_varint(&mut body, segment.0);
-                put_varint(&mut body, u64::from(*chunk));
+                put_varint(body, u64::from(*id));
+                put_varint(body, segment.0);
+                put_varint(body, u64::from(*chunk));
                 body.extend_from_slice(&[u8::from(*with_record)]);
             }
             Self::Data { id, segment, chunk, data } => {
                 body.extend_from_slice(&[kind::DATA]);
-                put_varint(&mut body, u64::from(*id));
-                put_varint(&mut body, segment.0);
-                put_varint(&mut body, u64::from(*chunk));
+                put_varint(body, u64::from(*id));
+                put_varint(body, segment.0);
+                put_varint(body, u64::from(*chunk));
                 body.extend_from_slice(data);
             }
             Self::Record { record } => {
-                let r = &record.record;
                 body.extend_from_slice(&[kind::RECORD]);
-                body.extend_from_slice(&r.stream.0);
-                put_varint(&mut body, r.segment.0);
-                put_varint(&mut body, r.size);
-                put_varint(&mut body, u64::from(r.chunk_size));
-                put_varint(&mut body, r.chunk_hashes.len() as u64);
-                for hash in &r.chunk_hashes {
-                    body.extend_from_slice(hash);
-                }
-                body.extend_from_slice(&record.signature);
+                encode_record(record, body);
             }
             Self::Absent { id } | Self::Busy { id } | Self::Cancel { id } => {
                 let tag = match self {
@@ -234,37 +180,23 @@ impl Message {
                     _ => kind::CANCEL,
                 };
                 body.extend_from_slice(&[tag]);
-                put_varint(&mut body, u64::from(*id));
+                put_varint(body, u64::from(*id));
             }
         }
-        put_varint(out, body.len() as u64);
-        out.extend_from_slice(&body);
     }
 
-    fn encoded_hint(&self) -> usize {
-        match self {
-            Self::Data { data, .. } => data.len() + 24,
-            Self::Record { record } => record.record.chunk_hashes.len() * 32 + 128,
-            _ => 48,
-        }
-    }
-
-    /// Decodes one frame body (without its length prefix).
-    pub fn decode(body: Bytes) -> Result<Self, WireError> {
-        let mut r = Reader { body };
+    fn decode_body(body: Bytes) -> Result<Self, WireError> {
+        let mut r = Reader::new(body);
         let message = match r.byte().map_err(|_| WireError::Empty)? {
             kind::HELLO => Self::Hello { version: r.byte()?, stream: StreamId(r.array()?) },
-            kind::AVAILABILITY => Self::Availability { have: r.bitmap()?, fetching: r.bitmap()? },
+            kind::AVAILABILITY => Self::Availability { have: read_bitmap(&mut r)?, fetching: read_bitmap(&mut r)? },
             kind::HAVE => Self::Have { segment: SegmentId(r.varint()?) },
             kind::FETCHING => Self::Fetching { segment: SegmentId(r.varint()?) },
             kind::DROPPED => Self::Dropped { segment: SegmentId(r.varint()?) },
             kind::HAVE_CHUNKS => {
                 let segment = SegmentId(r.varint()?);
-                let len = r.varint()? as usize;
-                if len > MAX_CHUNK_SET_BYTES {
-                    return Err(WireError::Invalid("chunk bitmap too long"));
-                }
-                Self::HaveChunks { segment, chunks: ChunkSet::from_bytes(&r.take(len)?) }
+                let bytes = r.bytes(MAX_CHUNK_SET_BYTES, "chunk bitmap too long")?;
+                Self::HaveChunks { segment, chunks: ChunkSet::from_bytes(&bytes) }
             }
             kind::REQUEST => {
                 let (id, segment, chunk) = (r.u32()?, SegmentId(r.varint()?), r.u32()?);
@@ -277,29 +209,13 @@ impl Message {
             }
             kind::DATA => {
                 let (id, segment, chunk) = (r.u32()?, SegmentId(r.varint()?), r.u32()?);
-                let data = std::mem::take(&mut r.body);
+                let data = r.rest();
                 if data.len() > MAX_CHUNK_SIZE as usize {
                     return Err(WireError::Invalid("chunk larger than the largest chunk size"));
                 }
                 Self::Data { id, segment, chunk, data }
             }
-            kind::RECORD => {
-                let stream = StreamId(r.array()?);
-                let segment = SegmentId(r.varint()?);
-                let size = r.varint()?;
-                let chunk_size = r.u32()?;
-                let count = r.varint()? as usize;
-                if count > MAX_CHUNKS {
-                    return Err(WireError::Invalid("too many chunk hashes"));
-                }
-                let mut chunk_hashes = Vec::with_capacity(count);
-                for _ in 0..count {
-                    chunk_hashes.push(r.array()?);
-                }
-                let signature = r.array()?;
-                let record = SegmentRecord { stream, segment, size, chunk_size, chunk_hashes };
-                Self::Record { record: Arc::new(SignedRecord { record, signature }) }
-            }
+            kind::RECORD => Self::Record { record: Arc::new(decode_record(&mut r)?) },
             kind::ABSENT => Self::Absent { id: r.u32()? },
             kind::BUSY => Self::Busy { id: r.u32()? },
             kind::CANCEL => Self::Cancel { id: r.u32()? },
@@ -308,6 +224,48 @@ impl Message {
         r.finish()?;
         Ok(message)
     }
+}
+
+fn encode_record(record: &SignedRecord, body: &mut BytesMut) {
+    let r = &record.record;
+    body.extend_from_slice(&r.stream.0);
+    put_varint(body, r.segment.0);
+    put_varint(body, r.size);
+    put_varint(body, u64::from(r.chunk_size));
+    put_varint(body, r.published_at_ms);
+    put_varint(body, r.chunk_hashes.len() as u64);
+    for hash in &r.chunk_hashes {
+        body.extend_from_slice(hash);
+    }
+    body.extend_from_slice(&record.signature);
+}
+
+fn decode_record(r: &mut Reader) -> Result<SignedRecord, WireError> {
+    let stream = StreamId(r.array()?);
+    let segment = SegmentId(r.varint()?);
+    let size = r.varint()?;
+    let chunk_size = r.u32()?;
+    let published_at_ms = r.varint()?;
+    let count = r.length(MAX_CHUNKS, "too many chunk hashes")?;
+    let mut chunk_hashes = Vec::with_capacity(count);
+    for _ in 0..count {
+        chunk_hashes.push(r.array()?);
+    }
+    let signature = r.array()?;
+    let record = SegmentRecord { stream, segment, size, chunk_size, published_at_ms, chunk_hashes };
+    Ok(SignedRecord { record, signature })
+}
+
+impl Message {
+    /// Appends this message as a frame to `out`.
+    pub fn encode(&self, out: &mut BytesMut) {
+        Frame::encode(self, out);
+    }
+
+    /// Decodes one frame body (without its length prefix).
+    pub fn decode(body: Bytes) -> Result<Self, WireError> {
+        Self::decode_body(body)
+    }
 
     /// Bytes of payload this message carries (for accounting).
     pub fn payload_len(&self) -> usize {
@@ -315,42 +273,6 @@ impl Message {
             Self::Data { data, .. } => data.len(),
             _ => 0,
         }
-    }
-}
-
-/// Reassembles frames from a byte stream.
-#[derive(Debug, Default)]
-pub struct FrameDecoder {
-    buf: BytesMut,
-}
-
-impl FrameDecoder {
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    pub fn extend(&mut self, bytes: &[u8]) {
-        self.buf.extend_from_slice(bytes);
-    }
-
-    /// Bytes buffered but not yet returned as messages.
-    pub fn buffered(&self) -> usize {
-        self.buf.len()
-    }
-
-    /// The next complete message; `Ok(None)` if more bytes are needed. After an error
-    /// the stream is unusable: the peer sent something that is not this protocol.
-    pub fn next_message(&mut self) -> Result<Option<Message>, WireError> {
-        let Some((len, prefix)) = peek_varint(&self.buf)? else { return Ok(None) };
-        if len > MAX_FRAME_LEN as u64 {
-            return Err(WireError::TooLarge(len));
-        }
-        if self.buf.len() < prefix + len as usize {
-            return Ok(None);
-        }
-        self.buf.advance(prefix);
-        let body = self.buf.split_to(len as usize).freeze();
-        Message::decode(body).map(Some)
     }
 }
 
@@ -423,7 +345,7 @@ mod tests {
             let mut got = Vec::new();
             for piece in wire.chunks(cut) {
                 decoder.extend(piece);
-                while let Some(m) = decoder.next_message().unwrap() {
+                while let Some(m) = decoder.next_frame().unwrap() {
                     got.push(m);
                 }
             }
@@ -435,7 +357,7 @@ mod tests {
         fn any_bytes_decode_to_a_message_or_an_error(bytes: Vec<u8>) {
             let mut decoder = FrameDecoder::new();
             decoder.extend(&bytes);
-            while let Ok(Some(_)) = decoder.next_message() {}
+            while let Ok(Some(_)) = decoder.next_frame() {}
             let _ = Message::decode(Bytes::from(bytes));
         }
     }
@@ -446,7 +368,7 @@ mod tests {
         let mut prefix = BytesMut::new();
         put_varint(&mut prefix, MAX_FRAME_LEN as u64 + 1);
         decoder.extend(&prefix);
-        assert_eq!(decoder.next_message(), Err(WireError::TooLarge(MAX_FRAME_LEN as u64 + 1)));
+        assert_eq!(decoder.next_frame(), Err(WireError::TooLarge { len: MAX_FRAME_LEN as u64 + 1, limit: MAX_FRAME_LEN }));
 
         let huge = Message::Data {
             id: 1,
@@ -456,7 +378,7 @@ mod tests {
         };
         let mut decoder = FrameDecoder::new();
         decoder.extend(&frame(&huge));
-        assert!(matches!(decoder.next_message(), Err(WireError::Invalid(_))));
+        assert!(matches!(decoder.next_frame(), Err(WireError::Invalid(_))));
 
         assert_eq!(Message::decode(Bytes::from_static(&[99])), Err(WireError::UnknownType(99)));
         assert_eq!(Message::decode(Bytes::from_static(&[kind::HAVE, 1, 2])), Err(WireError::Trailing(1)));
@@ -467,7 +389,7 @@ mod tests {
         assert_eq!(Message::decode(Bytes::new()), Err(WireError::Empty));
         let mut record = BytesMut::from(&[kind::RECORD][..]);
         record.extend_from_slice(&[0; 32]);
-        record.extend_from_slice(&[1, 1, 0x80, 0x08, 0xff, 0xff, 0x03]);
+        record.extend_from_slice(&[1, 1, 0x80, 0x08, 0, 0xff, 0xff, 0x03]);
         assert_eq!(Message::decode(record.freeze()), Err(WireError::Invalid("too many chunk hashes")));
     }
 
@@ -476,7 +398,7 @@ mod tests {
         let data = Bytes::from(vec![7u8; 4096]);
         let mut decoder = FrameDecoder::new();
         decoder.extend(&frame(&Message::Data { id: 9, segment: SegmentId(3), chunk: 2, data: data.clone() }));
-        let Some(Message::Data { data: got, .. }) = decoder.next_message().unwrap() else { panic!() };
+        let Some(Message::Data { data: got, .. }) = decoder.next_frame().unwrap() else { panic!() };
         assert_eq!(got, data);
     }
 }

@@ -5,7 +5,7 @@ use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
 use bytes::Bytes;
 use shoal_core::{
-    Action, Config, Delivery, Engine, Event, Instant, Message, Misbehaviour, Publisher, SegmentId, SegmentInfo,
+    Config, Delivery, Engine, Event, Instant, Message, Misbehaviour, Output, Publisher, SegmentId, SegmentInfo,
     SegmentRecord, SignedRecord, StreamId,
 };
 
@@ -82,6 +82,14 @@ impl Net {
         self.pump();
     }
 
+    /// Gives `peer` the record of `segment` from a trusted source (the origin).
+    fn trust(&mut self, peer: u32, segment: SegmentId) {
+        let record = self.records[&segment].clone();
+        let now = self.now;
+        self.engines.get_mut(&peer).unwrap().add_record(record, now).unwrap();
+        self.pump();
+    }
+
     fn engine(&mut self, id: u32) -> &mut Engine<u32> {
         self.engines.get_mut(&id).unwrap()
     }
@@ -91,7 +99,7 @@ impl Net {
         loop {
             let mut work = Vec::new();
             for (id, engine) in self.engines.iter_mut() {
-                while let Some(action) = engine.poll_action() {
+                while let Some(action) = engine.poll_output() {
                     work.push((*id, action));
                 }
             }
@@ -101,7 +109,7 @@ impl Net {
             let now = self.now;
             for (id, action) in work {
                 match action {
-                    Action::Send { peer, message } => {
+                    Output::Send { peer, message } => {
                         let message = match self.tamper.get(&id) {
                             Some(f) => match f(message) {
                                 Some(m) => m,
@@ -114,7 +122,7 @@ impl Net {
                             engine.handle_message(id, message, now);
                         }
                     }
-                    Action::HttpFetch { id: request, segment, range } => {
+                    Output::HttpFetch { id: request, segment, range } => {
                         self.http.push((id, segment, range));
                         if self.http_stuck {
                             continue;
@@ -124,16 +132,16 @@ impl Net {
                         let body = data.slice(start as usize..end as usize);
                         self.engines.get_mut(&id).unwrap().http_complete(request, body, now);
                     }
-                    Action::CancelHttp { .. } => {}
-                    Action::Deliver(d) => self.delivered.push((id, d)),
-                    Action::Failed { segment } => self.failed.push((id, segment)),
-                    Action::Disconnect { peer, reason } => {
+                    Output::CancelHttp { .. } => {}
+                    Output::Deliver(d) => self.delivered.push((id, d)),
+                    Output::Failed { segment } => self.failed.push((id, segment)),
+                    Output::Disconnect { peer, reason } => {
                         self.bans.push((id, peer, reason));
                         if let Some(engine) = self.engines.get_mut(&peer) {
                             engine.peer_disconnected(id, now);
                         }
                     }
-                    Action::Event(
+                    Output::Event(
                         Event::PeerBanned { .. } | Event::ChunkDownloaded { .. } | Event::ChunkUploaded { .. },
                     ) => {}
                 }
@@ -246,11 +254,14 @@ fn a_forged_record_gets_the_sender_cut_off() {
         }
         other => Some(other),
     });
-    let seg = net.publish(0, 50_000);
+    let anchor = net.publish(0, 20_000);
+    let seg = net.publish(1, 50_000);
     net.add(1, config());
     net.add(2, config());
-    // Only peer 1 gets the playlist (with records); peer 2 must ask it for the record.
+    // Only peer 1 gets the playlist (with records); peer 2 must ask it for the record
+    // (it trusts an earlier one from the origin, which lets it judge freshness).
     net.playlist(1);
+    net.trust(2, anchor);
     let now = net.now;
     net.engine(1).want(seg, now, now);
     net.pump();
@@ -295,8 +306,8 @@ fn upload_off_means_no_announcements_and_busy_answers() {
     // Even asked directly, it refuses.
     let now = net.now;
     net.engine(1).handle_message(2, Message::Request { id: 77, segment: seg, chunk: 0, with_record: false }, now);
-    let answers: Vec<Action<u32>> = std::iter::from_fn(|| net.engine(1).poll_action()).collect();
-    assert!(answers.contains(&Action::Send { peer: 2, message: Message::Busy { id: 77 } }), "{answers:?}");
+    let answers: Vec<Output<u32>> = std::iter::from_fn(|| net.engine(1).poll_output()).collect();
+    assert!(answers.contains(&Output::Send { peer: 2, message: Message::Busy { id: 77 } }), "{answers:?}");
 }
 
 #[test]
@@ -457,9 +468,11 @@ fn a_truncated_http_body_is_refused_and_retried() {
 #[test]
 fn a_peer_still_waiting_for_its_record_defers_requests_instead_of_denying() {
     let mut net = Net::new();
-    let seg = net.publish(0, 70_000);
+    let anchor = net.publish(0, 20_000);
+    let seg = net.publish(1, 70_000);
     net.add(1, config());
     net.add(2, config());
+    net.trust(2, anchor);
     net.connect(1, 2);
     let now = net.now;
     // Neither knows the record; peer 1 must fetch now, peer 2 has time.

@@ -255,7 +255,7 @@ mod tests {
         let frame = demo.record(5);
         let mut decoder = shoal_core::wire::FrameDecoder::new();
         decoder.extend(&frame);
-        let Some(Message::Record { record }) = decoder.next_message().unwrap() else { panic!("not a record") };
+        let Some(Message::Record { record }) = decoder.next_frame().unwrap() else { panic!("not a record") };
         let key = demo.publisher.public_key();
         key.verify(&StreamId::from_name(SWARM), &record).unwrap();
         record.record.verify_chunk(0, &demo.segment(5).data).unwrap();

@@ -46,10 +46,18 @@ pub fn public_key_hex(key: &PublisherKey) -> String {
     key.to_bytes().iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// Signs the record of segment `sequence` of `swarm` holding `data`: one wire frame,
-/// the exact bytes to serve at `<segment URL>.shoal`.
+/// Milliseconds since the Unix epoch, now: what a record is stamped with.
+pub fn unix_ms_now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Signs the record of segment `sequence` of `swarm` holding `data`, stamped as
+/// published now: one wire frame, the exact bytes to serve at `<segment URL>.shoal`.
+/// (The stamp lets live viewers refuse last run's records if a restarted stream
+/// numbers its segments from zero again.)
 pub fn sign_segment(publisher: &Publisher, swarm: &str, sequence: u64, data: &[u8], chunk_size: u32) -> Bytes {
-    let record = SegmentRecord::for_data(StreamId::from_name(swarm), SegmentId(sequence), data, chunk_size);
+    let record = SegmentRecord::for_data(StreamId::from_name(swarm), SegmentId(sequence), data, chunk_size)
+        .published_at(unix_ms_now());
     let mut frame = BytesMut::new();
     Message::Record { record: Arc::new(publisher.sign(record)) }.encode(&mut frame);
     frame.freeze()
@@ -141,7 +149,7 @@ mod tests {
     fn decode_record(frame: &[u8]) -> Arc<shoal_core::SignedRecord> {
         let mut decoder = FrameDecoder::new();
         decoder.extend(frame);
-        match decoder.next_message() {
+        match decoder.next_frame() {
             Ok(Some(Message::Record { record })) => record,
             other => panic!("not a record frame: {other:?}"),
         }

@@ -8,10 +8,17 @@
 //! (`wall_seconds`, memory) are the only fields that vary between runs.
 //!
 //! What is modelled and what is not:
+//! - each viewer draws its access upload and download from a [`RateMix`] (e.g. 30 % at
+//!   1×, 50 % at 2×, 20 % at 8× the bitrate), its one-way access latency from a range and
+//!   its loss rate from a range; "slow" viewers have their *upload* divided by
+//!   [`Scenario::slow_factor`] (a poor uplink, the common case; their download is not);
 //! - links are reliable and ordered (libp2p streams over SCTP): loss shows up as a
 //!   retransmission delay, not as missing messages;
 //! - each peer's uplink and downlink serialise what crosses them (a peer serving ten
-//!   others shares its upload between them); latency is the sum of both access latencies;
+//!   others shares its upload between them; HTTP and peer data share the downlink);
+//!   latency is the sum of both access latencies;
+//! - the origin answers each request after its time to first byte, at its per-request
+//!   throughput (never faster than the viewer's downlink);
 //! - messages are passed as decoded values; the codec is tested on its own;
 //! - payload bytes are real and every chunk is hashed and checked by every receiver, but
 //!   honest copies share one buffer (`Bytes`) so ten thousand viewers fit in memory;
@@ -21,12 +28,136 @@
 
 mod world;
 
-use std::time::Duration;
+use std::{fmt, str::FromStr, time::Duration};
 
 use serde::Serialize;
 use shoal_core::Config as EngineConfig;
 
-pub use world::run;
+pub use world::run_one;
+
+/// A rate, absolute or relative to the stream's bitrate.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Rate {
+    Bps(u64),
+    TimesBitrate(f64),
+}
+
+impl Rate {
+    pub fn bps(self, bitrate_bps: u64) -> u64 {
+        match self {
+            Self::Bps(bps) => bps,
+            Self::TimesBitrate(x) => (bitrate_bps as f64 * x).round() as u64,
+        }
+        .max(1)
+    }
+}
+
+/// Rates drawn per viewer: `(weight, rate)` pairs, weights relative to their sum.
+/// Written `30%:1x,50%:2x,20%:8x` (multiples of the bitrate) or `1:20mbit` / `2:500kbit`
+/// / `1:3000000` (bits per second); one entry alone (`1.5x`) gives every viewer that rate.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RateMix(pub Vec<(f64, Rate)>);
+
+impl RateMix {
+    pub fn fixed(rate: Rate) -> Self {
+        Self(vec![(1.0, rate)])
+    }
+
+    /// The rate for a uniform draw `u` in `[0, 1)`.
+    pub fn pick(&self, u: f64) -> Rate {
+        let total: f64 = self.0.iter().map(|(w, _)| w).sum();
+        let mut acc = 0.0;
+        for (weight, rate) in &self.0 {
+            acc += weight / total;
+            if u < acc {
+                return *rate;
+            }
+        }
+        self.0.last().map_or(Rate::TimesBitrate(1.0), |(_, r)| *r)
+    }
+
+    /// The mean rate in bits per second.
+    pub fn mean_bps(&self, bitrate_bps: u64) -> f64 {
+        let total: f64 = self.0.iter().map(|(w, _)| w).sum();
+        self.0.iter().map(|(w, r)| w / total * r.bps(bitrate_bps) as f64).sum()
+    }
+}
+
+impl FromStr for RateMix {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        let parse_rate = |r: &str| -> Result<Rate, String> {
+            let r = r.trim().to_ascii_lowercase();
+            let number = |n: &str, what: &str| n.trim().parse::<f64>().map_err(|_| format!("`{r}` is not a {what}"));
+            if let Some(x) = r.strip_suffix('x') {
+                return Ok(Rate::TimesBitrate(number(x, "multiple like 1.5x")?));
+            }
+            for (suffix, unit) in [("gbit", 1e9), ("mbit", 1e6), ("kbit", 1e3)] {
+                if let Some(n) = r.strip_suffix(suffix) {
+                    return Ok(Rate::Bps((number(n, "rate")? * unit) as u64));
+                }
+            }
+            Ok(Rate::Bps(number(&r, "rate in bits per second")? as u64))
+        };
+        let mut entries = Vec::new();
+        for part in text.split(',').filter(|p| !p.trim().is_empty()) {
+            let (weight, rate) = match part.split_once(':') {
+                Some((w, r)) => {
+                    let w = w.trim();
+                    let weight = match w.strip_suffix('%') {
+                        Some(p) => p.trim().parse::<f64>().map(|p| p / 100.0),
+                        None => w.parse::<f64>(),
+                    }
+                    .map_err(|_| format!("`{w}` is not a weight"))?;
+                    (weight, parse_rate(r)?)
+                }
+                None => (1.0, parse_rate(part)?),
+            };
+            if !(weight.is_finite() && weight > 0.0) {
+                return Err(format!("weight `{part}` must be positive"));
+            }
+            entries.push((weight, rate));
+        }
+        if entries.is_empty() {
+            return Err("empty rate mix".into());
+        }
+        Ok(Self(entries))
+    }
+}
+
+impl fmt::Display for RateMix {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let total: f64 = self.0.iter().map(|(w, _)| w).sum();
+        for (i, (w, r)) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str(",")?;
+            }
+            let pct = w / total * 100.0;
+            match r {
+                Rate::Bps(bps) => write!(f, "{pct:.0}%:{bps}")?,
+                Rate::TimesBitrate(x) => write!(f, "{pct:.0}%:{x}x")?,
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Runs `scenario`, and beside it the same scenario (same seed: same viewers, rates,
+/// joins and churn) with peer-to-peer off, whose stalls it reports as the baseline.
+pub fn run(scenario: &Scenario) -> Report {
+    let mut report = run_one(scenario);
+    if scenario.http_only_baseline && scenario.engine.p2p_download_enabled {
+        let mut baseline = scenario.clone();
+        baseline.engine.p2p_download_enabled = false;
+        baseline.engine.upload_enabled = false;
+        let http_only = run_one(&baseline);
+        report.http_only_stalls = Some(http_only.stalls);
+        report.http_only_stall_seconds = Some(http_only.stall_seconds);
+        report.wall_seconds += http_only.wall_seconds;
+    }
+    report
+}
 
 /// Everything that defines a run.
 #[derive(Debug, Clone)]
@@ -54,18 +185,20 @@ pub struct Scenario {
     pub max_connections: usize,
     /// Access latency of a peer, drawn uniformly from this range (one way).
     pub latency_ms: (u64, u64),
-    /// Access bandwidth of an ordinary peer, bits per second.
-    pub upload_bps: u64,
-    pub download_bps: u64,
-    /// Probability that a message needs a retransmission, and what that costs.
-    pub loss: f64,
+    /// Access upload and download of each viewer, drawn from these mixes.
+    pub upload: RateMix,
+    pub download: RateMix,
+    /// Probability that a message needs a retransmission, drawn per viewer uniformly
+    /// from this range (a link's loss is its two ends' combined), and what a
+    /// retransmission costs.
+    pub loss: (f64, f64),
     pub retransmit_delay: Duration,
     /// Origin: time to first byte and per-request throughput.
     pub origin_ttfb: Duration,
     pub origin_bps: u64,
     /// Fraction of viewers leaving (and as many joining) per minute after the join phase.
     pub churn_per_minute: f64,
-    /// Fraction of viewers whose bandwidth is divided by `slow_factor`.
+    /// Fraction of viewers whose upload is divided by `slow_factor`.
     pub slow_fraction: f64,
     pub slow_factor: u64,
     /// Fraction of viewers that corrupt every chunk they upload and forge records.
@@ -73,6 +206,8 @@ pub struct Scenario {
     pub engine: EngineConfig,
     /// Segments fully downloaded before the report starts counting offload (warm-up).
     pub warmup: Duration,
+    /// Also run the scenario with peer-to-peer off and report its stalls ([`run`]).
+    pub http_only_baseline: bool,
 }
 
 impl Default for Scenario {
@@ -92,9 +227,9 @@ impl Default for Scenario {
             neighbours: 20,
             max_connections: 40,
             latency_ms: (5, 40),
-            upload_bps: 20_000_000,
-            download_bps: 50_000_000,
-            loss: 0.01,
+            upload: RateMix::fixed(Rate::Bps(20_000_000)),
+            download: RateMix::fixed(Rate::Bps(50_000_000)),
+            loss: (0.01, 0.01),
             retransmit_delay: Duration::from_millis(200),
             origin_ttfb: Duration::from_millis(40),
             origin_bps: 50_000_000,
@@ -104,6 +239,7 @@ impl Default for Scenario {
             malicious_fraction: 0.0,
             engine: EngineConfig { cache_capacity: 40 * 1024 * 1024, ..EngineConfig::default() },
             warmup: Duration::ZERO,
+            http_only_baseline: true,
         }
     }
 }
@@ -121,6 +257,17 @@ pub struct Report {
     pub offload: f64,
     /// `(N−1)/N` for the steady-state viewer count.
     pub offload_ceiling: f64,
+    /// The offload bound of this run: the bytes the viewers' uplinks could carry while
+    /// they were present (honest viewers only), over the bytes their players needed,
+    /// capped by the ceiling. No scheduler can do better (peers cannot upload more than
+    /// their uplinks carry, and each segment must come from the origin once).
+    pub offload_bound: f64,
+    /// `offload / offload_bound`.
+    pub offload_vs_bound: f64,
+    /// Bytes uploaded over what the uplinks could carry.
+    pub upload_utilisation: f64,
+    /// Mean upload over the bitrate.
+    pub upload_bitrate_ratio: f64,
     /// Bytes the origin sent, and that as copies of each published segment.
     pub origin_egress_bytes: u64,
     pub origin_copies_per_segment: f64,
@@ -129,6 +276,9 @@ pub struct Report {
     /// Times playback reached a segment it did not have, and for how long in all.
     pub stalls: u64,
     pub stall_seconds: f64,
+    /// The same, in the HTTP-only run with the same seed (see [`run`]).
+    pub http_only_stalls: Option<u64>,
+    pub http_only_stall_seconds: Option<f64>,
     /// Join → first frame.
     pub startup_median_ms: f64,
     pub startup_p95_ms: f64,
@@ -152,4 +302,25 @@ pub struct Report {
     pub wall_seconds: f64,
     /// Resident memory growth over the run divided by viewers (Linux only).
     pub memory_per_viewer_bytes: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rate_mixes_parse_and_pick() {
+        let mix: RateMix = "30%:1x, 50%:2x, 20%:8x".parse().unwrap();
+        assert_eq!(mix.pick(0.0), Rate::TimesBitrate(1.0));
+        assert_eq!(mix.pick(0.5), Rate::TimesBitrate(2.0));
+        assert_eq!(mix.pick(0.85), Rate::TimesBitrate(8.0));
+        assert!((mix.mean_bps(1_000_000) - 2_900_000.0).abs() < 1.0);
+        let abs: RateMix = "1:20mbit,1:500kbit".parse().unwrap();
+        assert_eq!(abs.pick(0.9), Rate::Bps(500_000));
+        assert_eq!("1.5x".parse::<RateMix>().unwrap(), RateMix::fixed(Rate::TimesBitrate(1.5)));
+        assert!("".parse::<RateMix>().is_err());
+        assert!("0:1x".parse::<RateMix>().is_err());
+        assert!("fast".parse::<RateMix>().is_err());
+        assert_eq!(mix.to_string().parse::<RateMix>().unwrap().pick(0.6), Rate::TimesBitrate(2.0));
+    }
 }

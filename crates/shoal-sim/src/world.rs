@@ -11,7 +11,7 @@ use bytes::Bytes;
 use rand::{Rng, SeedableRng, seq::SliceRandom};
 use rand_chacha::ChaCha8Rng;
 use shoal_core::{
-    Action, Delivery, Engine, Instant, Message, Misbehaviour, Publisher, SegmentId, SegmentInfo, SegmentRecord,
+    Delivery, Engine, Output, Instant, Message, Misbehaviour, Publisher, SegmentId, SegmentInfo, SegmentRecord,
     SignedRecord, StreamId,
 };
 
@@ -35,8 +35,9 @@ struct Origin {
 
 #[derive(Default)]
 struct Link {
-    /// Messages on a link arrive in order: nothing arrives before this.
-    last_arrival: Instant,
+    /// Messages on a stream arrive in order: nothing arrives before these.
+    last_data: Instant,
+    last_control: Instant,
 }
 
 struct Player {
@@ -63,9 +64,17 @@ struct Viewer {
     engine: Engine<ViewerId>,
     alive: bool,
     malicious: bool,
+    slow: bool,
     up_bps: u64,
     down_bps: u64,
     latency: Duration,
+    loss: f64,
+    /// Player randomness (start position, playlist reload phase): its own stream, so a
+    /// run with peer-to-peer off sees the same viewers behave the same.
+    rng: ChaCha8Rng,
+    /// When it joined and left (for the bound: what its uplink could have carried).
+    joined_at: Option<Instant>,
+    left_at: Option<Instant>,
     uplink_free: Instant,
     downlink_free: Instant,
     links: BTreeMap<ViewerId, Link>,
@@ -88,10 +97,18 @@ enum Event {
     Connect(ViewerId, ViewerId),
     Deliver { from: ViewerId, to: ViewerId, message: Message },
     Http { viewer: ViewerId, id: u64, body: Bytes },
+    /// Bulk bytes reach a viewer's access link: they queue there, in arrival order, for
+    /// the downlink (HTTP bodies at the origin's per-request rate).
+    Downlink { to: ViewerId, inbound: Inbound },
     Wake(ViewerId, Instant),
     Playlist(ViewerId),
     PlayerTick(ViewerId),
     Maintain(ViewerId),
+}
+
+enum Inbound {
+    Peer { from: ViewerId, message: Message, size: u64 },
+    Http { id: u64, body: Bytes, rate: u64 },
 }
 
 /// A heap entry: small on purpose (the heap sifts entries around); the event itself
@@ -122,7 +139,11 @@ impl Ord for Scheduled {
 
 struct World {
     scenario: Scenario,
+    /// Network randomness (loss, neighbour choice): differs between a run and its
+    /// HTTP-only baseline, which exchange different messages.
     rng: ChaCha8Rng,
+    /// Churn: which viewer leaves when, the same in both runs.
+    churn_rng: ChaCha8Rng,
     now: Instant,
     queue: BinaryHeap<Scheduled>,
     seq: u64,
@@ -137,10 +158,13 @@ struct World {
     report: Report,
     segment_size: u64,
     end: Instant,
+    /// `SHOAL_SIM_MESSAGES=<segment>`: print every message about it (debugging).
+    trace_messages: Option<u64>,
 }
 
-/// Runs `scenario` to the end and reports what happened.
-pub fn run(scenario: &Scenario) -> Report {
+/// Runs `scenario` to the end and reports what happened (without the HTTP-only
+/// baseline: see [`crate::run`]).
+pub fn run_one(scenario: &Scenario) -> Report {
     let started = std::time::Instant::now();
     let rss_before = resident_bytes();
     let mut world = World::new(scenario.clone());
@@ -193,10 +217,12 @@ impl World {
             })
             .collect();
         let end = Instant::ZERO + scenario.duration;
+        let churn_rng = ChaCha8Rng::seed_from_u64(scenario.seed ^ 0xC4A2_11E5_0000_0001);
         Self {
             publisher_key: publisher.public_key(),
             scenario,
             rng,
+            churn_rng,
             now: Instant::ZERO,
             queue: BinaryHeap::new(),
             seq: 0,
@@ -209,6 +235,7 @@ impl World {
             report: Report::default(),
             segment_size,
             end,
+            trace_messages: std::env::var("SHOAL_SIM_MESSAGES").ok().and_then(|v| v.parse().ok()),
         }
     }
 
@@ -260,18 +287,30 @@ impl World {
     fn add_viewer(&mut self) -> ViewerId {
         let id = self.viewers.len() as ViewerId;
         let s = &self.scenario;
-        let slow = self.rng.gen_bool(s.slow_fraction.clamp(0.0, 1.0));
-        let malicious = self.rng.gen_bool(s.malicious_fraction.clamp(0.0, 1.0));
+        // Everything about a viewer comes from its own stream, seeded by the run's seed
+        // and its number: the HTTP-only baseline gets the very same viewers.
+        let mut rng = ChaCha8Rng::seed_from_u64(s.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ u64::from(id));
+        let slow = rng.gen_bool(s.slow_fraction.clamp(0.0, 1.0));
+        let malicious = rng.gen_bool(s.malicious_fraction.clamp(0.0, 1.0));
+        let up = s.upload.pick(rng.r#gen()).bps(s.bitrate_bps);
+        let down = s.download.pick(rng.r#gen()).bps(s.bitrate_bps);
         let divide = if slow { s.slow_factor.max(1) } else { 1 };
-        let latency = Duration::from_millis(self.rng.gen_range(s.latency_ms.0..=s.latency_ms.1.max(s.latency_ms.0)));
-        let engine = Engine::new(s.engine.clone(), self.stream, self.publisher_key, self.rng.r#gen(), self.now);
+        let latency = Duration::from_millis(rng.gen_range(s.latency_ms.0..=s.latency_ms.1.max(s.latency_ms.0)));
+        let (loss_low, loss_high) = (s.loss.0.clamp(0.0, 1.0), s.loss.1.clamp(0.0, 1.0));
+        let loss = if loss_high > loss_low { rng.gen_range(loss_low..=loss_high) } else { loss_low };
+        let engine = Engine::new(s.engine.clone(), self.stream, self.publisher_key, rng.r#gen(), self.now);
         self.viewers.push(Viewer {
             engine,
             alive: false,
             malicious,
-            up_bps: (s.upload_bps / divide).max(1),
-            down_bps: (s.download_bps / divide).max(1),
+            slow,
+            up_bps: (up / divide).max(1),
+            down_bps: down.max(1),
             latency,
+            loss,
+            rng,
+            joined_at: None,
+            left_at: None,
             uplink_free: Instant::ZERO,
             downlink_free: Instant::ZERO,
             links: BTreeMap::new(),
@@ -340,6 +379,20 @@ impl World {
                     self.after_input(id);
                 }
             }
+            Event::Downlink { to, inbound } => {
+                let now = self.now;
+                let v = &mut self.viewers[to as usize];
+                let (size, rate) = match &inbound {
+                    Inbound::Peer { size, .. } => (*size, v.down_bps),
+                    Inbound::Http { body, rate, .. } => (body.len() as u64, *rate),
+                };
+                let done = now.max(v.downlink_free) + transfer_time(size, rate);
+                v.downlink_free = done;
+                match inbound {
+                    Inbound::Peer { from, message, .. } => self.schedule(done, Event::Deliver { from, to, message }),
+                    Inbound::Http { id, body, .. } => self.schedule(done, Event::Http { viewer: to, id, body }),
+                }
+            }
             Event::Playlist(id) => self.refresh_playlist(id),
             Event::PlayerTick(id) => self.player_tick(id),
             Event::Maintain(id) => self.maintain(id),
@@ -353,6 +406,7 @@ impl World {
         let swarm = self.live.len() + 1;
         let v = &mut self.viewers[id as usize];
         v.alive = true;
+        v.joined_at = Some(now);
         v.player.joined_at = now;
         v.engine.set_swarm_size(swarm);
         self.live.push(id);
@@ -368,6 +422,7 @@ impl World {
             return;
         }
         v.alive = false;
+        v.left_at = Some(self.now);
         let neighbours: Vec<ViewerId> = std::mem::take(&mut v.links).into_keys().collect();
         self.live.retain(|x| *x != id);
         let now = self.now;
@@ -385,11 +440,11 @@ impl World {
         let period = 6.0;
         let expected = s.churn_per_minute * s.viewers as f64 * period / 60.0;
         let mut count = expected.floor() as usize;
-        if self.rng.gen_bool(expected.fract().clamp(0.0, 1.0)) {
+        if self.churn_rng.gen_bool(expected.fract().clamp(0.0, 1.0)) {
             count += 1;
         }
         for _ in 0..count {
-            if let Some(&victim) = self.live.choose(&mut self.rng) {
+            if let Some(&victim) = self.live.choose(&mut self.churn_rng) {
                 self.leave(victim);
             }
             let id = self.add_viewer();
@@ -474,8 +529,8 @@ impl World {
         let first_listed = if self.scenario.live { latest.saturating_sub(8) } else { 0 };
         let known = v.player.known_latest;
         if known != Some(latest) {
-            let from = if self.scenario.live { known.map_or(first_listed, |k| k + 1).max(first_listed) } else { 0 };
-            let infos: Vec<SegmentInfo> = (from..=latest)
+            // The whole playlist, as a player hands it over (it is the engine's window).
+            let infos: Vec<SegmentInfo> = (first_listed..=latest)
                 .map(|n| SegmentInfo {
                     id: SegmentId(n),
                     record: Some(self.origin.segments[n as usize].record.clone()),
@@ -489,14 +544,14 @@ impl World {
                 latest.saturating_sub(self.scenario.live_sync_segments - 1)
             } else {
                 // VOD viewers start anywhere in the first half.
-                self.rng.gen_range(0..=latest / 2)
+                v.rng.gen_range(0..=latest / 2)
             });
         }
         self.after_input(id);
         self.update_wants(id);
         if self.scenario.live {
             // hls.js reloads a live playlist every target duration; phases differ.
-            let jitter = Duration::from_millis(self.rng.gen_range(0..200));
+            let jitter = Duration::from_millis(self.viewers[id as usize].rng.gen_range(0..200));
             self.schedule(now + d + jitter, Event::Playlist(id));
         }
     }
@@ -625,7 +680,7 @@ impl World {
                     "stall t={:.3} viewer={id} seg={next} wanted_deadline={:?} slow={} downlink_free={:.3}",
                     now.as_secs_f64(),
                     v.player.wanted.get(&next).map(|d| d.as_secs_f64()),
-                    v.down_bps < self.scenario.download_bps,
+                    v.slow,
                     v.downlink_free.as_secs_f64()
                 );
             }
@@ -637,20 +692,20 @@ impl World {
 
     /// Carries out everything the engine asked for after an input, and re-arms its timer.
     fn after_input(&mut self, id: ViewerId) {
-        while let Some(action) = self.viewers[id as usize].engine.poll_action() {
+        while let Some(action) = self.viewers[id as usize].engine.poll_output() {
             match action {
-                Action::Send { peer, message } => self.send(id, peer, message),
-                Action::HttpFetch { id: request, segment, range } => self.http_fetch(id, request, segment, range),
-                Action::CancelHttp { id: request } => {
+                Output::Send { peer, message } => self.send(id, peer, message),
+                Output::HttpFetch { id: request, segment, range } => self.http_fetch(id, request, segment, range),
+                Output::CancelHttp { id: request } => {
                     self.viewers[id as usize].http.remove(&request);
                 }
-                Action::Deliver(delivery) => self.on_delivery(id, delivery),
-                Action::Failed { .. } => {
+                Output::Deliver(delivery) => self.on_delivery(id, delivery),
+                Output::Failed { .. } => {
                     self.report.segments_failed += 1;
                     self.viewers[id as usize].player.failed += 1;
                 }
-                Action::Disconnect { peer, reason } => self.disconnect(id, peer, reason),
-                Action::Event(_) => {}
+                Output::Disconnect { peer, reason } => self.disconnect(id, peer, reason),
+                Output::Event(_) => {}
             }
         }
         let v = &mut self.viewers[id as usize];
@@ -666,6 +721,22 @@ impl World {
 
     fn send(&mut self, from: ViewerId, to: ViewerId, mut message: Message) {
         let now = self.now;
+        if let Some(traced) = self.trace_messages {
+            let segment = match &message {
+                Message::Have { segment }
+                | Message::Fetching { segment }
+                | Message::HaveChunks { segment, .. }
+                | Message::Dropped { segment }
+                | Message::Request { segment, .. }
+                | Message::Data { segment, .. } => Some(*segment),
+                _ => None,
+            };
+            if segment == Some(SegmentId(traced)) || matches!(message, Message::Busy { .. } | Message::Absent { .. }) {
+                let kind = format!("{message:?}");
+                let kind: String = kind.chars().take(60).collect();
+                eprintln!("msg t={:.3} {from}->{to} {kind}", now.as_secs_f64());
+            }
+        }
         if !self.viewers[from as usize].links.contains_key(&to) {
             return;
         }
@@ -679,24 +750,40 @@ impl World {
             } else {
                 0
             };
+        // Data (chunks, records) and control messages travel on separate streams, as in
+        // the browser: SCTP interleaves them, so a small announcement or `Busy` never
+        // waits behind megabytes of chunks. Data serialises on both access links.
+        let bulk = matches!(message, Message::Data { .. } | Message::Record { .. });
         let (latency, up_bps, uplink_free) = {
             let v = &self.viewers[from as usize];
             (v.latency, v.up_bps, v.uplink_free)
         };
-        let departure = now.max(uplink_free) + transfer_time(size, up_bps);
-        self.viewers[from as usize].uplink_free = departure;
+        let departure = if bulk {
+            let departure = now.max(uplink_free) + transfer_time(size, up_bps);
+            self.viewers[from as usize].uplink_free = departure;
+            departure
+        } else {
+            self.viewers[from as usize].uplink_free = uplink_free.max(now) + transfer_time(size, up_bps);
+            now + transfer_time(size, up_bps)
+        };
         let mut arrival = departure + latency + self.viewers[to as usize].latency;
-        if self.rng.gen_bool(self.scenario.loss.clamp(0.0, 1.0)) {
+        let loss = 1.0 - (1.0 - self.viewers[from as usize].loss) * (1.0 - self.viewers[to as usize].loss);
+        if loss > 0.0 && self.rng.gen_bool(loss.clamp(0.0, 1.0)) {
             arrival = arrival + self.scenario.retransmit_delay;
         }
-        let receiver = &mut self.viewers[to as usize];
-        arrival = arrival.max(receiver.downlink_free) + transfer_time(size, receiver.down_bps);
-        receiver.downlink_free = arrival;
-        // Ordered delivery per link.
+        if !bulk {
+            arrival = arrival + transfer_time(size, self.viewers[to as usize].down_bps);
+        }
+        // Ordered delivery per stream of a link.
         let link = self.viewers[from as usize].links.entry(to).or_default();
-        arrival = arrival.max(link.last_arrival);
-        link.last_arrival = arrival;
-        self.schedule(arrival, Event::Deliver { from, to, message });
+        let last = if bulk { &mut link.last_data } else { &mut link.last_control };
+        arrival = arrival.max(*last);
+        *last = arrival;
+        if bulk {
+            self.schedule(arrival, Event::Downlink { to, inbound: Inbound::Peer { from, message, size } });
+        } else {
+            self.schedule(arrival, Event::Deliver { from, to, message });
+        }
     }
 
     /// What a malicious viewer does to its uploads: flips a byte of every chunk, and
@@ -755,10 +842,8 @@ impl World {
         let v = &mut self.viewers[viewer as usize];
         let rate = v.down_bps.min(self.scenario.origin_bps);
         let first_byte = now + self.scenario.origin_ttfb + v.latency * 2;
-        let done = first_byte.max(v.downlink_free) + transfer_time(size, rate);
-        v.downlink_free = done;
         v.http.insert(id);
-        self.schedule(done, Event::Http { viewer, id, body });
+        self.schedule(first_byte, Event::Downlink { to: viewer, inbound: Inbound::Http { id, body, rate } });
     }
 
     // ---- the report ---------------------------------------------------------------------
@@ -770,6 +855,24 @@ impl World {
         report.offload = if total == 0 { 0.0 } else { report.bytes_from_peers as f64 / total as f64 };
         let n = self.scenario.viewers.max(1) as f64;
         report.offload_ceiling = (n - 1.0) / n;
+        // The bound: what honest uplinks could carry while present, over what players
+        // needed.
+        let end = self.end;
+        let (mut capacity, mut uploaded, mut up_sum, mut counted) = (0.0f64, 0u64, 0.0f64, 0usize);
+        for v in self.viewers.iter().filter(|v| !v.malicious) {
+            let Some(joined) = v.joined_at else { continue };
+            let left = v.left_at.unwrap_or(end);
+            capacity += v.up_bps as f64 / 8.0 * left.saturating_since(joined).as_secs_f64();
+            uploaded += v.engine.stats().bytes_uploaded;
+            up_sum += v.up_bps as f64;
+            counted += 1;
+        }
+        let needed = (report.segments_delivered * self.segment_size) as f64;
+        report.offload_bound = if needed > 0.0 { (capacity / needed).min(report.offload_ceiling) } else { 0.0 };
+        report.offload_vs_bound =
+            if report.offload_bound > 0.0 { report.offload / report.offload_bound } else { 0.0 };
+        report.upload_utilisation = if capacity > 0.0 { uploaded as f64 / capacity } else { 0.0 };
+        report.upload_bitrate_ratio = up_sum / counted.max(1) as f64 / self.scenario.bitrate_bps as f64;
         report.origin_egress_bytes = self.origin.egress;
         let published = if self.scenario.live { report.segments_published } else { self.origin.segments.len() as u64 };
         report.origin_copies_per_segment =

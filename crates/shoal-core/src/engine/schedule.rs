@@ -1,0 +1,595 @@
+//! The policy, run after every input: expire stalled requests, move every wanted and
+//! prefetched segment forward (from peers, or from HTTP when it must), serve uploads,
+//! tell neighbours what changed, keep the cache in bounds, and work out the next
+//! wake-up.
+
+use bytes::Bytes;
+use rand::{Rng, seq::SliceRandom};
+
+use super::{
+    ChunkState, Engine, Event, Misbehaviour, Output, PeerKey,
+    http::Fetch,
+    requests::Request,
+    segment::{Announced, MAX_SEGMENTS},
+};
+use crate::{integrity::SegmentId, time::Instant, wire::Message};
+
+/// Most separate byte ranges one segment is fetched in at once; closer runs of missing
+/// chunks are merged (re-fetching the few held chunks between them).
+const MAX_HTTP_RANGES: usize = 3;
+
+impl<P: PeerKey> Engine<P> {
+    /// Runs after every input. See the module docs.
+    pub(super) fn drive(&mut self, now: Instant) {
+        self.now = self.now.max(now);
+        self.expire_requests();
+        let wanted: Vec<(SegmentId, Instant)> = self.wants.iter().map(|(s, d)| (*s, *d)).collect();
+        for (segment, deadline) in wanted {
+            self.advance(segment, Some(deadline));
+        }
+        for segment in self.prefetch_candidates() {
+            self.ensure_segment(segment);
+            self.advance(segment, None);
+        }
+        self.pump_uploads();
+        self.announce_changes();
+        self.evict_cache();
+        self.next_wake = self.compute_wake();
+    }
+
+    fn expire_requests(&mut self) {
+        let now = self.now;
+        for id in self.requests.expired(now) {
+            let Some(request) = self.requests.remove(id) else { continue };
+            self.stats.chunk_timeouts += 1;
+            self.send(request.peer, Message::Cancel { id });
+            let cooldown = self.config.peer_cooldown;
+            if let Some(p) = self.peers.get_mut(&request.peer) {
+                p.timed_out(now, cooldown);
+                if p.failed(now) {
+                    self.cut_off(request.peer, Misbehaviour::Unhelpful);
+                }
+            }
+        }
+    }
+
+    /// Moves one segment forward. `deadline` is `None` for a prefetch: peers only, no
+    /// HTTP, nothing delivered (it waits in the cache for the player's want).
+    fn advance(&mut self, id: SegmentId, deadline: Option<Instant>) {
+        let now = self.now;
+        let Some(entry) = self.segments.get_mut(id) else { return };
+        entry.last_used = now;
+        if entry.complete() {
+            if deadline.is_some() {
+                self.deliver(id);
+            }
+            return;
+        }
+        let Some(deadline) = deadline else {
+            if self.config.p2p_download_enabled {
+                self.fetch_from_peers(id, false);
+            }
+            return;
+        };
+        if !self.config.p2p_download_enabled {
+            if self.start_http(id) {
+                self.stats.http_no_p2p += 1;
+            }
+            return;
+        }
+        if now >= self.http_start(id, deadline) {
+            if self.start_http(id) {
+                self.stats.http_urgent += 1;
+            }
+            return;
+        }
+        self.fetch_from_peers(id, true);
+    }
+
+    /// When HTTP must take over what is missing of `id` to have it by `deadline`: the
+    /// measured time to fetch it, twice (room for one retry), and never less than the
+    /// configured urgent window.
+    pub(super) fn http_start(&self, id: SegmentId, deadline: Instant) -> Instant {
+        let missing = match self.segments.get(id) {
+            Some(s) if s.record.is_some() => s.missing_bytes(),
+            _ => self.typical_segment_size(),
+        };
+        let lead = self.config.urgent_window.max(self.http.expected_time(missing) * 2);
+        deadline - lead
+    }
+
+    /// Size of the segments seen so far (for planning before a record is known).
+    fn typical_segment_size(&self) -> u64 {
+        self.segments.map.values().rev().find_map(|s| s.record.as_ref().map(|r| r.record.size)).unwrap_or(1_000_000)
+    }
+
+    /// Asks peers for what is missing of `id`, or seeds it from the origin when nobody
+    /// has it and our patience ran out (`may_seed`: the player wants it).
+    fn fetch_from_peers(&mut self, id: SegmentId, may_seed: bool) {
+        let now = self.now;
+        let Some(entry) = self.segments.get(id) else { return };
+        let has_record = entry.record.is_some();
+        if !entry.http.is_empty() && (!has_record || entry.missing().next().is_none()) {
+            return; // HTTP covers everything missing
+        }
+        let seed_due = may_seed && now >= entry.seed_at;
+        if !has_record {
+            // Without the record nothing from a peer can be checked: ask a holder for it
+            // (unless a live stream has nothing to judge its freshness by yet).
+            if self.requests.any_for_segment(id) {
+                return;
+            }
+            let allowed = !self.config.live || self.freshness_known(id);
+            let source = if allowed { self.sources(id).first().copied() } else { None };
+            if let Some(peer) = source {
+                self.request(peer, id, 0, true);
+            } else if seed_due && !self.has_source(id) {
+                self.seed(id);
+            }
+            return;
+        }
+        if !self.has_source(id) {
+            if seed_due && !self.requests.any_for_segment(id) {
+                self.seed(id);
+            }
+            return;
+        }
+        self.request_missing(id);
+    }
+
+    fn seed(&mut self, id: SegmentId) {
+        if self.start_http(id) {
+            self.stats.http_seeds += 1;
+        }
+    }
+
+    /// Segments just past the newest wanted one that neighbours already hold or fetch:
+    /// fetched from them ahead of the player, so a live segment spreads before every
+    /// viewer's playlist lists it.
+    fn prefetch_candidates(&self) -> Vec<SegmentId> {
+        let Some((&newest, _)) = self.wants.last_key_value() else { return Vec::new() };
+        (1..=u64::from(self.config.prefetch_ahead))
+            .filter_map(|ahead| newest.0.checked_add(ahead).map(SegmentId))
+            .filter(|id| self.in_window(*id))
+            .filter(|id| !self.segments.get(*id).is_some_and(|s| s.complete()))
+            .filter(|id| self.peers.values().any(|p| p.hello && p.offers(*id)))
+            .collect()
+    }
+
+    /// Whether `peer` can take a request for `segment` now.
+    fn usable(&self, peer: &P) -> bool {
+        self.peers.get(peer).is_some_and(|p| {
+            p.hello && self.now >= p.cooldown_until && self.requests.inflight(peer) < self.config.max_inflight_per_peer
+        })
+    }
+
+    /// Whether any peer holds or is getting part of `segment`. A peer whose request
+    /// pipeline is full, or that we leave alone for a moment after a `Busy` or a timeout,
+    /// still counts: the segment is in the swarm, and seeding it from the origin again
+    /// would fetch it twice. (If that peer never delivers, the HTTP deadline does.)
+    fn has_source(&self, segment: SegmentId) -> bool {
+        self.peers.values().any(|p| p.hello && p.offers(segment))
+    }
+
+    /// Peers that hold or are getting part of `segment` and can take a request, in
+    /// random order.
+    fn sources(&mut self, segment: SegmentId) -> Vec<P> {
+        let mut found: Vec<P> = self
+            .peers
+            .iter()
+            .filter(|(peer, p)| p.offers(segment) && self.usable(peer))
+            .map(|(peer, _)| *peer)
+            .collect();
+        found.shuffle(&mut self.rng);
+        found
+    }
+
+    /// Requests missing chunks, rarest among neighbours first, each from the best peer
+    /// holding that very chunk: fewest of our requests outstanding, then best measured
+    /// throughput (with jitter so load spreads); peers fetching from the origin come
+    /// last, as they answer late.
+    fn request_missing(&mut self, id: SegmentId) {
+        struct Candidate<P> {
+            peer: P,
+            whole: bool,
+            from_origin: bool,
+            rate: f64,
+            inflight: usize,
+        }
+        let Some(entry) = self.segments.get(id) else { return };
+        let mut missing: Vec<u32> = entry.missing().filter(|c| !self.requests.is_requested(id, *c)).collect();
+        if missing.is_empty() {
+            return;
+        }
+        let mut candidates: Vec<Candidate<P>> = self
+            .peers
+            .iter()
+            .filter(|(peer, p)| p.offers(id) && self.usable(peer))
+            .map(|(peer, p)| Candidate {
+                peer: *peer,
+                whole: p.have.contains(id),
+                from_origin: p.fetching.contains(id),
+                rate: p.effective_rate(),
+                inflight: self.requests.inflight(peer),
+            })
+            .collect();
+        if candidates.is_empty() {
+            return;
+        }
+        // Rarest first: a chunk few neighbours hold is the one to spread; random among
+        // equals, so that peers fetching from the same holder get different chunks and
+        // trade them with each other.
+        missing.shuffle(&mut self.rng);
+        let holders = |chunk: u32| self.peers.values().filter(|p| p.holds_chunk(id, chunk)).count();
+        let mut keyed: Vec<(usize, u32)> = missing.iter().map(|c| (holders(*c), *c)).collect();
+        keyed.sort_by_key(|(h, _)| *h);
+        let max_inflight = self.config.max_inflight_per_peer;
+        for (_, chunk) in keyed {
+            if self.requests.len() >= self.config.max_inflight_total {
+                return;
+            }
+            let mut best: Option<(f64, usize)> = None;
+            for (i, c) in candidates.iter().enumerate() {
+                if c.inflight >= max_inflight {
+                    continue;
+                }
+                let holds = c.whole || self.peers.get(&c.peer).is_some_and(|p| p.holds_chunk(id, chunk));
+                if !holds && !c.from_origin {
+                    continue;
+                }
+                let mut score = c.rate * (0.8 + 0.4 * self.rng.r#gen::<f64>()) / (1 + c.inflight) as f64;
+                if !holds {
+                    score *= 0.1;
+                }
+                if best.is_none_or(|(b, _)| score > b) {
+                    best = Some((score, i));
+                }
+            }
+            if let Some((_, i)) = best {
+                candidates[i].inflight += 1;
+                let peer = candidates[i].peer;
+                self.request(peer, id, chunk, false);
+            }
+        }
+    }
+
+    fn request(&mut self, peer: P, segment: SegmentId, chunk: u32, with_record: bool) {
+        let now = self.now;
+        let expires = now + self.config.chunk_timeout;
+        let id = self.requests.insert(Request { peer, segment, chunk, sent: now, expires, with_record });
+        self.send(peer, Message::Request { id, segment, chunk, with_record });
+    }
+
+    // ---- HTTP ----------------------------------------------------------------------
+
+    /// Fetches what is missing of `id` over HTTP (in up to [`MAX_HTTP_RANGES`] ranges);
+    /// false if nothing was started (covered already, or out of attempts).
+    pub(super) fn start_http(&mut self, id: SegmentId) -> bool {
+        let max_attempts = self.config.http_attempts;
+        let Some(entry) = self.segments.get(id) else { return false };
+        if entry.http_attempts >= max_attempts {
+            return false;
+        }
+        let ranges: Vec<(u32, u32)> = match &entry.record {
+            None if !entry.http.is_empty() => return false,
+            None => Vec::new(),
+            Some(_) => {
+                let runs = runs_of(entry.chunks.iter().map(|c| !matches!(c, ChunkState::Have(_) | ChunkState::Http(_))));
+                if runs.is_empty() {
+                    return false;
+                }
+                merge_runs(runs, MAX_HTTP_RANGES)
+            }
+        };
+        self.stats.http_fetches += 1;
+        let now = self.now;
+        let Some(entry) = self.segments.get_mut(id) else { return false };
+        entry.http_attempts += 1;
+        let Some(record) = entry.record.clone() else {
+            let fetch = self.http.start(Fetch { segment: id, started: now, range: None });
+            if let Some(e) = self.segments.get_mut(id) {
+                e.http.push(fetch);
+            }
+            self.dirty.push(id);
+            self.outputs.push_back(Output::HttpFetch { id: fetch, segment: id, range: None });
+            return true;
+        };
+        for (first, last) in ranges {
+            let start = record.record.chunk_offset(first);
+            let end = record.record.chunk_offset(last) + record.record.chunk_len(last) as u64;
+            let range = (start > 0 || end < record.record.size).then_some((start, end));
+            let fetch = self.http.start(Fetch { segment: id, started: now, range });
+            let Some(entry) = self.segments.get_mut(id) else { return false };
+            entry.http.push(fetch);
+            for index in first..=last {
+                if let Some(slot) = entry.chunks.get_mut(index as usize)
+                    && !matches!(slot, ChunkState::Have(_))
+                {
+                    *slot = ChunkState::Http(fetch);
+                }
+            }
+            // Peer requests for chunks HTTP now covers are cancelled.
+            for request in self.requests.of_segment(id) {
+                let Some(r) = self.requests.get(request) else { continue };
+                if (first..=last).contains(&r.chunk)
+                    && let Some(r) = self.requests.remove(request)
+                {
+                    self.send(r.peer, Message::Cancel { id: request });
+                }
+            }
+            self.outputs.push_back(Output::HttpFetch { id: fetch, segment: id, range });
+        }
+        self.dirty.push(id);
+        true
+    }
+
+    pub(super) fn on_http_body(&mut self, id: u64, body: Bytes) {
+        let Some(fetch) = self.http.inflight.remove(&id) else { return };
+        let took = self.now.saturating_since(fetch.started);
+        self.http.finished(body.len() as u64, took);
+        let segment = fetch.segment;
+        let Some(entry) = self.segments.get_mut(segment) else { return };
+        entry.http.retain(|f| *f != id);
+        let Some(record) = entry.record.clone() else {
+            // No record: nothing to check against and nothing to share, but the player
+            // still gets what the origin sent (the page asked for it by URL).
+            let size = body.len() as u64;
+            self.stats.bytes_from_http += size;
+            if self.wants.remove(&segment).is_some() {
+                self.stats.segments_delivered += 1;
+                self.outputs.push_back(Output::Deliver(super::Delivery {
+                    segment,
+                    chunks: vec![body],
+                    size,
+                    from_peers: 0,
+                    from_http: size,
+                }));
+            }
+            return;
+        };
+        // Which bytes the fetch asked for: the body must be exactly those.
+        let (start, end) = fetch.range.unwrap_or((0, record.record.size));
+        let mut bad = body.len() as u64 != end.saturating_sub(start);
+        let mut pieces = Vec::new();
+        for index in 0..record.record.chunk_count() {
+            if bad {
+                break;
+            }
+            let offset = record.record.chunk_offset(index);
+            let len = record.record.chunk_len(index) as u64;
+            let covered = matches!(entry.chunks.get(index as usize), Some(ChunkState::Http(f)) if *f == id);
+            if offset < start || offset + len > end || !covered {
+                continue;
+            }
+            let chunk = body.slice((offset - start) as usize..(offset - start + len) as usize);
+            if record.record.verify_chunk(index, &chunk).is_err() {
+                bad = true;
+            } else {
+                pieces.push((index, chunk));
+            }
+        }
+        if bad {
+            // The origin sent something that is not the signed segment: try again.
+            self.stats.chunks_rejected += 1;
+            self.abandon_http(segment, id);
+            return;
+        }
+        for (index, chunk) in pieces {
+            let len = chunk.len() as u64;
+            self.stats.bytes_from_http += len;
+            if let Some(e) = self.segments.get_mut(segment) {
+                e.from_http += len;
+            }
+            self.store_chunk(segment, index, chunk);
+        }
+        // Chunks it covered that we did not take (held meanwhile) go back to the pool.
+        if let Some(entry) = self.segments.get_mut(segment) {
+            for chunk in entry.chunks.iter_mut() {
+                if matches!(chunk, ChunkState::Http(f) if *f == id) {
+                    *chunk = ChunkState::Missing;
+                }
+            }
+        }
+    }
+
+    /// Puts the chunks an HTTP fetch covered back in the pool; gives the segment up if
+    /// that was the last attempt.
+    pub(super) fn abandon_http(&mut self, segment: SegmentId, fetch: u64) {
+        self.dirty.push(segment);
+        let attempts = self.config.http_attempts;
+        let Some(entry) = self.segments.get_mut(segment) else { return };
+        entry.http.retain(|f| *f != fetch);
+        for chunk in entry.chunks.iter_mut() {
+            if matches!(chunk, ChunkState::Http(f) if *f == fetch) {
+                *chunk = ChunkState::Missing;
+            }
+        }
+        if entry.http_attempts >= attempts && entry.http.is_empty() && self.wants.remove(&segment).is_some() {
+            self.outputs.push_back(Output::Failed { segment });
+        }
+    }
+
+    // ---- delivery, uploads, announcements -------------------------------------------
+
+    fn deliver(&mut self, id: SegmentId) {
+        if self.wants.remove(&id).is_none() {
+            return;
+        }
+        let Some(entry) = self.segments.get_mut(id) else { return };
+        self.stats.segments_delivered += 1;
+        // Network bytes are reported once: a second delivery of a held segment is free.
+        let (from_peers, from_http) = (entry.from_peers, entry.from_http);
+        entry.from_peers = 0;
+        entry.from_http = 0;
+        let delivery = super::Delivery { segment: id, chunks: entry.data(), size: entry.size(), from_peers, from_http };
+        self.outputs.push_back(Output::Deliver(delivery));
+    }
+
+    fn pump_uploads(&mut self) {
+        let now = self.now;
+        while let Some(upload) = self.uploads.next(now) {
+            let bytes = upload.data.len() as u64;
+            self.stats.bytes_uploaded += bytes;
+            if self.config.chunk_events {
+                self.outputs.push_back(Output::Event(Event::ChunkUploaded {
+                    peer: upload.peer,
+                    segment: upload.segment,
+                    bytes,
+                }));
+            }
+            self.send(
+                upload.peer,
+                Message::Data { id: upload.id, segment: upload.segment, chunk: upload.chunk, data: upload.data },
+            );
+        }
+    }
+
+    /// Tells neighbours what changed: an origin fetch started, chunks arrived, a
+    /// segment completed or was abandoned.
+    fn announce_changes(&mut self) {
+        let mut dirty = std::mem::take(&mut self.dirty);
+        if !self.config.upload_enabled {
+            return;
+        }
+        dirty.sort();
+        dirty.dedup();
+        let mut changes = Vec::new();
+        for segment in dirty {
+            let Some(entry) = self.segments.get_mut(segment) else { continue };
+            let before = entry.announced;
+            if entry.complete() {
+                if !before.complete {
+                    changes.push(Message::Have { segment });
+                    entry.announced = Announced { complete: true, ..before };
+                }
+                continue;
+            }
+            let mut state = before;
+            if !entry.http.is_empty() && !before.http {
+                changes.push(Message::Fetching { segment });
+                state.http = true;
+            }
+            if entry.held > before.chunks {
+                changes.push(Message::HaveChunks { segment, chunks: entry.held_chunks() });
+                state.chunks = entry.held;
+            }
+            if entry.http.is_empty() && entry.held == 0 && before.anything() {
+                // Gave up (HTTP failed, requests cancelled): don't keep attracting requests.
+                changes.push(Message::Dropped { segment });
+                state = Announced::default();
+            }
+            entry.announced = state;
+        }
+        for message in changes {
+            self.broadcast(message);
+        }
+    }
+
+    // ---- bounds --------------------------------------------------------------------
+
+    /// Keeps held bytes within [`crate::Config::cache_capacity`]: complete segments
+    /// nothing waits on go first, oldest first for live, least recently used for VOD.
+    fn evict_cache(&mut self) {
+        while self.segments.cached_bytes > self.config.cache_capacity {
+            let Some(victim) = self.eviction_victim(true) else { break };
+            self.drop_segment(victim);
+        }
+    }
+
+    /// Keeps the number of entries within [`MAX_SEGMENTS`].
+    pub(super) fn evict_entries(&mut self) {
+        while self.segments.len() > MAX_SEGMENTS {
+            let Some(victim) = self.eviction_victim(false) else { break };
+            self.drop_segment(victim);
+        }
+    }
+
+    fn eviction_victim(&self, complete_only: bool) -> Option<SegmentId> {
+        let live = self.config.live;
+        self.segments
+            .map
+            .iter()
+            .filter(|(id, s)| {
+                (!complete_only || s.complete())
+                    && !self.wants.contains_key(id)
+                    && self.uploads.deferred_for_segment(**id) == 0
+                    && s.http.is_empty()
+            })
+            .min_by_key(|(id, s)| if live && s.complete() { (Instant::ZERO, **id) } else { (s.last_used, **id) })
+            .map(|(id, _)| *id)
+    }
+
+    /// The earliest future moment something time-based happens: a request times out, a
+    /// want must go to HTTP, patience runs out, a cooldown ends, upload tokens suffice.
+    fn compute_wake(&self) -> Option<Instant> {
+        let now = self.now;
+        let mut wake: Option<Instant> = None;
+        let mut consider = |t: Instant| {
+            if t > now {
+                wake = Some(wake.map_or(t, |w| w.min(t)));
+            }
+        };
+        if let Some(t) = self.requests.next_expiry() {
+            consider(t);
+        }
+        let mut waiting_on_peers = false;
+        for (segment, deadline) in &self.wants {
+            let Some(entry) = self.segments.get(*segment) else { continue };
+            if entry.complete() {
+                continue;
+            }
+            consider(self.http_start(*segment, *deadline));
+            consider(entry.seed_at);
+            waiting_on_peers = true;
+        }
+        if waiting_on_peers
+            && let Some(cooldown) = self.peers.values().map(|p| p.cooldown_until).filter(|c| *c > now).min()
+        {
+            consider(cooldown);
+        }
+        if let Some(t) = self.uploads.next_release(now) {
+            consider(t);
+        }
+        wake
+    }
+}
+
+/// Runs of `true` as inclusive `(first, last)` index pairs.
+fn runs_of(flags: impl Iterator<Item = bool>) -> Vec<(u32, u32)> {
+    let mut runs: Vec<(u32, u32)> = Vec::new();
+    for (i, flag) in flags.enumerate() {
+        let i = i as u32;
+        if !flag {
+            continue;
+        }
+        match runs.last_mut() {
+            Some((_, last)) if *last + 1 == i => *last = i,
+            _ => runs.push((i, i)),
+        }
+    }
+    runs
+}
+
+/// Merges the runs separated by the smallest gaps until at most `max` remain.
+fn merge_runs(mut runs: Vec<(u32, u32)>, max: usize) -> Vec<(u32, u32)> {
+    while runs.len() > max.max(1) {
+        let Some(i) = (0..runs.len() - 1).min_by_key(|&i| runs[i + 1].0 - runs[i].1) else { break };
+        runs[i].1 = runs[i + 1].1;
+        runs.remove(i + 1);
+    }
+    runs
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn runs_are_found_and_merged_by_smallest_gap() {
+        let flags = [true, true, false, true, false, false, false, true, true, false, true];
+        let runs = runs_of(flags.into_iter());
+        assert_eq!(runs, vec![(0, 1), (3, 3), (7, 8), (10, 10)]);
+        assert_eq!(merge_runs(runs.clone(), 3), vec![(0, 3), (7, 8), (10, 10)]);
+        assert_eq!(merge_runs(runs, 1), vec![(0, 10)]);
+    }
+}
