@@ -289,9 +289,10 @@ mod tests {
 }
 
 /// Which chunks of one segment a peer holds while it is still fetching the rest.
+/// Immutable once built and cheap to clone (one announcement goes to every neighbour).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ChunkSet {
-    words: Vec<u64>,
+    words: std::sync::Arc<[u64]>,
 }
 
 /// Most bytes of a chunk bitmap (matches the record limit).
@@ -312,7 +313,24 @@ impl ChunkSet {
         while words.last() == Some(&0) {
             words.pop();
         }
-        Self { words }
+        Self { words: words.into() }
+    }
+
+    /// The set of the given chunks; chunks past [`crate::integrity::MAX_CHUNKS`] are
+    /// ignored.
+    pub fn from_chunks(chunks: impl IntoIterator<Item = u32>) -> Self {
+        let mut words: Vec<u64> = Vec::new();
+        for chunk in chunks {
+            if chunk as usize >= crate::integrity::MAX_CHUNKS {
+                continue;
+            }
+            let (word, bit) = ((chunk / 64) as usize, chunk % 64);
+            if word >= words.len() {
+                words.resize(word + 1, 0);
+            }
+            words[word] |= 1 << bit;
+        }
+        Self { words: words.into() }
     }
 
     pub fn to_bytes(&self) -> Vec<u8> {
@@ -323,16 +341,10 @@ impl ChunkSet {
         bytes
     }
 
-    /// Adds `chunk`; chunks past [`crate::integrity::MAX_CHUNKS`] are ignored.
-    pub fn insert(&mut self, chunk: u32) {
-        if chunk as usize >= crate::integrity::MAX_CHUNKS {
-            return;
-        }
-        let (word, bit) = ((chunk / 64) as usize, chunk % 64);
-        if word >= self.words.len() {
-            self.words.resize(word + 1, 0);
-        }
-        self.words[word] |= 1 << bit;
+    /// Bytes of [`ChunkSet::to_bytes`].
+    pub fn byte_len(&self) -> usize {
+        let Some(last) = self.words.iter().rposition(|w| *w != 0) else { return 0 };
+        last * 8 + (8 - self.words[last].leading_zeros() as usize / 8)
     }
 
     pub fn contains(&self, chunk: u32) -> bool {
@@ -363,10 +375,8 @@ mod chunk_set_tests {
     proptest! {
         #[test]
         fn roundtrips(chunks in proptest::collection::btree_set(0u32..2000, 0..50)) {
-            let mut set = ChunkSet::new();
-            for c in &chunks {
-                set.insert(*c);
-            }
+            let set = ChunkSet::from_chunks(chunks.iter().copied());
+            prop_assert_eq!(set.byte_len(), set.to_bytes().len());
             let back = ChunkSet::from_bytes(&set.to_bytes());
             prop_assert_eq!(back.len(), chunks.len());
             prop_assert_eq!(back.iter().collect::<Vec<_>>(), chunks.iter().copied().collect::<Vec<_>>());
@@ -378,9 +388,7 @@ mod chunk_set_tests {
 
     #[test]
     fn out_of_range_chunks_are_ignored() {
-        let mut set = ChunkSet::new();
-        set.insert(u32::MAX);
-        assert!(set.is_empty());
+        assert!(ChunkSet::from_chunks([u32::MAX]).is_empty());
         assert!(ChunkSet::from_bytes(&vec![0xff; MAX_CHUNK_SET_BYTES * 4]).len() <= crate::integrity::MAX_CHUNKS);
     }
 }

@@ -19,9 +19,25 @@ pub struct Config {
     /// new segments is randomised so that about one peer per this interval fetches a
     /// segment nobody has yet: the others hear of it before their own turn comes.
     pub seed_spread_time: Duration,
-    /// How many peers are expected to fetch a brand-new segment from HTTP before the
-    /// rest hear of it. Higher spreads a segment faster, lower saves origin egress.
+    /// How many peers are expected to fetch a brand-new segment nobody announces from
+    /// HTTP before the rest hear of it (the fallback when early seeding left a gap).
     pub seeders_per_segment: f64,
+    /// Most copies of each chunk of a new segment the swarm fetches from the origin
+    /// early, spread over its members: one per 32 members, at least one, at most this.
+    /// Each viewer fetches its share (a random run of chunks) as soon as it wants the
+    /// segment, so that every chunk enters the swarm at several places at once and
+    /// reaches everyone in a few hops. 0 turns early fetching off.
+    pub early_copies: f64,
+    /// Ceiling of the early share a viewer raises when peers cannot keep up: it fetches
+    /// more early (useful to its neighbours too) instead of more at the last moment
+    /// (useful to nobody).
+    pub max_early_fraction: f64,
+    /// The share of segment bytes a viewer accepts fetching at the last moment before
+    /// it raises its early share.
+    pub late_http_target: f64,
+    /// Chunks are handed to the network while what it holds leaves within this (the
+    /// rest wait in the engine, where a `Cancel` can still take them back).
+    pub upload_handover: Duration,
     /// A chunk request with no answer after this long is cancelled and asked elsewhere;
     /// the peer is put on cooldown. p2p-media-loader uses 2 s for a whole segment.
     pub chunk_timeout: Duration,
@@ -63,6 +79,10 @@ impl Default for Config {
             prefetch_ahead: 2,
             seed_spread_time: Duration::from_millis(150),
             seeders_per_segment: 1.0,
+            early_copies: 16.0,
+            max_early_fraction: 0.9,
+            late_http_target: 0.05,
+            upload_handover: Duration::from_millis(100),
             chunk_timeout: Duration::from_millis(1500),
             peer_cooldown: Duration::from_secs(2),
             max_upload_backlog: Duration::from_millis(400),
@@ -87,6 +107,8 @@ pub enum ConfigError {
     Zero(&'static str),
     #[error("seeders_per_segment must be a positive number")]
     Seeders,
+    #[error("early_copies must be non-negative, max_early_fraction and late_http_target within 0..=1")]
+    Fraction,
 }
 
 impl Config {
@@ -111,6 +133,12 @@ impl Config {
         }
         if !(self.seeders_per_segment.is_finite() && self.seeders_per_segment > 0.0) {
             return Err(ConfigError::Seeders);
+        }
+        if !(self.early_copies.is_finite() && self.early_copies >= 0.0)
+            || !(0.0..=1.0).contains(&self.max_early_fraction)
+            || !(0.0..=1.0).contains(&self.late_http_target)
+        {
+            return Err(ConfigError::Fraction);
         }
         Ok(())
     }

@@ -110,7 +110,7 @@ impl Frame for Message {
             Self::Availability { have, fetching } => bitmap_len(have).2 + bitmap_len(fetching).2,
             Self::Have { segment } | Self::Fetching { segment } | Self::Dropped { segment } => varint_len(segment.0),
             Self::HaveChunks { segment, chunks } => {
-                let n = chunks.to_bytes().len();
+                let n = chunks.byte_len();
                 varint_len(segment.0) + varint_len(n as u64) + n
             }
             Self::Request { id, segment, chunk, .. } => {
@@ -314,13 +314,8 @@ mod tests {
             any::<u64>().prop_map(|s| Message::Have { segment: SegmentId(s) }),
             any::<u64>().prop_map(|s| Message::Fetching { segment: SegmentId(s) }),
             any::<u64>().prop_map(|s| Message::Dropped { segment: SegmentId(s) }),
-            (any::<u64>(), proptest::collection::vec(0u32..5000, 0..20)).prop_map(|(s, cs)| {
-                let mut chunks = ChunkSet::new();
-                for c in cs {
-                    chunks.insert(c);
-                }
-                Message::HaveChunks { segment: SegmentId(s), chunks }
-            }),
+            (any::<u64>(), proptest::collection::vec(0u32..5000, 0..20))
+                .prop_map(|(s, cs)| Message::HaveChunks { segment: SegmentId(s), chunks: ChunkSet::from_chunks(cs) }),
             (any::<u32>(), any::<u64>(), any::<u32>(), any::<bool>()).prop_map(|(id, s, chunk, with_record)| {
                 Message::Request { id, segment: SegmentId(s), chunk, with_record }
             }),

@@ -171,8 +171,10 @@ impl Net {
     }
 }
 
+/// Early seeding off: these tests are about peers serving one another (early seeding
+/// has tests of its own).
 fn config() -> Config {
-    Config { urgent_window: Duration::from_secs(1), ..Config::default() }
+    Config { urgent_window: Duration::from_secs(1), early_copies: 0.0, ..Config::default() }
 }
 
 /// Peer 1 holds segment 0 (fetched over HTTP); peer 2 is connected and has the playlist.

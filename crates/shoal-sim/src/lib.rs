@@ -225,7 +225,7 @@ impl Default for Scenario {
             live_sync_segments: 3,
             max_buffer: Duration::from_secs(30),
             neighbours: 20,
-            max_connections: 40,
+            max_connections: 24,
             latency_ms: (5, 40),
             upload: RateMix::fixed(Rate::Bps(20_000_000)),
             download: RateMix::fixed(Rate::Bps(50_000_000)),
@@ -295,7 +295,9 @@ pub struct Report {
     pub corrupt_bytes_delivered: u64,
     pub bans: u64,
     pub chunk_timeouts: u64,
-    /// Why viewers went to the origin: seeding a segment nobody had, or a deadline.
+    /// Why viewers went to the origin: an early share of a new segment, seeding a
+    /// segment nobody had, or a deadline.
+    pub http_early: u64,
     pub http_seeds: u64,
     pub http_urgent: u64,
     pub messages: u64,

@@ -77,6 +77,9 @@ struct Args {
     /// Skip the HTTP-only baseline run.
     #[arg(long)]
     no_baseline: bool,
+    /// Engine setting: peers expected to seed a new segment from the origin.
+    #[arg(long)]
+    seeders: Option<f64>,
 }
 
 fn rate(text: &str) -> Result<u64, String> {
@@ -121,6 +124,9 @@ fn scenario(args: Args) -> Result<Scenario, String> {
         scenario.engine.live = false;
     }
     scenario.engine.p2p_download_enabled = !args.http_only;
+    if let Some(seeders) = args.seeders {
+        scenario.engine.seeders_per_segment = seeders;
+    }
     Ok(scenario)
 }
 

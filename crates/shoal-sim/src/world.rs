@@ -357,7 +357,7 @@ impl World {
                     self.report.messages += 1;
                     let now = self.now;
                     let v = &mut self.viewers[to as usize];
-                    v.engine.set_upload_backlog(v.uplink_free.saturating_since(now));
+                    v.engine.set_uplink(v.uplink_free.saturating_since(now), v.up_bps as f64 / 8.0);
                     v.engine.handle_message(from, message, now);
                     self.after_input(to);
                 }
@@ -366,6 +366,7 @@ impl World {
                 let v = &mut self.viewers[viewer as usize];
                 if v.alive && v.http.remove(&id) {
                     let now = self.now;
+                    v.engine.set_uplink(v.uplink_free.saturating_since(now), v.up_bps as f64 / 8.0);
                     v.engine.http_complete(id, body, now);
                     self.after_input(viewer);
                 }
@@ -375,6 +376,7 @@ impl World {
                 if v.alive && v.wake_at == Some(at) {
                     v.wake_at = None;
                     let now = self.now;
+                    v.engine.set_uplink(v.uplink_free.saturating_since(now), v.up_bps as f64 / 8.0);
                     v.engine.handle_timeout(now);
                     self.after_input(id);
                 }
@@ -892,6 +894,7 @@ impl World {
             latency_sum += v.player.latency_sum;
             latency_samples += v.player.latency_samples;
             report.chunk_timeouts += v.engine.stats().chunk_timeouts;
+            report.http_early += v.engine.stats().http_early;
             report.http_seeds += v.engine.stats().http_seeds;
             report.http_urgent += v.engine.stats().http_urgent;
             if v.malicious && !v.corrupted.is_empty() {

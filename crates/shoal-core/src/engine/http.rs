@@ -15,10 +15,24 @@ const ALPHA: f64 = 0.3;
 /// Fetches at least this large measure throughput; smaller ones latency.
 const LARGE: u64 = 64 * 1024;
 
+/// Why a fetch went to the origin.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Why {
+    /// Early seeding: a share of a new segment, to spread it.
+    Early,
+    /// Nobody has the segment.
+    Seed,
+    /// Due too soon for peers.
+    Urgent,
+    /// Peer download is off.
+    NoP2p,
+}
+
 /// One HTTP fetch in flight.
 #[derive(Debug, Clone)]
 pub(crate) struct Fetch {
     pub segment: SegmentId,
+    pub why: Why,
     pub started: Instant,
     /// Byte range, end exclusive; `None`: the whole segment.
     pub range: Option<(u64, u64)>,

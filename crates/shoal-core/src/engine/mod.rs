@@ -170,8 +170,10 @@ pub struct Stats {
     pub chunks_rejected: u64,
     pub peers_banned: u64,
     pub chunk_timeouts: u64,
-    /// HTTP fetches started because nobody had the segment (seeding) / because it was
-    /// due soon (urgent) / because peer download is off.
+    /// HTTP fetches started early to spread a new segment (a share of it) / because
+    /// nobody had the segment (seeding) / because it was due soon (urgent) / because
+    /// peer download is off.
+    pub http_early: u64,
     pub http_seeds: u64,
     pub http_urgent: u64,
     pub http_no_p2p: u64,
@@ -220,8 +222,20 @@ pub struct Engine<P: PeerKey> {
     outputs: std::collections::VecDeque<Output<P>>,
     swarm_size: usize,
     upload_backlog: Duration,
+    /// Our uplink's rate as the driver measures it, bytes per second (0: unknown).
+    uplink_rate: f64,
+    /// Bytes handed to the network since the driver last reported the backlog.
+    handed_over: u64,
+    /// What this viewer adds to its early share of each new segment (learnt).
+    early_extra: f64,
     /// Segments whose state changed since neighbours were last told.
     dirty: Vec<SegmentId>,
+    /// Segments whose plan an input may have changed; everything if `replan_all`.
+    /// Most inputs concern one segment (an announcement, a chunk): re-planning every
+    /// wanted segment against every neighbour after each would cost a swarm of
+    /// thousands most of its time.
+    replan: std::collections::BTreeSet<SegmentId>,
+    replan_all: bool,
     stats: Stats,
     next_wake: Option<Instant>,
 }
@@ -248,7 +262,12 @@ impl<P: PeerKey> Engine<P> {
             outputs: std::collections::VecDeque::new(),
             swarm_size: 1,
             upload_backlog: Duration::ZERO,
+            uplink_rate: 0.0,
+            handed_over: 0,
+            early_extra: 0.0,
             dirty: Vec::new(),
+            replan: std::collections::BTreeSet::new(),
+            replan_all: true,
             stats: Stats::default(),
             next_wake: None,
         }
@@ -304,6 +323,22 @@ impl<P: PeerKey> Engine<P> {
         self.drive(now);
     }
 
+    /// Marks `segment` for re-planning at the end of this input.
+    fn replan(&mut self, segment: SegmentId) {
+        if !self.replan_all {
+            self.replan.insert(segment);
+        }
+    }
+
+    /// `peer` may take requests again (a slot freed, a backoff set): re-plan what it offers.
+    fn replan_offered_by(&mut self, peer: P) {
+        let Some(p) = self.peers.get(&peer) else { return };
+        let offered: Vec<SegmentId> = self.wants.keys().copied().filter(|id| p.offers(*id)).collect();
+        for id in offered {
+            self.replan(id);
+        }
+    }
+
     // ---- settings ------------------------------------------------------------------
 
     /// Turns uploading on or off at runtime.
@@ -336,6 +371,27 @@ impl<P: PeerKey> Engine<P> {
     /// the simulator). Past [`Config::max_upload_backlog`], new requests get `Busy`.
     pub fn set_upload_backlog(&mut self, backlog: Duration) {
         self.upload_backlog = backlog;
+        self.handed_over = 0;
+    }
+
+    /// The uplink as the driver measures it: how long what it already sent needs to
+    /// leave, and the rate it leaves at (bytes per second; 0 when unknown). With the
+    /// rate, chunks promised but not yet handed over (queued, or awaited from the
+    /// origin) count against [`Config::max_upload_backlog`] too, so a peer never
+    /// accepts more than it can send in time.
+    pub fn set_uplink(&mut self, backlog: Duration, rate: f64) {
+        self.upload_backlog = backlog;
+        self.handed_over = 0;
+        self.uplink_rate = if rate.is_finite() { rate.max(0.0) } else { 0.0 };
+    }
+
+    /// How long it would take to send everything already promised, plus `extra` bytes.
+    fn upload_commitment(&self, extra: u64) -> Duration {
+        if self.uplink_rate <= 0.0 {
+            return self.upload_backlog;
+        }
+        let promised = self.uploads.promised_bytes(self.segments.typical_chunk());
+        self.handover_backlog() + Duration::from_secs_f64((promised + extra) as f64 / self.uplink_rate)
     }
 
     // ---- peers ---------------------------------------------------------------------
@@ -384,6 +440,7 @@ impl<P: PeerKey> Engine<P> {
         if !self.peers.contains_key(&peer) {
             return;
         }
+        self.replan_all = true;
         self.stats.peers_banned += 1;
         self.forget_peer(peer);
         self.outputs.push_back(Output::Event(Event::PeerBanned { peer, reason }));
@@ -462,8 +519,13 @@ impl<P: PeerKey> Engine<P> {
     }
 
     fn trusted_record(&mut self, record: Arc<SignedRecord>) -> Result<(), IntegrityError> {
-        self.publisher.verify(&self.stream, &record)?;
         let id = record.record.segment;
+        // A playlist lists the same records again at every reload: verify each once.
+        let known = self.segments.get(id).and_then(|s| s.record.as_ref()).or_else(|| self.records.get(&id));
+        if known.is_some_and(|k| Arc::ptr_eq(k, &record) || **k == *record) {
+            return Ok(());
+        }
+        self.publisher.verify(&self.stream, &record)?;
         self.freshness.anchor(id, record.record.published_at_ms);
         if self.segments.contains(id) {
             self.accept_record(record);
@@ -594,6 +656,7 @@ impl<P: PeerKey> Engine<P> {
                 if let Some(p) = self.peers.get_mut(&peer) {
                     p.hello = true;
                 }
+                self.replan_all = true;
             }
             Message::Availability { have, fetching } => {
                 let window = self.playlist.map(|(low, high)| (low, SegmentId(high.0.saturating_add(ANNOUNCE_AHEAD))));
@@ -604,6 +667,7 @@ impl<P: PeerKey> Engine<P> {
                         p.restrict(low, high);
                     }
                 }
+                self.replan_all = true;
             }
             Message::Have { segment } => {
                 if self.in_window(segment)
@@ -613,6 +677,7 @@ impl<P: PeerKey> Engine<P> {
                     p.fetching.remove(segment);
                     p.partial.remove(&segment);
                 }
+                self.replan(segment);
             }
             Message::HaveChunks { segment, chunks } => {
                 if self.in_window(segment)
@@ -620,6 +685,7 @@ impl<P: PeerKey> Engine<P> {
                 {
                     p.set_partial(segment, chunks);
                 }
+                self.replan(segment);
             }
             Message::Fetching { segment } => {
                 if self.in_window(segment)
@@ -627,24 +693,40 @@ impl<P: PeerKey> Engine<P> {
                 {
                     p.fetching.insert(segment);
                 }
+                self.replan(segment);
             }
             Message::Dropped { segment } => {
                 if let Some(p) = self.peers.get_mut(&peer) {
                     p.forget(segment);
                 }
+                self.replan(segment);
             }
             Message::Request { id, segment, chunk, with_record } => {
                 self.on_request(peer, id, segment, chunk, with_record)
             }
-            Message::Data { id, segment, chunk, data } => self.on_data(peer, id, segment, chunk, data),
-            Message::Record { record } => self.on_record(peer, record),
-            Message::Absent { id } => self.on_refused(peer, id, true),
-            Message::Busy { id } => self.on_refused(peer, id, false),
+            Message::Data { id, segment, chunk, data } => {
+                self.on_data(peer, id, segment, chunk, data);
+                self.replan(segment);
+                self.replan_offered_by(peer);
+            }
+            Message::Record { record } => {
+                let segment = record.record.segment;
+                self.on_record(peer, record);
+                self.replan(segment);
+            }
+            Message::Absent { id } | Message::Busy { id } => {
+                let segment = self.requests.get(id).map(|r| r.segment);
+                self.on_refused(peer, id, matches!(message, Message::Absent { .. }));
+                if let Some(segment) = segment {
+                    self.replan(segment);
+                }
+                self.replan_offered_by(peer);
+            }
             Message::Cancel { id } => {
                 self.uploads.cancel(&peer, id);
             }
         }
-        self.drive(now);
+        self.run(now);
     }
 
     fn on_record(&mut self, peer: P, record: Arc<SignedRecord>) {
@@ -671,8 +753,10 @@ impl<P: PeerKey> Engine<P> {
         if !self.config.upload_enabled {
             return self.send(peer, Message::Busy { id });
         }
+        // Accept while what is already promised leaves within the backlog limit: on a slow
+        // uplink one chunk may take longer than that, and the next must already wait.
         let busy = self.uploads.pending_for(&peer) >= self.config.max_queued_uploads_per_peer
-            || self.upload_backlog > self.config.max_upload_backlog;
+            || self.upload_commitment(0) > self.config.max_upload_backlog;
         let deferred_here = self.uploads.deferred_for_segment(segment);
         let Some(entry) = self.segments.get_mut(segment) else {
             return self.send(peer, Message::Absent { id });
@@ -812,6 +896,7 @@ impl<P: PeerKey> Engine<P> {
             return;
         }
         self.dirty.push(segment);
+        self.replan(segment);
         let record = self.segments.get(segment).and_then(|s| s.record.clone());
         for d in self.uploads.take_deferred_chunk(segment, index) {
             if !self.peers.contains_key(&d.peer) {

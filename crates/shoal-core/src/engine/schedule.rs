@@ -3,12 +3,14 @@
 //! tell neighbours what changed, keep the cache in bounds, and work out the next
 //! wake-up.
 
+use std::time::Duration;
+
 use bytes::Bytes;
 use rand::{Rng, seq::SliceRandom};
 
 use super::{
     ChunkState, Engine, Event, Misbehaviour, Output, PeerKey,
-    http::Fetch,
+    http::{Fetch, Why},
     requests::Request,
     segment::{Announced, MAX_SEGMENTS},
 };
@@ -19,18 +21,37 @@ use crate::{integrity::SegmentId, time::Instant, wire::Message};
 const MAX_HTTP_RANGES: usize = 3;
 
 impl<P: PeerKey> Engine<P> {
-    /// Runs after every input. See the module docs.
+    /// Runs after an input that may have changed any plan. See the module docs.
     pub(super) fn drive(&mut self, now: Instant) {
+        self.replan_all = true;
+        self.run(now);
+    }
+
+    /// Runs after every input: re-plans what the input marked (everything after
+    /// [`Engine::drive`]).
+    pub(super) fn run(&mut self, now: Instant) {
         self.now = self.now.max(now);
         self.expire_requests();
-        let wanted: Vec<(SegmentId, Instant)> = self.wants.iter().map(|(s, d)| (*s, *d)).collect();
+        let all = std::mem::take(&mut self.replan_all);
+        let marked = std::mem::take(&mut self.replan);
+        let wanted: Vec<(SegmentId, Instant)> =
+            self.wants.iter().filter(|(s, _)| all || marked.contains(s)).map(|(s, d)| (*s, *d)).collect();
         for (segment, deadline) in wanted {
             self.advance(segment, Some(deadline));
         }
-        for segment in self.prefetch_candidates() {
-            self.ensure_segment(segment);
-            self.advance(segment, None);
+        let prefetch = if all || marked.iter().any(|s| !self.wants.contains_key(s)) {
+            self.prefetch_candidates()
+        } else {
+            Vec::new()
+        };
+        for segment in prefetch {
+            if all || marked.contains(&segment) {
+                self.ensure_segment(segment);
+                self.advance(segment, None);
+            }
         }
+        self.replan_all = false;
+        self.replan.clear();
         self.pump_uploads();
         self.announce_changes();
         self.evict_cache();
@@ -67,23 +88,67 @@ impl<P: PeerKey> Engine<P> {
         }
         let Some(deadline) = deadline else {
             if self.config.p2p_download_enabled {
-                self.fetch_from_peers(id, false);
+                self.fetch_from_peers(id, None);
             }
             return;
         };
         if !self.config.p2p_download_enabled {
-            if self.start_http(id) {
+            if self.start_http(id, Why::NoP2p) {
                 self.stats.http_no_p2p += 1;
             }
             return;
         }
         if now >= self.http_start(id, deadline) {
-            if self.start_http(id) {
+            if self.start_http(id, Why::Urgent) {
                 self.stats.http_urgent += 1;
             }
             return;
         }
-        self.fetch_from_peers(id, true);
+        self.seed_early(id);
+        self.fetch_from_peers(id, Some(deadline));
+    }
+
+    /// The share of a new segment this viewer fetches from the origin early: enough for
+    /// the swarm to hold [`crate::Config::early_copies`] of each chunk at once, plus what
+    /// this viewer has learnt its neighbours cannot carry (raised whenever it ends up
+    /// fetching at the last moment, see [`Engine::learn_from_delivery`]).
+    pub(super) fn early_fraction(&self) -> f64 {
+        // One copy per 32 members (a chunk then reaches everyone in about five
+        // doublings), at least one in all, at most `early_copies`.
+        let size = self.swarm_size.max(1) as f64;
+        let copies = (size / 32.0).clamp(1.0, self.config.early_copies.max(1.0));
+        let spread = if self.config.early_copies > 0.0 { copies / size } else { 0.0 };
+        (spread + self.early_extra).min(1.0)
+    }
+
+    /// Fetches this viewer's early share of `id`: a random run of its chunks.
+    fn seed_early(&mut self, id: SegmentId) {
+        let fraction = self.early_fraction();
+        let Some(entry) = self.segments.get(id) else { return };
+        if entry.early_done || entry.record.is_none() {
+            return;
+        }
+        let count = entry.chunks.len() as u32;
+        let wanted = fraction * f64::from(count);
+        // Round at random, so that small shares still add up across the swarm.
+        let take = (wanted.floor() as u32 + u32::from(self.rng.r#gen::<f64>() < wanted.fract())).min(count);
+        let start = self.rng.gen_range(0..count.max(1));
+        if let Some(e) = self.segments.get_mut(id) {
+            e.early_done = true;
+        }
+        if take == 0 {
+            return;
+        }
+        let chunks: Vec<u32> = (0..take).map(|i| (start + i) % count).collect();
+        let mut flags = vec![false; count as usize];
+        for c in chunks {
+            let missing = matches!(self.segments.get(id).and_then(|s| s.chunks.get(c as usize)), Some(ChunkState::Missing));
+            flags[c as usize] = missing && !self.requests.is_requested(id, c);
+        }
+        let runs = runs_of(flags.into_iter());
+        if !runs.is_empty() && self.start_http_runs(id, runs, Why::Early) {
+            self.stats.http_early += 1;
+        }
     }
 
     /// When HTTP must take over what is missing of `id` to have it by `deadline`: the
@@ -104,13 +169,20 @@ impl<P: PeerKey> Engine<P> {
     }
 
     /// Asks peers for what is missing of `id`, or seeds it from the origin when nobody
-    /// has it and our patience ran out (`may_seed`: the player wants it).
-    fn fetch_from_peers(&mut self, id: SegmentId, may_seed: bool) {
+    /// has it and our patience ran out (`deadline`: the player wants it by then).
+    fn fetch_from_peers(&mut self, id: SegmentId, deadline: Option<Instant>) {
         let now = self.now;
+        let may_seed = deadline.is_some();
         let Some(entry) = self.segments.get(id) else { return };
         let has_record = entry.record.is_some();
-        if !entry.http.is_empty() && (!has_record || entry.missing().next().is_none()) {
-            return; // HTTP covers everything missing
+        if has_record && !entry.missing().any(|c| !self.requests.is_requested(id, c)) {
+            return; // everything missing is on its way (from peers or HTTP)
+        }
+        if !has_record && !entry.http.is_empty() {
+            return; // HTTP covers it all
+        }
+        if self.requests.len() >= self.config.max_inflight_total && !(may_seed && now >= entry.seed_at) {
+            return; // no request could go out now (and no seeding is due)
         }
         let seed_due = may_seed && now >= entry.seed_at;
         if !has_record {
@@ -128,17 +200,15 @@ impl<P: PeerKey> Engine<P> {
             }
             return;
         }
-        if !self.has_source(id) {
-            if seed_due && !self.requests.any_for_segment(id) {
-                self.seed(id);
-            }
-            return;
+        let cutoff = deadline.map(|d| self.http_start(id, d));
+        if !self.request_missing(id, cutoff) && seed_due && !self.requests.any_for_segment(id) {
+            // Nobody we know has it or is getting it: seed it.
+            self.seed(id);
         }
-        self.request_missing(id);
     }
 
     fn seed(&mut self, id: SegmentId) {
-        if self.start_http(id) {
+        if self.start_http(id, Why::Seed) {
             self.stats.http_seeds += 1;
         }
     }
@@ -187,53 +257,84 @@ impl<P: PeerKey> Engine<P> {
     /// Requests missing chunks, rarest among neighbours first, each from the best peer
     /// holding that very chunk: fewest of our requests outstanding, then best measured
     /// throughput (with jitter so load spreads); peers fetching from the origin come
-    /// last, as they answer late.
-    fn request_missing(&mut self, id: SegmentId) {
+    /// last, as they answer late. Returns whether any neighbour offers the segment at
+    /// all (busy or not: see [`Engine::has_source`]).
+    /// `cutoff`: HTTP takes over at this moment; a peer is only asked for a chunk it can
+    /// deliver before (what it would send later is wasted).
+    fn request_missing(&mut self, id: SegmentId, cutoff: Option<Instant>) -> bool {
         struct Candidate<P> {
             peer: P,
-            whole: bool,
+            /// Which chunks it holds now (`None`: all of them).
+            chunks: Option<crate::availability::ChunkSet>,
             from_origin: bool,
             rate: f64,
             inflight: usize,
         }
-        let Some(entry) = self.segments.get(id) else { return };
+        let Some(entry) = self.segments.get(id) else { return false };
         let mut missing: Vec<u32> = entry.missing().filter(|c| !self.requests.is_requested(id, *c)).collect();
-        if missing.is_empty() {
-            return;
-        }
-        let mut candidates: Vec<Candidate<P>> = self
-            .peers
-            .iter()
-            .filter(|(peer, p)| p.offers(id) && self.usable(peer))
-            .map(|(peer, p)| Candidate {
+        let chunk_bytes = entry.record.as_ref().map_or(65_536.0, |r| f64::from(r.record.chunk_size));
+        let max_inflight = self.config.max_inflight_per_peer;
+        let mut offered = false;
+        let mut holders = vec![0u32; entry.chunks.len()];
+        let mut candidates: Vec<Candidate<P>> = Vec::new();
+        for (peer, p) in &self.peers {
+            if !p.hello {
+                continue;
+            }
+            let whole = p.have.contains(id);
+            let partial = if whole { None } else { p.partial.get(&id) };
+            if whole {
+                holders.iter_mut().for_each(|h| *h += 1);
+            } else if let Some(set) = partial {
+                for chunk in set.iter() {
+                    if let Some(h) = holders.get_mut(chunk as usize) {
+                        *h += 1;
+                    }
+                }
+            }
+            let from_origin = p.fetching.contains(id);
+            if !(whole || partial.is_some() || from_origin) {
+                continue;
+            }
+            offered = true;
+            if self.now < p.cooldown_until || missing.is_empty() {
+                continue;
+            }
+            let inflight = self.requests.inflight(peer);
+            if inflight >= max_inflight {
+                continue;
+            }
+            // Its answer would come after HTTP took over: not worth its upload.
+            let expected = Duration::from_secs_f64(chunk_bytes * (inflight + 1) as f64 / p.effective_rate());
+            if cutoff.is_some_and(|c| self.now + expected > c) {
+                continue;
+            }
+            candidates.push(Candidate {
                 peer: *peer,
-                whole: p.have.contains(id),
-                from_origin: p.fetching.contains(id),
+                chunks: if whole { None } else { Some(partial.cloned().unwrap_or_default()) },
+                from_origin,
                 rate: p.effective_rate(),
-                inflight: self.requests.inflight(peer),
-            })
-            .collect();
-        if candidates.is_empty() {
-            return;
+                inflight,
+            });
+        }
+        if candidates.is_empty() || self.requests.len() >= self.config.max_inflight_total {
+            return offered;
         }
         // Rarest first: a chunk few neighbours hold is the one to spread; random among
         // equals, so that peers fetching from the same holder get different chunks and
         // trade them with each other.
         missing.shuffle(&mut self.rng);
-        let holders = |chunk: u32| self.peers.values().filter(|p| p.holds_chunk(id, chunk)).count();
-        let mut keyed: Vec<(usize, u32)> = missing.iter().map(|c| (holders(*c), *c)).collect();
-        keyed.sort_by_key(|(h, _)| *h);
-        let max_inflight = self.config.max_inflight_per_peer;
-        for (_, chunk) in keyed {
+        missing.sort_by_key(|c| holders.get(*c as usize).copied().unwrap_or(0));
+        for chunk in missing {
             if self.requests.len() >= self.config.max_inflight_total {
-                return;
+                break;
             }
             let mut best: Option<(f64, usize)> = None;
             for (i, c) in candidates.iter().enumerate() {
                 if c.inflight >= max_inflight {
                     continue;
                 }
-                let holds = c.whole || self.peers.get(&c.peer).is_some_and(|p| p.holds_chunk(id, chunk));
+                let holds = c.chunks.as_ref().is_none_or(|set| set.contains(chunk));
                 if !holds && !c.from_origin {
                     continue;
                 }
@@ -251,6 +352,7 @@ impl<P: PeerKey> Engine<P> {
                 self.request(peer, id, chunk, false);
             }
         }
+        offered
     }
 
     fn request(&mut self, peer: P, segment: SegmentId, chunk: u32, with_record: bool) {
@@ -264,13 +366,9 @@ impl<P: PeerKey> Engine<P> {
 
     /// Fetches what is missing of `id` over HTTP (in up to [`MAX_HTTP_RANGES`] ranges);
     /// false if nothing was started (covered already, or out of attempts).
-    pub(super) fn start_http(&mut self, id: SegmentId) -> bool {
-        let max_attempts = self.config.http_attempts;
+    pub(super) fn start_http(&mut self, id: SegmentId, why: Why) -> bool {
         let Some(entry) = self.segments.get(id) else { return false };
-        if entry.http_attempts >= max_attempts {
-            return false;
-        }
-        let ranges: Vec<(u32, u32)> = match &entry.record {
+        let runs = match &entry.record {
             None if !entry.http.is_empty() => return false,
             None => Vec::new(),
             Some(_) => {
@@ -281,12 +379,24 @@ impl<P: PeerKey> Engine<P> {
                 merge_runs(runs, MAX_HTTP_RANGES)
             }
         };
+        self.start_http_runs(id, runs, why)
+    }
+
+    /// Fetches the given runs of chunks of `id` (all of it when its record is unknown).
+    fn start_http_runs(&mut self, id: SegmentId, runs: Vec<(u32, u32)>, why: Why) -> bool {
+        let max_attempts = self.config.http_attempts;
+        let Some(entry) = self.segments.get_mut(id) else { return false };
+        // Early fetches are extra: they do not use up the attempts a fallback needs.
+        if why != Why::Early {
+            if entry.http_attempts >= max_attempts {
+                return false;
+            }
+            entry.http_attempts += 1;
+        }
         self.stats.http_fetches += 1;
         let now = self.now;
-        let Some(entry) = self.segments.get_mut(id) else { return false };
-        entry.http_attempts += 1;
         let Some(record) = entry.record.clone() else {
-            let fetch = self.http.start(Fetch { segment: id, started: now, range: None });
+            let fetch = self.http.start(Fetch { segment: id, why, started: now, range: None });
             if let Some(e) = self.segments.get_mut(id) {
                 e.http.push(fetch);
             }
@@ -294,11 +404,11 @@ impl<P: PeerKey> Engine<P> {
             self.outputs.push_back(Output::HttpFetch { id: fetch, segment: id, range: None });
             return true;
         };
-        for (first, last) in ranges {
+        for (first, last) in runs {
             let start = record.record.chunk_offset(first);
             let end = record.record.chunk_offset(last) + record.record.chunk_len(last) as u64;
             let range = (start > 0 || end < record.record.size).then_some((start, end));
-            let fetch = self.http.start(Fetch { segment: id, started: now, range });
+            let fetch = self.http.start(Fetch { segment: id, why, started: now, range });
             let Some(entry) = self.segments.get_mut(id) else { return false };
             entry.http.push(fetch);
             for index in first..=last {
@@ -379,6 +489,9 @@ impl<P: PeerKey> Engine<P> {
             self.stats.bytes_from_http += len;
             if let Some(e) = self.segments.get_mut(segment) {
                 e.from_http += len;
+                if fetch.why == Why::Urgent {
+                    e.late_bytes += len;
+                }
             }
             self.store_chunk(segment, index, chunk);
         }
@@ -417,18 +530,42 @@ impl<P: PeerKey> Engine<P> {
         }
         let Some(entry) = self.segments.get_mut(id) else { return };
         self.stats.segments_delivered += 1;
+        let (late, size) = (std::mem::take(&mut entry.late_bytes), entry.size());
         // Network bytes are reported once: a second delivery of a held segment is free.
         let (from_peers, from_http) = (entry.from_peers, entry.from_http);
         entry.from_peers = 0;
         entry.from_http = 0;
-        let delivery = super::Delivery { segment: id, chunks: entry.data(), size: entry.size(), from_peers, from_http };
+        let delivery = super::Delivery { segment: id, chunks: entry.data(), size, from_peers, from_http };
         self.outputs.push_back(Output::Deliver(delivery));
+        if from_peers + from_http > 0 {
+            self.learn_from_delivery(late, size);
+        }
     }
 
+    /// Adjusts the early share after a segment arrived: up when more of it than the
+    /// target came at the last moment (peers could not carry it), slowly down when
+    /// none did.
+    fn learn_from_delivery(&mut self, late: u64, size: u64) {
+        if size == 0 || !self.config.p2p_download_enabled {
+            return;
+        }
+        let late_share = late as f64 / size as f64;
+        let step = 0.25 * (late_share - self.config.late_http_target);
+        self.early_extra = (self.early_extra + step).clamp(0.0, self.config.max_early_fraction);
+    }
+
+    /// Hands queued chunks to the network while it holds less than
+    /// [`crate::Config::upload_handover`] (when the driver tells us the uplink's rate; all
+    /// at once otherwise), within the upload cap.
     fn pump_uploads(&mut self) {
         let now = self.now;
-        while let Some(upload) = self.uploads.next(now) {
+        loop {
+            if self.uplink_rate > 0.0 && self.handover_backlog() >= self.config.upload_handover {
+                break;
+            }
+            let Some(upload) = self.uploads.next(now) else { break };
             let bytes = upload.data.len() as u64;
+            self.handed_over += bytes;
             self.stats.bytes_uploaded += bytes;
             if self.config.chunk_events {
                 self.outputs.push_back(Output::Event(Event::ChunkUploaded {
@@ -442,6 +579,15 @@ impl<P: PeerKey> Engine<P> {
                 Message::Data { id: upload.id, segment: upload.segment, chunk: upload.chunk, data: upload.data },
             );
         }
+    }
+
+    /// What the network holds of ours now: the driver's last figure, plus what we handed
+    /// over since.
+    pub(super) fn handover_backlog(&self) -> Duration {
+        if self.uplink_rate <= 0.0 {
+            return self.upload_backlog;
+        }
+        self.upload_backlog + Duration::from_secs_f64(self.handed_over as f64 / self.uplink_rate)
     }
 
     /// Tells neighbours what changed: an origin fetch started, chunks arrived, a
@@ -549,6 +695,10 @@ impl<P: PeerKey> Engine<P> {
         }
         if let Some(t) = self.uploads.next_release(now) {
             consider(t);
+        }
+        if !self.uploads.queue.is_empty() && self.uplink_rate > 0.0 {
+            let wait = self.handover_backlog().saturating_sub(self.config.upload_handover);
+            consider(now + wait.max(Duration::from_millis(1)));
         }
         wake
     }

@@ -57,6 +57,10 @@ pub(crate) struct Segment {
     pub http: Vec<u64>,
     pub announced: Announced,
     pub last_used: Instant,
+    /// Early seeding was decided for it (done, or none needed).
+    pub early_done: bool,
+    /// Bytes of it that came by last-moment HTTP (feedback for the early share).
+    pub late_bytes: u64,
 }
 
 impl Segment {
@@ -73,6 +77,8 @@ impl Segment {
             http: Vec::new(),
             announced: Announced::default(),
             last_used: now,
+            early_done: false,
+            late_bytes: 0,
         }
     }
 
@@ -85,13 +91,9 @@ impl Segment {
     }
 
     pub fn held_chunks(&self) -> ChunkSet {
-        let mut set = ChunkSet::new();
-        for (i, c) in self.chunks.iter().enumerate() {
-            if matches!(c, ChunkState::Have(_)) {
-                set.insert(i as u32);
-            }
-        }
-        set
+        ChunkSet::from_chunks(
+            self.chunks.iter().enumerate().filter(|(_, c)| matches!(c, ChunkState::Have(_))).map(|(i, _)| i as u32),
+        )
     }
 
     /// Chunks neither held nor covered by an HTTP fetch.
@@ -137,6 +139,11 @@ impl Segments {
 
     pub fn get_mut(&mut self, id: SegmentId) -> Option<&mut Segment> {
         self.map.get_mut(&id)
+    }
+
+    /// Chunk size of the newest segment with a record (64 KiB before any).
+    pub fn typical_chunk(&self) -> u64 {
+        self.map.values().rev().find_map(|s| s.record.as_ref().map(|r| u64::from(r.record.chunk_size))).unwrap_or(65_536)
     }
 
     pub fn contains(&self, id: SegmentId) -> bool {

@@ -109,6 +109,11 @@ impl<P: PeerKey> Uploads<P> {
         self.queue.iter().filter(|u| u.peer == *peer).count() + self.deferred.iter().filter(|d| d.peer == *peer).count()
     }
 
+    /// Bytes queued, plus `deferred_chunk` for each deferred request.
+    pub fn promised_bytes(&self, deferred_chunk: u64) -> u64 {
+        self.queue.iter().map(|u| u.data.len() as u64).sum::<u64>() + self.deferred.len() as u64 * deferred_chunk
+    }
+
     pub fn deferred_for_segment(&self, segment: SegmentId) -> usize {
         self.deferred.iter().filter(|d| d.segment == segment).count()
     }
