@@ -33,7 +33,8 @@ impl SegmentSet {
                 if byte & (1 << bit) == 0 {
                     continue;
                 }
-                let Some(id) = (i as u64).checked_mul(8).and_then(|o| o.checked_add(bit)).and_then(|o| base.checked_add(o))
+                let Some(id) =
+                    (i as u64).checked_mul(8).and_then(|o| o.checked_add(bit)).and_then(|o| base.checked_add(o))
                 else {
                     return set;
                 };
@@ -199,7 +200,10 @@ mod tests {
         prop_assert!(set.words.len() <= MAX_WORDS);
         prop_assert_eq!(set.base % 64, 0);
         let (base, bytes) = set.to_bitmap();
-        prop_assert_eq!(SegmentSet::from_bitmap(base, &bytes).iter().collect::<Vec<_>>(), set.iter().collect::<Vec<_>>());
+        prop_assert_eq!(
+            SegmentSet::from_bitmap(base, &bytes).iter().collect::<Vec<_>>(),
+            set.iter().collect::<Vec<_>>()
+        );
         prop_assert_eq!(set.bounds().map(|(a, b)| (a.0, b.0)), model.first().zip(model.last()).map(|(a, b)| (*a, *b)));
         Ok(())
     }

@@ -247,7 +247,10 @@ mod tests {
     #[test]
     fn overlong_varints_are_errors() {
         assert_eq!(peek_varint(&[0xff; 10]), Err(WireError::BadVarint));
-        assert_eq!(peek_varint(&[0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x02]), Err(WireError::BadVarint));
+        assert_eq!(
+            peek_varint(&[0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x02]),
+            Err(WireError::BadVarint)
+        );
         assert_eq!(peek_varint(&[0x80]), Ok(None));
     }
 

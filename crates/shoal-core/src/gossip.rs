@@ -846,7 +846,10 @@ mod tests {
 
     #[test]
     fn signing_bytes_separate_fields() {
-        assert_ne!(Publication::signing_bytes("ab", b"c", 1, 0, b""), Publication::signing_bytes("a", b"bc", 1, 0, b""));
+        assert_ne!(
+            Publication::signing_bytes("ab", b"c", 1, 0, b""),
+            Publication::signing_bytes("a", b"bc", 1, 0, b"")
+        );
         assert_ne!(Publication::signing_bytes("a", b"c", 1, 0, b""), Publication::signing_bytes("a", b"c", 1, 1, b""));
         assert_ne!(publication("o", 1, "a", b"").id(), publication("o", 2, "a", b"").id());
         assert_eq!(publication("o", 1, "a", b"x").id(), publication("o", 1, "a", b"y").id());

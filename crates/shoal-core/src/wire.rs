@@ -40,9 +40,10 @@ pub enum Message {
     Availability { have: SegmentSet, fetching: SegmentSet },
     /// The sender now holds the whole segment.
     Have { segment: SegmentId },
-    /// The sender is fetching the segment from the origin; it will answer requests for
-    /// its chunks as they arrive.
-    Fetching { segment: SegmentId },
+    /// The sender is fetching these chunks of the segment from the origin (all of them
+    /// when `chunks` is empty: it does not know the segment's record yet); it will answer
+    /// requests for them as they arrive.
+    Fetching { segment: SegmentId, chunks: ChunkSet },
     /// The chunks of a segment the sender holds while it fetches the rest.
     HaveChunks { segment: SegmentId, chunks: ChunkSet },
     /// The sender no longer holds or fetches the segment.
@@ -56,8 +57,9 @@ pub enum Message {
     Record { record: Arc<SignedRecord> },
     /// The sender does not have (and will not get) what request `id` asked for.
     Absent { id: u32 },
-    /// The sender will not serve request `id` now (upload cap, queue full, off).
-    Busy { id: u32 },
+    /// The sender will not serve request `id` now (upload cap, queue full, off); it
+    /// expects to take requests again in about `retry_ms`.
+    Busy { id: u32, retry_ms: u32 },
     /// The requester no longer wants request `id`.
     Cancel { id: u32 },
 }
@@ -108,11 +110,12 @@ impl Frame for Message {
         1 + match self {
             Self::Hello { .. } => 1 + 32,
             Self::Availability { have, fetching } => bitmap_len(have).2 + bitmap_len(fetching).2,
-            Self::Have { segment } | Self::Fetching { segment } | Self::Dropped { segment } => varint_len(segment.0),
-            Self::HaveChunks { segment, chunks } => {
+            Self::Have { segment } | Self::Dropped { segment } => varint_len(segment.0),
+            Self::HaveChunks { segment, chunks } | Self::Fetching { segment, chunks } => {
                 let n = chunks.byte_len();
                 varint_len(segment.0) + varint_len(n as u64) + n
             }
+            Self::Busy { id, retry_ms } => varint_len(u64::from(*id)) + varint_len(u64::from(*retry_ms)),
             Self::Request { id, segment, chunk, .. } => {
                 varint_len(u64::from(*id)) + varint_len(segment.0) + varint_len(u64::from(*chunk)) + 1
             }
@@ -120,7 +123,7 @@ impl Frame for Message {
                 varint_len(u64::from(*id)) + varint_len(segment.0) + varint_len(u64::from(*chunk)) + data.len()
             }
             Self::Record { record } => record_len(record),
-            Self::Absent { id } | Self::Busy { id } | Self::Cancel { id } => varint_len(u64::from(*id)),
+            Self::Absent { id } | Self::Cancel { id } => varint_len(u64::from(*id)),
         }
     }
 
@@ -139,17 +142,14 @@ impl Frame for Message {
                     body.extend_from_slice(&bytes);
                 }
             }
-            Self::Have { segment } | Self::Fetching { segment } | Self::Dropped { segment } => {
-                let tag = match self {
-                    Self::Have { .. } => kind::HAVE,
-                    Self::Fetching { .. } => kind::FETCHING,
-                    _ => kind::DROPPED,
-                };
+            Self::Have { segment } | Self::Dropped { segment } => {
+                let tag = if matches!(self, Self::Have { .. }) { kind::HAVE } else { kind::DROPPED };
                 body.extend_from_slice(&[tag]);
                 put_varint(body, segment.0);
             }
-            Self::HaveChunks { segment, chunks } => {
-                body.extend_from_slice(&[kind::HAVE_CHUNKS]);
+            Self::HaveChunks { segment, chunks } | Self::Fetching { segment, chunks } => {
+                let tag = if matches!(self, Self::HaveChunks { .. }) { kind::HAVE_CHUNKS } else { kind::FETCHING };
+                body.extend_from_slice(&[tag]);
                 put_varint(body, segment.0);
                 let bytes = chunks.to_bytes();
                 put_varint(body, bytes.len() as u64);
@@ -173,14 +173,15 @@ impl Frame for Message {
                 body.extend_from_slice(&[kind::RECORD]);
                 encode_record(record, body);
             }
-            Self::Absent { id } | Self::Busy { id } | Self::Cancel { id } => {
-                let tag = match self {
-                    Self::Absent { .. } => kind::ABSENT,
-                    Self::Busy { .. } => kind::BUSY,
-                    _ => kind::CANCEL,
-                };
+            Self::Absent { id } | Self::Cancel { id } => {
+                let tag = if matches!(self, Self::Absent { .. }) { kind::ABSENT } else { kind::CANCEL };
                 body.extend_from_slice(&[tag]);
                 put_varint(body, u64::from(*id));
+            }
+            Self::Busy { id, retry_ms } => {
+                body.extend_from_slice(&[kind::BUSY]);
+                put_varint(body, u64::from(*id));
+                put_varint(body, u64::from(*retry_ms));
             }
         }
     }
@@ -191,7 +192,11 @@ impl Frame for Message {
             kind::HELLO => Self::Hello { version: r.byte()?, stream: StreamId(r.array()?) },
             kind::AVAILABILITY => Self::Availability { have: read_bitmap(&mut r)?, fetching: read_bitmap(&mut r)? },
             kind::HAVE => Self::Have { segment: SegmentId(r.varint()?) },
-            kind::FETCHING => Self::Fetching { segment: SegmentId(r.varint()?) },
+            kind::FETCHING => {
+                let segment = SegmentId(r.varint()?);
+                let bytes = r.bytes(MAX_CHUNK_SET_BYTES, "chunk bitmap too long")?;
+                Self::Fetching { segment, chunks: ChunkSet::from_bytes(&bytes) }
+            }
             kind::DROPPED => Self::Dropped { segment: SegmentId(r.varint()?) },
             kind::HAVE_CHUNKS => {
                 let segment = SegmentId(r.varint()?);
@@ -217,7 +222,7 @@ impl Frame for Message {
             }
             kind::RECORD => Self::Record { record: Arc::new(decode_record(&mut r)?) },
             kind::ABSENT => Self::Absent { id: r.u32()? },
-            kind::BUSY => Self::Busy { id: r.u32()? },
+            kind::BUSY => Self::Busy { id: r.u32()?, retry_ms: r.u32()? },
             kind::CANCEL => Self::Cancel { id: r.u32()? },
             other => return Err(WireError::UnknownType(other)),
         };
@@ -312,7 +317,8 @@ mod tests {
             (any::<u8>(), any::<[u8; 32]>()).prop_map(|(version, s)| Message::Hello { version, stream: StreamId(s) }),
             (segment_set(), segment_set()).prop_map(|(have, fetching)| Message::Availability { have, fetching }),
             any::<u64>().prop_map(|s| Message::Have { segment: SegmentId(s) }),
-            any::<u64>().prop_map(|s| Message::Fetching { segment: SegmentId(s) }),
+            (any::<u64>(), proptest::collection::vec(0u32..5000, 0..20))
+                .prop_map(|(s, cs)| Message::Fetching { segment: SegmentId(s), chunks: ChunkSet::from_chunks(cs) }),
             any::<u64>().prop_map(|s| Message::Dropped { segment: SegmentId(s) }),
             (any::<u64>(), proptest::collection::vec(0u32..5000, 0..20))
                 .prop_map(|(s, cs)| Message::HaveChunks { segment: SegmentId(s), chunks: ChunkSet::from_chunks(cs) }),
@@ -323,7 +329,7 @@ mod tests {
                 .prop_map(|(id, s, chunk, d)| Message::Data { id, segment: SegmentId(s), chunk, data: Bytes::from(d) }),
             record().prop_map(|record| Message::Record { record: Arc::new(record) }),
             any::<u32>().prop_map(|id| Message::Absent { id }),
-            any::<u32>().prop_map(|id| Message::Busy { id }),
+            (any::<u32>(), any::<u32>()).prop_map(|(id, retry_ms)| Message::Busy { id, retry_ms }),
             any::<u32>().prop_map(|id| Message::Cancel { id }),
         ]
     }
@@ -363,7 +369,10 @@ mod tests {
         let mut prefix = BytesMut::new();
         put_varint(&mut prefix, MAX_FRAME_LEN as u64 + 1);
         decoder.extend(&prefix);
-        assert_eq!(decoder.next_frame(), Err(WireError::TooLarge { len: MAX_FRAME_LEN as u64 + 1, limit: MAX_FRAME_LEN }));
+        assert_eq!(
+            decoder.next_frame(),
+            Err(WireError::TooLarge { len: MAX_FRAME_LEN as u64 + 1, limit: MAX_FRAME_LEN })
+        );
 
         let huge = Message::Data {
             id: 1,

@@ -301,6 +301,8 @@ pub struct Report {
     pub http_seeds: u64,
     pub http_urgent: u64,
     pub messages: u64,
+    /// Messages by type (what the swarm's chatter is made of).
+    pub messages_by_kind: std::collections::BTreeMap<&'static str, u64>,
     pub wall_seconds: f64,
     /// Resident memory growth over the run divided by viewers (Linux only).
     pub memory_per_viewer_bytes: u64,

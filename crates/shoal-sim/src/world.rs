@@ -355,6 +355,7 @@ impl World {
             Event::Deliver { from, to, message } => {
                 if self.viewers[to as usize].alive && self.viewers[to as usize].links.contains_key(&from) {
                     self.report.messages += 1;
+                    *self.report.messages_by_kind.entry(kind_of(&message)).or_default() += 1;
                     let now = self.now;
                     let v = &mut self.viewers[to as usize];
                     v.engine.set_uplink(v.uplink_free.saturating_since(now), v.up_bps as f64 / 8.0);
@@ -726,7 +727,7 @@ impl World {
         if let Some(traced) = self.trace_messages {
             let segment = match &message {
                 Message::Have { segment }
-                | Message::Fetching { segment }
+                | Message::Fetching { segment, .. }
                 | Message::HaveChunks { segment, .. }
                 | Message::Dropped { segment }
                 | Message::Request { segment, .. }
@@ -916,4 +917,21 @@ impl World {
 
 fn transfer_time(bytes: u64, bps: u64) -> Duration {
     Duration::from_secs_f64(bytes as f64 * 8.0 / bps.max(1) as f64)
+}
+
+fn kind_of(message: &Message) -> &'static str {
+    match message {
+        Message::Hello { .. } => "hello",
+        Message::Availability { .. } => "availability",
+        Message::Have { .. } => "have",
+        Message::Fetching { .. } => "fetching",
+        Message::HaveChunks { .. } => "have_chunks",
+        Message::Dropped { .. } => "dropped",
+        Message::Request { .. } => "request",
+        Message::Data { .. } => "data",
+        Message::Record { .. } => "record",
+        Message::Absent { .. } => "absent",
+        Message::Busy { .. } => "busy",
+        Message::Cancel { .. } => "cancel",
+    }
 }

@@ -90,7 +90,6 @@ impl Http {
     pub fn expected_time(&self, bytes: u64) -> Duration {
         self.latency + Duration::from_secs_f64(bytes as f64 / self.throughput.max(1.0))
     }
-
 }
 
 #[cfg(test)]

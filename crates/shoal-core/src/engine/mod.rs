@@ -139,21 +139,35 @@ impl Delivery {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Output<P> {
     /// Send `message` to `peer`: announcements, requests and answers, as they arise.
-    Send { peer: P, message: Message },
+    Send {
+        peer: P,
+        message: Message,
+    },
     /// Fetch the segment over HTTP (`range`: bytes `[start, end)`; `None`: all of it),
     /// then call [`Engine::http_complete`] or [`Engine::http_failed`] with `id`.
     /// Produced when a wanted segment must come from the origin (due soon, nobody has
     /// it, peer download off).
-    HttpFetch { id: u64, segment: SegmentId, range: Option<(u64, u64)> },
+    HttpFetch {
+        id: u64,
+        segment: SegmentId,
+        range: Option<(u64, u64)>,
+    },
     /// Abort HTTP fetch `id`; no result is expected any more (the player gave up).
-    CancelHttp { id: u64 },
+    CancelHttp {
+        id: u64,
+    },
     /// A wanted segment is complete and verified.
     Deliver(Delivery),
     /// A wanted segment could not be fetched (HTTP failed every attempt).
-    Failed { segment: SegmentId },
+    Failed {
+        segment: SegmentId,
+    },
     /// Close the connection to `peer`; it is already forgotten here. Follows a
     /// [`Event::PeerBanned`].
-    Disconnect { peer: P, reason: Misbehaviour },
+    Disconnect {
+        peer: P,
+        reason: Misbehaviour,
+    },
     Event(Event<P>),
 }
 
@@ -236,6 +250,9 @@ pub struct Engine<P: PeerKey> {
     /// thousands most of its time.
     replan: std::collections::BTreeSet<SegmentId>,
     replan_all: bool,
+    /// (peer, segment) pairs where only that peer's offer changed (it announced chunks,
+    /// or a request slot of it freed): asking it alone is enough.
+    ask: Vec<(P, SegmentId)>,
     stats: Stats,
     next_wake: Option<Instant>,
 }
@@ -268,6 +285,7 @@ impl<P: PeerKey> Engine<P> {
             dirty: Vec::new(),
             replan: std::collections::BTreeSet::new(),
             replan_all: true,
+            ask: Vec::new(),
             stats: Stats::default(),
             next_wake: None,
         }
@@ -330,12 +348,20 @@ impl<P: PeerKey> Engine<P> {
         }
     }
 
-    /// `peer` may take requests again (a slot freed, a backoff set): re-plan what it offers.
+    /// `peer` now offers (more of) `segment`: ask it for what we miss, at the end of
+    /// this input.
+    fn ask(&mut self, peer: P, segment: SegmentId) {
+        if !self.replan_all && !self.replan.contains(&segment) {
+            self.ask.push((peer, segment));
+        }
+    }
+
+    /// A request slot of `peer` freed: ask it for what we miss of what it offers.
     fn replan_offered_by(&mut self, peer: P) {
         let Some(p) = self.peers.get(&peer) else { return };
         let offered: Vec<SegmentId> = self.wants.keys().copied().filter(|id| p.offers(*id)).collect();
         for id in offered {
-            self.replan(id);
+            self.ask(peer, id);
         }
     }
 
@@ -502,8 +528,9 @@ impl<P: PeerKey> Engine<P> {
                     .filter(|(id, s)| !self.wants.contains_key(id) && s.http.is_empty())
                     .map(|(id, _)| *id)
                     .collect();
+                // Neighbours forget what left their playlist too: no `Dropped` for these.
                 for id in stale {
-                    self.drop_segment(id);
+                    self.drop_segment_quietly(id);
                 }
             }
         }
@@ -554,6 +581,14 @@ impl<P: PeerKey> Engine<P> {
         }
         self.ensure_segment(segment);
         self.wants.insert(segment, deadline);
+        // Peers had a chance at it only if it was wanted a while before HTTP must take
+        // over; a start-up segment due at once says nothing about what peers can carry.
+        let window = self.http_start(segment, deadline).saturating_since(now);
+        if let Some(entry) = self.segments.get_mut(segment)
+            && window >= Duration::from_secs(1)
+        {
+            entry.p2p_window = true;
+        }
         self.drive(now);
     }
 
@@ -676,8 +711,9 @@ impl<P: PeerKey> Engine<P> {
                     p.have.insert(segment);
                     p.fetching.remove(segment);
                     p.partial.remove(&segment);
+                    p.incoming.remove(&segment);
                 }
-                self.replan(segment);
+                self.ask(peer, segment);
             }
             Message::HaveChunks { segment, chunks } => {
                 if self.in_window(segment)
@@ -685,15 +721,15 @@ impl<P: PeerKey> Engine<P> {
                 {
                     p.set_partial(segment, chunks);
                 }
-                self.replan(segment);
+                self.ask(peer, segment);
             }
-            Message::Fetching { segment } => {
+            Message::Fetching { segment, chunks } => {
                 if self.in_window(segment)
                     && let Some(p) = self.peers.get_mut(&peer)
                 {
-                    p.fetching.insert(segment);
+                    p.set_incoming(segment, chunks);
                 }
-                self.replan(segment);
+                self.ask(peer, segment);
             }
             Message::Dropped { segment } => {
                 if let Some(p) = self.peers.get_mut(&peer) {
@@ -705,8 +741,12 @@ impl<P: PeerKey> Engine<P> {
                 self.on_request(peer, id, segment, chunk, with_record)
             }
             Message::Data { id, segment, chunk, data } => {
+                let before = self.segments.get(segment).map(|s| s.held);
                 self.on_data(peer, id, segment, chunk, data);
-                self.replan(segment);
+                // Stored: it may be complete now (the full plan delivers it).
+                if self.segments.get(segment).map(|s| s.held) != before {
+                    self.replan(segment);
+                }
                 self.replan_offered_by(peer);
             }
             Message::Record { record } => {
@@ -714,9 +754,13 @@ impl<P: PeerKey> Engine<P> {
                 self.on_record(peer, record);
                 self.replan(segment);
             }
-            Message::Absent { id } | Message::Busy { id } => {
+            Message::Absent { id } | Message::Busy { id, .. } => {
                 let segment = self.requests.get(id).map(|r| r.segment);
-                self.on_refused(peer, id, matches!(message, Message::Absent { .. }));
+                let retry = match message {
+                    Message::Busy { retry_ms, .. } => Some(Duration::from_millis(u64::from(retry_ms))),
+                    _ => None,
+                };
+                self.on_refused(peer, id, retry);
                 if let Some(segment) = segment {
                     self.replan(segment);
                 }
@@ -751,7 +795,7 @@ impl<P: PeerKey> Engine<P> {
 
     fn on_request(&mut self, peer: P, id: u32, segment: SegmentId, chunk: u32, with_record: bool) {
         if !self.config.upload_enabled {
-            return self.send(peer, Message::Busy { id });
+            return self.busy(peer, id);
         }
         // Accept while what is already promised leaves within the backlog limit: on a slow
         // uplink one chunk may take longer than that, and the next must already wait.
@@ -769,13 +813,13 @@ impl<P: PeerKey> Engine<P> {
                 self.uploads.deferred.push(Deferred { peer, id, segment, chunk, with_record });
                 return;
             }
-            return self.send(peer, if busy { Message::Busy { id } } else { Message::Absent { id } });
+            return if busy { self.busy(peer, id) } else { self.send(peer, Message::Absent { id }) };
         };
         entry.last_used = self.now;
         match entry.chunks.get(chunk as usize) {
             Some(ChunkState::Have(data)) => {
                 if busy {
-                    return self.send(peer, Message::Busy { id });
+                    return self.busy(peer, id);
                 }
                 let data = data.clone();
                 if with_record {
@@ -788,7 +832,7 @@ impl<P: PeerKey> Engine<P> {
             // time out.)
             Some(ChunkState::Http(_)) => {
                 if busy || deferred_here >= MAX_DEFERRED_PER_SEGMENT {
-                    return self.send(peer, Message::Busy { id });
+                    return self.busy(peer, id);
                 }
                 self.uploads.deferred.push(Deferred { peer, id, segment, chunk, with_record: false });
                 if with_record {
@@ -797,6 +841,13 @@ impl<P: PeerKey> Engine<P> {
             }
             _ => self.send(peer, Message::Absent { id }),
         }
+    }
+
+    /// Answers request `id` of `peer` with `Busy`, saying when our uplink will have room.
+    fn busy(&mut self, peer: P, id: u32) {
+        let over = self.upload_commitment(0).saturating_sub(self.config.max_upload_backlog);
+        let retry_ms = over.as_millis().clamp(50, 2000) as u32;
+        self.send(peer, Message::Busy { id, retry_ms });
     }
 
     fn on_data(&mut self, peer: P, id: u32, segment: SegmentId, chunk: u32, data: Bytes) {
@@ -849,7 +900,10 @@ impl<P: PeerKey> Engine<P> {
         !matches!(self.freshness.check(segment, u64::MAX), Err(Stale::NoAnchor))
     }
 
-    fn on_refused(&mut self, peer: P, id: u32, absent: bool) {
+    /// `retry`: the peer answered `Busy` and asked to be left alone that long; `None`:
+    /// it answered `Absent`.
+    fn on_refused(&mut self, peer: P, id: u32, retry: Option<Duration>) {
+        let absent = retry.is_none();
         let Some(request) = self.requests.get(id) else { return };
         if request.peer != peer {
             return;
@@ -858,10 +912,11 @@ impl<P: PeerKey> Engine<P> {
         let now = self.now;
         let Some(p) = self.peers.get_mut(&peer) else { return };
         let announced = p.holds_chunk(request.segment, request.chunk);
-        if absent {
-            p.forget(request.segment);
-        } else {
-            p.busy(now, BUSY_BACKOFF);
+        match retry {
+            None => p.forget(request.segment),
+            // Its hint, within sane bounds; the old doubling backoff if it gave none.
+            Some(retry) if !retry.is_zero() => p.busy_for(now, retry.clamp(BUSY_BACKOFF / 3, Duration::from_secs(2))),
+            Some(_) => p.busy(now, BUSY_BACKOFF),
         }
         // `Absent` for what it never claimed to hold is fine (it was fetching and gave
         // up); for what it announced, and `Busy` every time, it is not.
@@ -913,7 +968,22 @@ impl<P: PeerKey> Engine<P> {
 
     /// Forgets a segment entirely, telling neighbours if they were told about it.
     fn drop_segment(&mut self, id: SegmentId) {
-        let Some(entry) = self.segments.remove(id) else { return };
+        if let Some(announced) = self.forget_segment(id)
+            && announced
+        {
+            self.broadcast(Message::Dropped { segment: id });
+        }
+    }
+
+    /// Forgets a segment that left the live window (neighbours drop it too).
+    fn drop_segment_quietly(&mut self, id: SegmentId) {
+        self.forget_segment(id);
+    }
+
+    /// Forgets a segment: cancels what is under way for it. Returns whether neighbours
+    /// had been told about it, if it was held.
+    fn forget_segment(&mut self, id: SegmentId) -> Option<bool> {
+        let entry = self.segments.remove(id)?;
         for request in self.requests.of_segment(id) {
             if let Some(r) = self.requests.remove(request) {
                 self.send(r.peer, Message::Cancel { id: request });
@@ -926,9 +996,7 @@ impl<P: PeerKey> Engine<P> {
         for d in self.uploads.take_deferred_segment(id) {
             self.send(d.peer, Message::Absent { id: d.id });
         }
-        if entry.announced.anything() {
-            self.broadcast(Message::Dropped { segment: id });
-        }
+        Some(entry.announced.anything())
     }
 
     // ---- output helpers ------------------------------------------------------------
@@ -939,6 +1007,18 @@ impl<P: PeerKey> Engine<P> {
 
     fn broadcast(&mut self, message: Message) {
         let peers: Vec<P> = self.peers.keys().copied().collect();
+        for peer in peers {
+            self.send(peer, message.clone());
+        }
+    }
+
+    /// Tells what we hold or fetch of `segment` to the neighbours that may still want
+    /// it: not to those that announced holding all of it (in a swarm that has the
+    /// segment, most of a page's announcements would otherwise go to peers that need
+    /// nothing).
+    fn announce(&mut self, segment: SegmentId, message: Message) {
+        let peers: Vec<P> =
+            self.peers.iter().filter(|(_, p)| !p.have.contains(segment)).map(|(peer, _)| *peer).collect();
         for peer in peers {
             self.send(peer, message.clone());
         }

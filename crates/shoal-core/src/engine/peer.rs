@@ -34,6 +34,8 @@ pub(crate) struct Peer {
     pub fetching: SegmentSet,
     /// Chunks it holds of segments it is still fetching.
     pub partial: BTreeMap<SegmentId, ChunkSet>,
+    /// Chunks it fetches from the origin now (it defers our requests until they arrive).
+    pub incoming: BTreeMap<SegmentId, ChunkSet>,
     /// Bytes per second it delivered to us, exponentially weighted; 0 until measured.
     pub rate: f64,
     /// Not asked anything before this (after a timeout or `Busy`).
@@ -54,6 +56,7 @@ impl Peer {
             have: SegmentSet::new(),
             fetching: SegmentSet::new(),
             partial: BTreeMap::new(),
+            incoming: BTreeMap::new(),
             rate: 0.0,
             cooldown_until: Instant::ZERO,
             busy_streak: 0,
@@ -65,11 +68,15 @@ impl Peer {
 
     /// Holds or is getting at least part of `segment`.
     pub fn offers(&self, segment: SegmentId) -> bool {
-        self.have.contains(segment) || self.fetching.contains(segment) || self.partial.contains_key(&segment)
+        self.have.contains(segment)
+            || self.fetching.contains(segment)
+            || self.partial.contains_key(&segment)
+            || self.incoming.contains_key(&segment)
     }
 
     /// Holds `chunk` of `segment` now (not just fetching it).
     pub fn holds_chunk(&self, segment: SegmentId, chunk: u32) -> bool {
+        // (What it fetches from the origin does not count: it holds it only later.)
         self.have.contains(segment) || self.partial.get(&segment).is_some_and(|c| c.contains(chunk))
     }
 
@@ -77,11 +84,22 @@ impl Peer {
         if self.rate == 0.0 { UNMEASURED_RATE } else { self.rate }
     }
 
+    /// How many requests of `chunk_bytes` to keep outstanding with it: half a second of
+    /// its measured rate (enough to hide the round trip, not so many that they queue
+    /// behind each other for long), 2 until measured, within `1..=max`.
+    pub fn request_window(&self, chunk_bytes: f64, max: usize) -> usize {
+        if self.rate == 0.0 {
+            return 2.min(max);
+        }
+        ((self.rate * 0.5 / chunk_bytes.max(1.0)).ceil() as usize).clamp(1, max)
+    }
+
     /// Forgets what it said about `segment`.
     pub fn forget(&mut self, segment: SegmentId) {
         self.have.remove(segment);
         self.fetching.remove(segment);
         self.partial.remove(&segment);
+        self.incoming.remove(&segment);
     }
 
     /// Keeps only what lies within `[low, high]`.
@@ -91,6 +109,7 @@ impl Peer {
             set.remove_above(high);
         }
         self.partial.retain(|id, _| (low..=high).contains(id));
+        self.incoming.retain(|id, _| (low..=high).contains(id));
     }
 
     pub fn set_partial(&mut self, segment: SegmentId, chunks: ChunkSet) {
@@ -98,6 +117,24 @@ impl Peer {
         while self.partial.len() > MAX_PARTIAL_PER_PEER {
             self.partial.pop_first();
         }
+    }
+
+    /// It fetches `chunks` of `segment` from the origin (all of it when empty).
+    pub fn set_incoming(&mut self, segment: SegmentId, chunks: ChunkSet) {
+        if chunks.is_empty() {
+            self.fetching.insert(segment);
+            return;
+        }
+        self.incoming.insert(segment, chunks);
+        while self.incoming.len() > MAX_PARTIAL_PER_PEER {
+            self.incoming.pop_first();
+        }
+    }
+
+    /// It answered `Busy` and asked to be left alone for `retry`.
+    pub fn busy_for(&mut self, now: Instant, retry: Duration) {
+        self.busy_streak = self.busy_streak.saturating_add(1);
+        self.cooldown_until = now + retry;
     }
 
     /// A chunk of `bytes` arrived `elapsed` after we asked.

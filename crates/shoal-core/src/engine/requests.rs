@@ -120,7 +120,14 @@ mod tests {
 
     fn request(peer: u8, segment: u64, chunk: u32, at_ms: u64) -> Request<u8> {
         let sent = Instant::from_micros(at_ms * 1000);
-        Request { peer, segment: SegmentId(segment), chunk, sent, expires: sent + Duration::from_secs(1), with_record: false }
+        Request {
+            peer,
+            segment: SegmentId(segment),
+            chunk,
+            sent,
+            expires: sent + Duration::from_secs(1),
+            with_record: false,
+        }
     }
 
     #[test]

@@ -9,7 +9,7 @@ use bytes::Bytes;
 use rand::{Rng, seq::SliceRandom};
 
 use super::{
-    ChunkState, Engine, Event, Misbehaviour, Output, PeerKey,
+    ChunkSet, ChunkState, Engine, Event, Misbehaviour, Output, PeerKey,
     http::{Fetch, Why},
     requests::Request,
     segment::{Announced, MAX_SEGMENTS},
@@ -34,10 +34,18 @@ impl<P: PeerKey> Engine<P> {
         self.expire_requests();
         let all = std::mem::take(&mut self.replan_all);
         let marked = std::mem::take(&mut self.replan);
+        let asks = std::mem::take(&mut self.ask);
         let wanted: Vec<(SegmentId, Instant)> =
             self.wants.iter().filter(|(s, _)| all || marked.contains(s)).map(|(s, d)| (*s, *d)).collect();
         for (segment, deadline) in wanted {
             self.advance(segment, Some(deadline));
+        }
+        if !all {
+            for (peer, segment) in asks {
+                if !marked.contains(&segment) {
+                    self.ask_peer(peer, segment);
+                }
+            }
         }
         let prefetch = if all || marked.iter().any(|s| !self.wants.contains_key(s)) {
             self.prefetch_candidates()
@@ -142,7 +150,8 @@ impl<P: PeerKey> Engine<P> {
         let chunks: Vec<u32> = (0..take).map(|i| (start + i) % count).collect();
         let mut flags = vec![false; count as usize];
         for c in chunks {
-            let missing = matches!(self.segments.get(id).and_then(|s| s.chunks.get(c as usize)), Some(ChunkState::Missing));
+            let missing =
+                matches!(self.segments.get(id).and_then(|s| s.chunks.get(c as usize)), Some(ChunkState::Missing));
             flags[c as usize] = missing && !self.requests.is_requested(id, c);
         }
         let runs = runs_of(flags.into_iter());
@@ -229,7 +238,9 @@ impl<P: PeerKey> Engine<P> {
     /// Whether `peer` can take a request for `segment` now.
     fn usable(&self, peer: &P) -> bool {
         self.peers.get(peer).is_some_and(|p| {
-            p.hello && self.now >= p.cooldown_until && self.requests.inflight(peer) < self.config.max_inflight_per_peer
+            p.hello
+                && self.now >= p.cooldown_until
+                && self.requests.inflight(peer) < p.request_window(65_536.0, self.config.max_inflight_per_peer)
         })
     }
 
@@ -262,83 +273,98 @@ impl<P: PeerKey> Engine<P> {
     /// `cutoff`: HTTP takes over at this moment; a peer is only asked for a chunk it can
     /// deliver before (what it would send later is wasted).
     fn request_missing(&mut self, id: SegmentId, cutoff: Option<Instant>) -> bool {
-        struct Candidate<P> {
+        struct Candidate<'a, P> {
             peer: P,
             /// Which chunks it holds now (`None`: all of them).
-            chunks: Option<crate::availability::ChunkSet>,
+            chunks: Option<&'a ChunkSet>,
+            /// Which chunks it fetches from the origin now.
+            incoming: Option<&'a ChunkSet>,
             from_origin: bool,
             rate: f64,
             inflight: usize,
+            window: usize,
         }
-        let Some(entry) = self.segments.get(id) else { return false };
-        let mut missing: Vec<u32> = entry.missing().filter(|c| !self.requests.is_requested(id, *c)).collect();
+        let Engine { segments, peers, requests, rng, config, now, .. } = self;
+        let now = *now;
+        let Some(entry) = segments.get(id) else { return false };
+        let mut missing: Vec<u32> = entry.missing().filter(|c| !requests.is_requested(id, *c)).collect();
+        if missing.is_empty() {
+            return true; // all on its way
+        }
         let chunk_bytes = entry.record.as_ref().map_or(65_536.0, |r| f64::from(r.record.chunk_size));
-        let max_inflight = self.config.max_inflight_per_peer;
         let mut offered = false;
-        let mut holders = vec![0u32; entry.chunks.len()];
-        let mut candidates: Vec<Candidate<P>> = Vec::new();
-        for (peer, p) in &self.peers {
+        let mut holders = vec![0u32; if missing.len() > 1 { entry.chunks.len() } else { 0 }];
+        let mut candidates: Vec<Candidate<'_, P>> = Vec::new();
+        for (peer, p) in peers.iter() {
             if !p.hello {
                 continue;
             }
             let whole = p.have.contains(id);
             let partial = if whole { None } else { p.partial.get(&id) };
-            if whole {
-                holders.iter_mut().for_each(|h| *h += 1);
-            } else if let Some(set) = partial {
-                for chunk in set.iter() {
-                    if let Some(h) = holders.get_mut(chunk as usize) {
-                        *h += 1;
+            let incoming = if whole { None } else { p.incoming.get(&id) };
+            if !holders.is_empty() {
+                if whole {
+                    holders.iter_mut().for_each(|h| *h += 1);
+                } else if let Some(set) = partial {
+                    for chunk in set.iter() {
+                        if let Some(h) = holders.get_mut(chunk as usize) {
+                            *h += 1;
+                        }
                     }
                 }
             }
-            let from_origin = p.fetching.contains(id);
-            if !(whole || partial.is_some() || from_origin) {
+            let from_origin = !whole && p.fetching.contains(id);
+            if !(whole || partial.is_some() || from_origin || incoming.is_some()) {
                 continue;
             }
             offered = true;
-            if self.now < p.cooldown_until || missing.is_empty() {
+            if now < p.cooldown_until {
                 continue;
             }
-            let inflight = self.requests.inflight(peer);
-            if inflight >= max_inflight {
+            let inflight = requests.inflight(peer);
+            let window = p.request_window(chunk_bytes, config.max_inflight_per_peer);
+            if inflight >= window {
                 continue;
             }
             // Its answer would come after HTTP took over: not worth its upload.
-            let expected = Duration::from_secs_f64(chunk_bytes * (inflight + 1) as f64 / p.effective_rate());
-            if cutoff.is_some_and(|c| self.now + expected > c) {
+            let rate = p.effective_rate();
+            if let Some(cutoff) = cutoff
+                && now + Duration::from_secs_f64(chunk_bytes * (inflight + 1) as f64 / rate) > cutoff
+            {
                 continue;
             }
-            candidates.push(Candidate {
-                peer: *peer,
-                chunks: if whole { None } else { Some(partial.cloned().unwrap_or_default()) },
-                from_origin,
-                rate: p.effective_rate(),
-                inflight,
-            });
+            candidates.push(Candidate { peer: *peer, chunks: partial, incoming, from_origin, rate, inflight, window });
+            if whole {
+                candidates.last_mut().into_iter().for_each(|c| c.chunks = None);
+            }
         }
-        if candidates.is_empty() || self.requests.len() >= self.config.max_inflight_total {
+        if candidates.is_empty() || requests.len() >= config.max_inflight_total {
             return offered;
         }
         // Rarest first: a chunk few neighbours hold is the one to spread; random among
         // equals, so that peers fetching from the same holder get different chunks and
         // trade them with each other.
-        missing.shuffle(&mut self.rng);
-        missing.sort_by_key(|c| holders.get(*c as usize).copied().unwrap_or(0));
+        missing.shuffle(rng);
+        if !holders.is_empty() {
+            missing.sort_by_key(|c| holders.get(*c as usize).copied().unwrap_or(0));
+        }
+        let mut plan: Vec<(P, u32)> = Vec::new();
+        let budget = config.max_inflight_total.saturating_sub(requests.len());
         for chunk in missing {
-            if self.requests.len() >= self.config.max_inflight_total {
+            if plan.len() >= budget {
                 break;
             }
             let mut best: Option<(f64, usize)> = None;
             for (i, c) in candidates.iter().enumerate() {
-                if c.inflight >= max_inflight {
+                if c.inflight >= c.window {
                     continue;
                 }
-                let holds = c.chunks.as_ref().is_none_or(|set| set.contains(chunk));
-                if !holds && !c.from_origin {
+                let holds = c.chunks.is_none_or(|set| set.contains(chunk));
+                let coming = c.from_origin || c.incoming.is_some_and(|set| set.contains(chunk));
+                if !holds && !coming {
                     continue;
                 }
-                let mut score = c.rate * (0.8 + 0.4 * self.rng.r#gen::<f64>()) / (1 + c.inflight) as f64;
+                let mut score = c.rate * (0.8 + 0.4 * rng.r#gen::<f64>()) / (1 + c.inflight) as f64;
                 if !holds {
                     score *= 0.1;
                 }
@@ -348,16 +374,91 @@ impl<P: PeerKey> Engine<P> {
             }
             if let Some((_, i)) = best {
                 candidates[i].inflight += 1;
-                let peer = candidates[i].peer;
-                self.request(peer, id, chunk, false);
+                plan.push((candidates[i].peer, chunk));
             }
+        }
+        for (peer, chunk) in plan {
+            self.request(peer, id, chunk, false);
         }
         offered
     }
 
+    /// Asks `peer` alone for chunks of `segment` it offers and we miss (the incremental
+    /// step after it announced more, or freed a request slot): wanted segments before
+    /// HTTP takes them over, and prefetch candidates.
+    fn ask_peer(&mut self, peer: P, segment: SegmentId) {
+        if !self.config.p2p_download_enabled || self.requests.len() >= self.config.max_inflight_total {
+            return;
+        }
+        let cutoff = match self.wants.get(&segment) {
+            Some(deadline) => Some(self.http_start(segment, *deadline)),
+            None => {
+                let newest = self.wants.last_key_value().map(|(id, _)| *id);
+                let ahead = newest.is_some_and(|n| {
+                    segment > n && segment.0 - n.0 <= u64::from(self.config.prefetch_ahead)
+                });
+                if !ahead || !self.in_window(segment) {
+                    return;
+                }
+                self.ensure_segment(segment);
+                None
+            }
+        };
+        if cutoff.is_some_and(|c| self.now >= c) {
+            return; // HTTP's now
+        }
+        let Some(entry) = self.segments.get(segment) else { return };
+        let Some(record) = entry.record.clone() else {
+            // Nothing to check its chunks against: the full plan asks for the record.
+            self.replan(segment);
+            return;
+        };
+        let Some(p) = self.peers.get(&peer) else { return };
+        if !p.hello || self.now < p.cooldown_until {
+            return;
+        }
+        let chunk_bytes = f64::from(record.record.chunk_size);
+        let window = p.request_window(chunk_bytes, self.config.max_inflight_per_peer);
+        let mut inflight = self.requests.inflight(&peer);
+        let whole = p.have.contains(segment);
+        let mut wanted: Vec<u32> = entry
+            .missing()
+            .filter(|c| !self.requests.is_requested(segment, *c))
+            .filter(|c| {
+                whole
+                    || p.partial.get(&segment).is_some_and(|set| set.contains(*c))
+                    || p.incoming.get(&segment).is_some_and(|set| set.contains(*c))
+                    || p.fetching.contains(segment)
+            })
+            .collect();
+        wanted.shuffle(&mut self.rng);
+        let rate = p.effective_rate();
+        for chunk in wanted {
+            if inflight >= window || self.requests.len() >= self.config.max_inflight_total {
+                break;
+            }
+            let expected = Duration::from_secs_f64(chunk_bytes * (inflight + 1) as f64 / rate);
+            if cutoff.is_some_and(|c| self.now + expected > c) {
+                break;
+            }
+            self.request(peer, segment, chunk, false);
+            inflight += 1;
+        }
+    }
+
     fn request(&mut self, peer: P, segment: SegmentId, chunk: u32, with_record: bool) {
         let now = self.now;
-        let expires = now + self.config.chunk_timeout;
+        // Three times what the peer's measured rate says the answer needs (behind what we
+        // already asked of it), never less than the configured timeout.
+        let chunk_bytes = self
+            .segments
+            .get(segment)
+            .and_then(|s| s.record.as_ref())
+            .map_or(65_536.0, |r| f64::from(r.record.chunk_size));
+        let queued = (self.requests.inflight(&peer) + 1) as f64;
+        let rate = self.peers.get(&peer).map_or(1.0, |p| p.effective_rate());
+        let expected = Duration::from_secs_f64((3.0 * chunk_bytes * queued / rate).min(30.0));
+        let expires = now + self.config.chunk_timeout.max(expected);
         let id = self.requests.insert(Request { peer, segment, chunk, sent: now, expires, with_record });
         self.send(peer, Message::Request { id, segment, chunk, with_record });
     }
@@ -372,7 +473,8 @@ impl<P: PeerKey> Engine<P> {
             None if !entry.http.is_empty() => return false,
             None => Vec::new(),
             Some(_) => {
-                let runs = runs_of(entry.chunks.iter().map(|c| !matches!(c, ChunkState::Have(_) | ChunkState::Http(_))));
+                let runs =
+                    runs_of(entry.chunks.iter().map(|c| !matches!(c, ChunkState::Have(_) | ChunkState::Http(_))));
                 if runs.is_empty() {
                     return false;
                 }
@@ -530,28 +632,32 @@ impl<P: PeerKey> Engine<P> {
         }
         let Some(entry) = self.segments.get_mut(id) else { return };
         self.stats.segments_delivered += 1;
-        let (late, size) = (std::mem::take(&mut entry.late_bytes), entry.size());
+        let (late, size, fair) = (std::mem::take(&mut entry.late_bytes), entry.size(), entry.p2p_window);
         // Network bytes are reported once: a second delivery of a held segment is free.
         let (from_peers, from_http) = (entry.from_peers, entry.from_http);
         entry.from_peers = 0;
         entry.from_http = 0;
         let delivery = super::Delivery { segment: id, chunks: entry.data(), size, from_peers, from_http };
         self.outputs.push_back(Output::Deliver(delivery));
-        if from_peers + from_http > 0 {
+        if from_peers + from_http > 0 && fair {
             self.learn_from_delivery(late, size);
         }
     }
 
-    /// Adjusts the early share after a segment arrived: up when more of it than the
-    /// target came at the last moment (peers could not carry it), slowly down when
-    /// none did.
+    /// Adjusts the early share after a segment peers had a fair chance at arrived: up
+    /// when more of it than the target came at the last moment (peers could not carry
+    /// it), down by a tenth when less did.
     fn learn_from_delivery(&mut self, late: u64, size: u64) {
         if size == 0 || !self.config.p2p_download_enabled {
             return;
         }
         let late_share = late as f64 / size as f64;
-        let step = 0.25 * (late_share - self.config.late_http_target);
-        self.early_extra = (self.early_extra + step).clamp(0.0, self.config.max_early_fraction);
+        self.early_extra = if late_share > self.config.late_http_target {
+            self.early_extra + 0.25 * (late_share - self.config.late_http_target)
+        } else {
+            self.early_extra * 0.9
+        }
+        .clamp(0.0, self.config.max_early_fraction);
     }
 
     /// Hands queued chunks to the network while it holds less than
@@ -602,32 +708,52 @@ impl<P: PeerKey> Engine<P> {
         let mut changes = Vec::new();
         for segment in dirty {
             let Some(entry) = self.segments.get_mut(segment) else { continue };
-            let before = entry.announced;
+            let before = entry.announced.clone();
             if entry.complete() {
                 if !before.complete {
-                    changes.push(Message::Have { segment });
-                    entry.announced = Announced { complete: true, ..before };
+                    changes.push((segment, Message::Have { segment }));
+                    entry.announced = Announced { complete: true, ..Announced::default() };
                 }
                 continue;
             }
-            let mut state = before;
-            if !entry.http.is_empty() && !before.http {
-                changes.push(Message::Fetching { segment });
-                state.http = true;
-            }
-            if entry.held > before.chunks {
-                changes.push(Message::HaveChunks { segment, chunks: entry.held_chunks() });
-                state.chunks = entry.held;
+            let mut state = before.clone();
+            if entry.record.is_none() {
+                if !entry.http.is_empty() && !before.fetching_whole {
+                    changes.push((segment, Message::Fetching { segment, chunks: ChunkSet::new() }));
+                    state.fetching_whole = true;
+                }
+            } else {
+                let fetching = entry.http_chunks();
+                if fetching.iter().any(|c| !before.fetching.contains(c)) {
+                    changes.push((segment, Message::Fetching { segment, chunks: fetching.clone() }));
+                    state.fetching = fetching;
+                }
+                // Chunks from the origin were announced as coming; only what came from
+                // peers is news.
+                let held = entry.held_chunks();
+                let news = held
+                    .iter()
+                    .any(|c| !before.held.contains(c) && !before.fetching.contains(c) && !state.fetching.contains(c));
+                if news {
+                    changes.push((segment, Message::HaveChunks { segment, chunks: held.clone() }));
+                    state.held = held;
+                }
             }
             if entry.http.is_empty() && entry.held == 0 && before.anything() {
                 // Gave up (HTTP failed, requests cancelled): don't keep attracting requests.
-                changes.push(Message::Dropped { segment });
+                changes.push((segment, Message::Dropped { segment }));
                 state = Announced::default();
             }
             entry.announced = state;
         }
-        for message in changes {
-            self.broadcast(message);
+        for (segment, message) in changes {
+            // `Dropped` goes to everyone: a neighbour that holds the segment may still
+            // count on us as a source of it.
+            if matches!(message, Message::Dropped { .. }) {
+                self.broadcast(message);
+            } else {
+                self.announce(segment, message);
+            }
         }
     }
 

@@ -25,19 +25,21 @@ pub(crate) enum ChunkState {
 }
 
 /// What neighbours were last told about a segment.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub(crate) struct Announced {
-    /// `Fetching` was sent (an HTTP fetch is under way).
-    pub http: bool,
+    /// Chunks announced as coming from the origin (`Fetching`).
+    pub fetching: ChunkSet,
+    /// `Fetching` of the whole segment (before its record was known) was sent.
+    pub fetching_whole: bool,
     /// Chunks covered by the last `HaveChunks`.
-    pub chunks: u32,
+    pub held: ChunkSet,
     /// `Have` was sent.
     pub complete: bool,
 }
 
 impl Announced {
     pub fn anything(&self) -> bool {
-        self.http || self.chunks > 0 || self.complete
+        self.fetching_whole || !self.fetching.is_empty() || !self.held.is_empty() || self.complete
     }
 }
 
@@ -61,6 +63,8 @@ pub(crate) struct Segment {
     pub early_done: bool,
     /// Bytes of it that came by last-moment HTTP (feedback for the early share).
     pub late_bytes: u64,
+    /// Whether peers had a fair chance at it: wanted well before HTTP had to take over.
+    pub p2p_window: bool,
 }
 
 impl Segment {
@@ -79,6 +83,7 @@ impl Segment {
             last_used: now,
             early_done: false,
             late_bytes: 0,
+            p2p_window: false,
         }
     }
 
@@ -93,6 +98,13 @@ impl Segment {
     pub fn held_chunks(&self) -> ChunkSet {
         ChunkSet::from_chunks(
             self.chunks.iter().enumerate().filter(|(_, c)| matches!(c, ChunkState::Have(_))).map(|(i, _)| i as u32),
+        )
+    }
+
+    /// Chunks an HTTP fetch covers now.
+    pub fn http_chunks(&self) -> ChunkSet {
+        ChunkSet::from_chunks(
+            self.chunks.iter().enumerate().filter(|(_, c)| matches!(c, ChunkState::Http(_))).map(|(i, _)| i as u32),
         )
     }
 
@@ -143,7 +155,11 @@ impl Segments {
 
     /// Chunk size of the newest segment with a record (64 KiB before any).
     pub fn typical_chunk(&self) -> u64 {
-        self.map.values().rev().find_map(|s| s.record.as_ref().map(|r| u64::from(r.record.chunk_size))).unwrap_or(65_536)
+        self.map
+            .values()
+            .rev()
+            .find_map(|s| s.record.as_ref().map(|r| u64::from(r.record.chunk_size)))
+            .unwrap_or(65_536)
     }
 
     pub fn contains(&self, id: SegmentId) -> bool {

@@ -201,7 +201,13 @@ mod tests {
     fn cancel_and_forget_only_touch_their_peer() {
         let mut uploads: Uploads<u8> = Uploads::new(None, at(0));
         for (peer, id) in [(1, 1), (1, 2), (2, 1)] {
-            uploads.queue.push_back(Upload { peer, id, segment: SegmentId(1), chunk: 0, data: Bytes::from_static(b"x") });
+            uploads.queue.push_back(Upload {
+                peer,
+                id,
+                segment: SegmentId(1),
+                chunk: 0,
+                data: Bytes::from_static(b"x"),
+            });
         }
         uploads.deferred.push(Deferred { peer: 2, id: 9, segment: SegmentId(2), chunk: 0, with_record: false });
         assert!(uploads.cancel(&1, 2));
