@@ -299,6 +299,10 @@ pub struct Report {
     /// segment nobody had, or a deadline.
     pub http_early: u64,
     pub http_seeds: u64,
+    /// Origin bytes by why they were fetched: early (shares of new segments, seeds) or
+    /// at the last moment (due).
+    pub http_bytes_early: u64,
+    pub http_bytes_late: u64,
     pub http_urgent: u64,
     pub messages: u64,
     /// Messages by type (what the swarm's chatter is made of).

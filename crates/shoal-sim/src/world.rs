@@ -896,6 +896,8 @@ impl World {
             latency_samples += v.player.latency_samples;
             report.chunk_timeouts += v.engine.stats().chunk_timeouts;
             report.http_early += v.engine.stats().http_early;
+            report.http_bytes_early += v.engine.stats().http_bytes_early;
+            report.http_bytes_late += v.engine.stats().http_bytes_late;
             report.http_seeds += v.engine.stats().http_seeds;
             report.http_urgent += v.engine.stats().http_urgent;
             if v.malicious && !v.corrupted.is_empty() {

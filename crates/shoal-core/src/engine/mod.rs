@@ -193,6 +193,11 @@ pub struct Stats {
     pub http_no_p2p: u64,
     /// Records from peers refused as stale (replays).
     pub stale_records: u64,
+    /// Of `bytes_from_http`: fetched early (shares of new segments, seeding) / at the
+    /// last moment (the segment was due) / with peer download off.
+    pub http_bytes_early: u64,
+    pub http_bytes_late: u64,
+    pub http_bytes_no_p2p: u64,
 }
 
 /// A segment the playlist lists.
@@ -211,6 +216,8 @@ const MAX_WANTS: usize = 128;
 const MAX_SPARE_RECORDS: usize = 256;
 /// Most requests waiting for a chunk that is still on its way to us, per segment.
 const MAX_DEFERRED_PER_SEGMENT: usize = 64;
+/// Segments wanted in the engine's first seconds do not teach the early share.
+const LEARN_AFTER: Duration = Duration::from_secs(10);
 /// How long a peer that answered `Busy` is left alone at first: its queue drains in
 /// well under a second, and a segment's whole peer-to-peer window is a few seconds.
 const BUSY_BACKOFF: Duration = Duration::from_millis(150);
@@ -242,6 +249,9 @@ pub struct Engine<P: PeerKey> {
     handed_over: u64,
     /// What this viewer adds to its early share of each new segment (learnt).
     early_extra: f64,
+    /// When the engine started: the first seconds (no neighbours yet, everything due at
+    /// once) teach nothing about what peers can carry.
+    started: Instant,
     /// Segments whose state changed since neighbours were last told.
     dirty: Vec<SegmentId>,
     /// Segments whose plan an input may have changed; everything if `replan_all`.
@@ -282,6 +292,7 @@ impl<P: PeerKey> Engine<P> {
             uplink_rate: 0.0,
             handed_over: 0,
             early_extra: 0.0,
+            started: now,
             dirty: Vec::new(),
             replan: std::collections::BTreeSet::new(),
             replan_all: true,
@@ -584,8 +595,10 @@ impl<P: PeerKey> Engine<P> {
         // Peers had a chance at it only if it was wanted a while before HTTP must take
         // over; a start-up segment due at once says nothing about what peers can carry.
         let window = self.http_start(segment, deadline).saturating_since(now);
+        let settled = now.saturating_since(self.started) >= LEARN_AFTER;
         if let Some(entry) = self.segments.get_mut(segment)
             && window >= Duration::from_secs(1)
+            && settled
         {
             entry.p2p_window = true;
         }

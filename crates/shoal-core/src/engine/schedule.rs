@@ -589,6 +589,11 @@ impl<P: PeerKey> Engine<P> {
         for (index, chunk) in pieces {
             let len = chunk.len() as u64;
             self.stats.bytes_from_http += len;
+            match fetch.why {
+                Why::Early | Why::Seed => self.stats.http_bytes_early += len,
+                Why::Urgent => self.stats.http_bytes_late += len,
+                Why::NoP2p => self.stats.http_bytes_no_p2p += len,
+            }
             if let Some(e) = self.segments.get_mut(segment) {
                 e.from_http += len;
                 if fetch.why == Why::Urgent {
@@ -646,7 +651,7 @@ impl<P: PeerKey> Engine<P> {
 
     /// Adjusts the early share after a segment peers had a fair chance at arrived: up
     /// when more of it than the target came at the last moment (peers could not carry
-    /// it), down by a tenth when less did.
+    /// it), down by a fifth when less did.
     fn learn_from_delivery(&mut self, late: u64, size: u64) {
         if size == 0 || !self.config.p2p_download_enabled {
             return;
@@ -655,7 +660,7 @@ impl<P: PeerKey> Engine<P> {
         self.early_extra = if late_share > self.config.late_http_target {
             self.early_extra + 0.25 * (late_share - self.config.late_http_target)
         } else {
-            self.early_extra * 0.9
+            self.early_extra * 0.8
         }
         .clamp(0.0, self.config.max_early_fraction);
     }
