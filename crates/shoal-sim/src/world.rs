@@ -160,6 +160,8 @@ struct World {
     end: Instant,
     /// `SHOAL_SIM_MESSAGES=<segment>`: print every message about it (debugging).
     trace_messages: Option<u64>,
+    /// `SHOAL_SIM_UPLOAD_SERIES=1`: bulk bytes sent per second, printed at the end.
+    upload_series: Option<BTreeMap<u64, u64>>,
 }
 
 /// Runs `scenario` to the end and reports what happened (without the HTTP-only
@@ -236,6 +238,7 @@ impl World {
             segment_size,
             end,
             trace_messages: std::env::var("SHOAL_SIM_MESSAGES").ok().and_then(|v| v.parse().ok()),
+            upload_series: std::env::var("SHOAL_SIM_UPLOAD_SERIES").ok().map(|_| BTreeMap::new()),
         }
     }
 
@@ -757,6 +760,11 @@ impl World {
         // the browser: SCTP interleaves them, so a small announcement or `Busy` never
         // waits behind megabytes of chunks. Data serialises on both access links.
         let bulk = matches!(message, Message::Data { .. } | Message::Record { .. });
+        if bulk && let Some(series) = self.upload_series.as_mut() {
+            let second = now.as_micros() / 1_000_000;
+            let slot = series.entry(second).or_default();
+            *slot += size;
+        }
         let (latency, up_bps, uplink_free) = {
             let v = &self.viewers[from as usize];
             (v.latency, v.up_bps, v.uplink_free)
@@ -852,6 +860,12 @@ impl World {
     // ---- the report ---------------------------------------------------------------------
 
     fn finish(mut self) -> Report {
+        if let Some(series) = &self.upload_series {
+            let capacity: f64 = self.viewers.iter().filter(|v| v.alive).map(|v| v.up_bps as f64 / 8.0).sum();
+            for (second, bytes) in series {
+                eprintln!("upload t={second} bytes={bytes} share_of_final_capacity={:.2}", *bytes as f64 / capacity);
+            }
+        }
         let mut report = std::mem::take(&mut self.report);
         report.segment_bytes = self.segment_size;
         let total = report.bytes_from_peers + report.bytes_from_http;

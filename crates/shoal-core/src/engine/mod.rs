@@ -443,15 +443,18 @@ impl<P: PeerKey> Engine<P> {
         let (have, fetching) = self.availability();
         self.send(peer, Message::Availability { have, fetching });
         if self.config.upload_enabled {
-            let partial: Vec<(SegmentId, ChunkSet)> = self
-                .segments
-                .map
-                .iter()
-                .filter(|(_, s)| !s.complete() && s.held > 0)
-                .map(|(id, s)| (*id, s.held_chunks()))
-                .collect();
-            for (segment, chunks) in partial {
-                self.send(peer, Message::HaveChunks { segment, chunks });
+            let mut partial = Vec::new();
+            for (id, s) in self.segments.map.iter().filter(|(_, s)| !s.complete() && s.record.is_some()) {
+                if s.held > 0 {
+                    partial.push(Message::HaveChunks { segment: *id, chunks: s.held_chunks() });
+                }
+                let coming = s.http_chunks();
+                if !coming.is_empty() {
+                    partial.push(Message::Fetching { segment: *id, chunks: coming });
+                }
+            }
+            for message in partial {
+                self.send(peer, message);
             }
         }
         self.drive(now);
@@ -484,7 +487,8 @@ impl<P: PeerKey> Engine<P> {
         self.outputs.push_back(Output::Disconnect { peer, reason });
     }
 
-    /// What we announce: complete segments, and those we fetch from the origin.
+    /// What we announce: complete segments, and those we fetch whole from the origin
+    /// (record unknown). Chunks of the others go in `HaveChunks`/`Fetching` of their own.
     fn availability(&self) -> (SegmentSet, SegmentSet) {
         let mut have = SegmentSet::new();
         let mut fetching = SegmentSet::new();
@@ -492,7 +496,7 @@ impl<P: PeerKey> Engine<P> {
             for (id, segment) in &self.segments.map {
                 if segment.complete() {
                     have.insert(*id);
-                } else if !segment.http.is_empty() {
+                } else if !segment.http.is_empty() && segment.record.is_none() {
                     fetching.insert(*id);
                 }
             }
@@ -852,7 +856,13 @@ impl<P: PeerKey> Engine<P> {
                     self.send(peer, Message::Record { record });
                 }
             }
-            _ => self.send(peer, Message::Absent { id }),
+            _ => {
+                // It asked for the record with a chunk we lack: the record still helps.
+                if with_record {
+                    self.send(peer, Message::Record { record });
+                }
+                self.send(peer, Message::Absent { id });
+            }
         }
     }
 

@@ -16,6 +16,9 @@ use super::{
 };
 use crate::{integrity::SegmentId, time::Instant, wire::Message};
 
+/// The empty chunk set, to point at.
+static NO_CHUNKS: std::sync::LazyLock<ChunkSet> = std::sync::LazyLock::new(ChunkSet::new);
+
 /// Most separate byte ranges one segment is fetched in at once; closer runs of missing
 /// chunks are merged (re-fetching the few held chunks between them).
 const MAX_HTTP_RANGES: usize = 3;
@@ -203,7 +206,11 @@ impl<P: PeerKey> Engine<P> {
             let allowed = !self.config.live || self.freshness_known(id);
             let source = if allowed { self.sources(id).first().copied() } else { None };
             if let Some(peer) = source {
-                self.request(peer, id, 0, true);
+                // With a chunk it holds or fetches, so the answer carries data too.
+                let chunk = self.peers.get(&peer).map_or(0, |p| {
+                    p.partial.get(&id).or(p.incoming.get(&id)).and_then(|set| set.iter().next()).unwrap_or(0)
+                });
+                self.request(peer, id, chunk, true);
             } else if seed_due && !self.has_source(id) {
                 self.seed(id);
             }
@@ -333,10 +340,9 @@ impl<P: PeerKey> Engine<P> {
             {
                 continue;
             }
-            candidates.push(Candidate { peer: *peer, chunks: partial, incoming, from_origin, rate, inflight, window });
-            if whole {
-                candidates.last_mut().into_iter().for_each(|c| c.chunks = None);
-            }
+            // `chunks: None` means all of them: only for a peer holding the whole segment.
+            let chunks = if whole { None } else { Some(partial.unwrap_or(&NO_CHUNKS)) };
+            candidates.push(Candidate { peer: *peer, chunks, incoming, from_origin, rate, inflight, window });
         }
         if candidates.is_empty() || requests.len() >= config.max_inflight_total {
             return offered;
