@@ -8,9 +8,9 @@ use thiserror::Error;
 #[derive(Debug, Clone)]
 pub struct Config {
     /// A wanted segment whose deadline is closer than this is fetched over HTTP, whatever
-    /// peers offer. An HTTP fetch of a few hundred KB takes a few hundred ms; the engine
-    /// widens the window to three measured fetch times when the origin is slower, so a
-    /// retry still fits before the player would stall.
+    /// peers offer. The engine widens it to what is missing of the segment at the
+    /// slowest recent origin speed plus once more at the usual speed, so that a slow
+    /// response, or a retry, still arrives before the player would stall.
     pub urgent_window: Duration,
     /// How many segments past the newest wanted one are fetched from peers ahead of the
     /// player once neighbours announce them (never from HTTP).
@@ -75,7 +75,7 @@ pub struct Config {
 impl Default for Config {
     fn default() -> Self {
         Self {
-            urgent_window: Duration::from_millis(1200),
+            urgent_window: Duration::from_millis(600),
             prefetch_ahead: 2,
             seed_spread_time: Duration::from_millis(150),
             seeders_per_segment: 1.0,

@@ -193,9 +193,14 @@ pub struct Scenario {
     /// retransmission costs.
     pub loss: (f64, f64),
     pub retransmit_delay: Duration,
-    /// Origin: time to first byte and per-request throughput.
+    /// Origin: time to first byte and per-request throughput. Each request's time to
+    /// first byte is `origin_ttfb` × (0.5 + an exponential draw of mean 0.5), and
+    /// `origin_slow_fraction` of requests are `origin_slow_factor` times slower still
+    /// (a cache miss, a congested edge): an origin is never perfectly steady.
     pub origin_ttfb: Duration,
     pub origin_bps: u64,
+    pub origin_slow_fraction: f64,
+    pub origin_slow_factor: u32,
     /// Fraction of viewers leaving (and as many joining) per minute after the join phase.
     pub churn_per_minute: f64,
     /// Fraction of viewers whose upload is divided by `slow_factor`.
@@ -233,6 +238,8 @@ impl Default for Scenario {
             retransmit_delay: Duration::from_millis(200),
             origin_ttfb: Duration::from_millis(40),
             origin_bps: 50_000_000,
+            origin_slow_fraction: 0.02,
+            origin_slow_factor: 5,
             churn_per_minute: 0.0,
             slow_fraction: 0.0,
             slow_factor: 10,

@@ -80,6 +80,12 @@ struct Args {
     /// Engine setting: peers expected to seed a new segment from the origin.
     #[arg(long)]
     seeders: Option<f64>,
+    /// Engine setting: the urgent window, milliseconds.
+    #[arg(long)]
+    urgent_ms: Option<u64>,
+    /// Engine setting: most early copies of each chunk.
+    #[arg(long)]
+    early_copies: Option<f64>,
 }
 
 fn rate(text: &str) -> Result<u64, String> {
@@ -126,6 +132,12 @@ fn scenario(args: Args) -> Result<Scenario, String> {
     scenario.engine.p2p_download_enabled = !args.http_only;
     if let Some(seeders) = args.seeders {
         scenario.engine.seeders_per_segment = seeders;
+    }
+    if let Some(ms) = args.urgent_ms {
+        scenario.engine.urgent_window = Duration::from_millis(ms);
+    }
+    if let Some(copies) = args.early_copies {
+        scenario.engine.early_copies = copies;
     }
     Ok(scenario)
 }

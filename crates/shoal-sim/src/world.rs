@@ -851,8 +851,15 @@ impl World {
         let size = body.len() as u64;
         self.origin.egress += size;
         let v = &mut self.viewers[viewer as usize];
-        let rate = v.down_bps.min(self.scenario.origin_bps);
-        let first_byte = now + self.scenario.origin_ttfb + v.latency * 2;
+        let mut rate = v.down_bps.min(self.scenario.origin_bps);
+        let jitter = 0.5 - 0.5 * (1.0 - v.rng.r#gen::<f64>()).ln();
+        let mut ttfb = self.scenario.origin_ttfb.mul_f64(jitter);
+        if v.rng.gen_bool(self.scenario.origin_slow_fraction.clamp(0.0, 1.0)) {
+            let factor = self.scenario.origin_slow_factor.max(1);
+            ttfb *= factor;
+            rate = (rate / u64::from(factor)).max(1);
+        }
+        let first_byte = now + ttfb + v.latency * 2;
         v.http.insert(id);
         self.schedule(first_byte, Event::Downlink { to: viewer, inbound: Inbound::Http { id, body, rate } });
     }

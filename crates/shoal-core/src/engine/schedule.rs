@@ -163,16 +163,16 @@ impl<P: PeerKey> Engine<P> {
         }
     }
 
-    /// When HTTP must take over what is missing of `id` to have it by `deadline`: the
-    /// measured time to fetch it, twice (room for one retry), and never less than the
-    /// configured urgent window.
+    /// When HTTP must take over what is missing of `id` to have it by `deadline`: room
+    /// for the slowest recent fetch of that much, and for a retry at the usual speed;
+    /// never less than the configured urgent window.
     pub(super) fn http_start(&self, id: SegmentId, deadline: Instant) -> Instant {
         let missing = match self.segments.get(id) {
             Some(s) if s.record.is_some() => s.missing_bytes(),
             _ => self.typical_segment_size(),
         };
-        let lead = self.config.urgent_window.max(self.http.expected_time(missing) * 2);
-        deadline - lead
+        let lead = self.http.worst_time(missing) + self.http.expected_time(missing);
+        deadline - self.config.urgent_window.max(lead)
     }
 
     /// Size of the segments seen so far (for planning before a record is known).
