@@ -40,7 +40,8 @@ pub struct Config {
     pub static_dir: PathBuf,
 
     /// Other nodes to federate with (browser-dialable or WebSocket multiaddrs ending in
-    /// `/p2p/<id>`). Repeatable.
+    /// `/p2p/<id>`). Repeatable. Not implemented yet: the node refuses to start with it
+    /// rather than run unfederated while the operator believes otherwise.
     #[arg(long = "federate", env = "SHOAL_FEDERATE", value_delimiter = ',')]
     pub federate: Vec<Multiaddr>,
 
@@ -81,13 +82,49 @@ pub struct Config {
     #[arg(long, env = "SHOAL_RESERVATIONS_PER_IP_PER_MINUTE", default_value_t = NonZeroU32::new(120).unwrap_or(NonZeroU32::MIN))]
     pub reservations_per_ip_per_minute: NonZeroU32,
 
-    /// Most connections from one IP address.
+    /// Most connections from one IP address (an IPv6 /64 counts as one), pending and
+    /// established together. An office or a carrier-grade NAT puts many pages behind one
+    /// address, so this is generous; the Sybil limits below bound what they can do.
     #[arg(long, env = "SHOAL_MAX_CONNECTIONS_PER_IP", default_value_t = 256)]
     pub max_connections_per_ip: usize,
+
+    /// Most connections from one IP address still in their handshake.
+    #[arg(long, env = "SHOAL_MAX_PENDING_PER_IP", default_value_t = 16)]
+    pub max_pending_per_ip: usize,
+
+    /// Most connections still in their handshake, in all.
+    #[arg(long, env = "SHOAL_MAX_PENDING_CONNECTIONS", default_value_t = 1024)]
+    pub max_pending_connections: u32,
+
+    /// Seconds a connection may take to finish its handshake (WebSocket, Noise, yamux;
+    /// WebRTC DTLS and SCTP) before it is dropped.
+    #[arg(long, env = "SHOAL_HANDSHAKE_TIMEOUT_SECS", default_value_t = 10)]
+    pub handshake_timeout_secs: u64,
 
     /// Most connections in all.
     #[arg(long, env = "SHOAL_MAX_CONNECTIONS", default_value_t = 20_000)]
     pub max_connections: u32,
+
+    /// Most members of one swarm from one network (IPv4 /24, IPv6 /64).
+    #[arg(long, env = "SHOAL_MAX_MEMBERS_PER_NETWORK", default_value_t = 64)]
+    pub max_members_per_network: usize,
+
+    /// Most members of one network in one join answer.
+    #[arg(long, env = "SHOAL_MAX_SAMPLE_PER_NETWORK", default_value_t = 4)]
+    pub max_sample_per_network: usize,
+
+    /// HTTP connections open at once, in all.
+    #[arg(long, env = "SHOAL_HTTP_MAX_CONNECTIONS", default_value_t = 1024)]
+    pub http_max_connections: usize,
+
+    /// HTTP connections open at once from one client address.
+    #[arg(long, env = "SHOAL_HTTP_MAX_CONNECTIONS_PER_IP", default_value_t = 32)]
+    pub http_max_connections_per_ip: usize,
+
+    /// Seconds an HTTP client has to send a request's headers (and may idle between
+    /// requests on a kept-alive connection).
+    #[arg(long, env = "SHOAL_HTTP_HEADER_TIMEOUT_SECS", default_value_t = 10)]
+    pub http_header_timeout_secs: u64,
 
     /// Most (peer, swarm) memberships held at once.
     #[arg(long, env = "SHOAL_MAX_MEMBERSHIPS", default_value_t = 100_000)]
@@ -132,6 +169,12 @@ impl Config {
         if self.sample_size == 0 {
             return Err("--sample-size must be at least 1".into());
         }
+        if !self.federate.is_empty() {
+            return Err("--federate is not implemented yet: this node would run alone".into());
+        }
+        if self.max_pending_per_ip == 0 || self.handshake_timeout_secs == 0 || self.http_header_timeout_secs == 0 {
+            return Err("--max-pending-per-ip, --handshake-timeout-secs and --http-header-timeout-secs must be at least 1".into());
+        }
         if self.max_circuit_secs == 0 || self.max_circuit_bytes < 16 * 1024 {
             return Err("a circuit needs at least 1 s and 16 KiB to carry a WebRTC handshake".into());
         }
@@ -170,5 +213,7 @@ mod tests {
         assert!(config.validate().is_err());
         let config = Config::try_parse_from(["shoal-node", "--sample-size", "0"]).unwrap();
         assert!(config.validate().is_err());
+        let config = Config::try_parse_from(["shoal-node", "--federate", "/ip4/1.2.3.4/tcp/1/ws"]).unwrap();
+        assert!(config.validate().unwrap_err().contains("not implemented"));
     }
 }

@@ -2,9 +2,11 @@
 //! `/metrics`, and the demo page with the npm package it loads.
 
 use std::{
-    net::SocketAddr,
+    collections::HashMap,
+    net::{IpAddr, SocketAddr},
     path::Path,
-    sync::{Arc, RwLock},
+    sync::{Arc, Mutex, RwLock},
+    time::Duration,
 };
 
 use axum::{
@@ -24,6 +26,26 @@ use tower_http::{
 
 use crate::NodeError;
 
+/// What one client may hold of the HTTP server, and for how long.
+#[derive(Debug, Clone)]
+pub struct HttpLimits {
+    /// Connections open at once, in all and per client address. Past either, a new
+    /// connection is closed at once.
+    pub max_connections: usize,
+    pub max_connections_per_ip: usize,
+    /// Time to send a request's head (and how long a kept-alive connection may idle).
+    pub header_timeout: Duration,
+    /// Longest life of one connection.
+    pub max_lifetime: Duration,
+}
+
+/// Counters of what the HTTP limits refused.
+#[derive(Debug, Default, Clone)]
+pub struct HttpRefusals {
+    pub total: prometheus_client::metrics::counter::Counter,
+    pub per_ip: prometheus_client::metrics::counter::Counter,
+}
+
 /// State shared between the swarm task and HTTP handlers.
 #[derive(Clone)]
 pub struct Shared {
@@ -38,6 +60,8 @@ pub async fn bind(
     static_dir: &Path,
     shared: Shared,
     extra: Router,
+    limits: HttpLimits,
+    refusals: HttpRefusals,
 ) -> Result<(SocketAddr, impl std::future::Future<Output = std::io::Result<()>> + use<>), NodeError> {
     let listener = tokio::net::TcpListener::bind(addr)
         .await
@@ -64,7 +88,92 @@ pub async fn bind(
         // Pages on other origins may use this node: the well-known document is public.
         .layer(CorsLayer::permissive());
 
-    Ok((bound, async move { axum::serve(listener, app).await }))
+    Ok((bound, serve(listener, app, limits, refusals)))
+}
+
+/// A slot of one client address, given back on drop.
+struct IpSlot {
+    ip: IpAddr,
+    slots: Arc<Mutex<HashMap<IpAddr, usize>>>,
+}
+
+impl IpSlot {
+    fn take(slots: &Arc<Mutex<HashMap<IpAddr, usize>>>, ip: IpAddr, max: usize) -> Option<Self> {
+        let mut map = slots.lock().ok()?;
+        let count = map.entry(ip).or_default();
+        if *count >= max {
+            return None;
+        }
+        *count += 1;
+        Some(Self { ip, slots: slots.clone() })
+    }
+}
+
+impl Drop for IpSlot {
+    fn drop(&mut self) {
+        if let Ok(mut map) = self.slots.lock()
+            && let Some(count) = map.get_mut(&self.ip)
+        {
+            *count -= 1;
+            if *count == 0 {
+                map.remove(&self.ip);
+            }
+        }
+    }
+}
+
+/// Serves `app` on `listener` with HTTP/1.1, within `limits`: a client that sends its
+/// headers slowly, holds connections without using them, or opens too many, loses them.
+async fn serve(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    limits: HttpLimits,
+    refusals: HttpRefusals,
+) -> std::io::Result<()> {
+    use hyper_util::{
+        rt::{TokioIo, TokioTimer},
+        service::TowerToHyperService,
+    };
+    let total = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
+    let per_ip: Arc<Mutex<HashMap<IpAddr, usize>>> = Arc::default();
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(limits.header_timeout)
+        // Requests here are small; hyper's default buffer lets one slow client pin 400 KB.
+        .max_buf_size(16 * 1024)
+        .max_headers(64);
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(error) => {
+                // Out of file descriptors or the like: wait rather than spin.
+                tracing::warn!(%error, "HTTP accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = total.clone().try_acquire_owned() else {
+            refusals.total.inc();
+            continue;
+        };
+        let Some(slot) = IpSlot::take(&per_ip, peer.ip(), limits.max_connections_per_ip) else {
+            refusals.per_ip.inc();
+            continue;
+        };
+        let service = TowerToHyperService::new(app.clone());
+        let http = http.clone();
+        let lifetime = limits.max_lifetime;
+        tokio::spawn(async move {
+            let _held = (permit, slot);
+            let _ = stream.set_nodelay(true);
+            let connection = http.serve_connection(TokioIo::new(stream), service);
+            tokio::pin!(connection);
+            if tokio::time::timeout(lifetime, connection.as_mut()).await.is_err() {
+                connection.as_mut().graceful_shutdown();
+                let _ = tokio::time::timeout(Duration::from_secs(5), connection).await;
+            }
+        });
+    }
 }
 
 async fn well_known(State(shared): State<Shared>) -> impl IntoResponse {

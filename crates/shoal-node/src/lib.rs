@@ -17,10 +17,12 @@ mod ip_limits;
 pub mod membership;
 mod metrics;
 pub mod publish;
+mod relay_server;
 
 use std::{
+    collections::HashMap,
     io,
-    net::SocketAddr,
+    net::{IpAddr, SocketAddr},
     path::PathBuf,
     sync::{Arc, RwLock},
     time::Duration,
@@ -44,7 +46,7 @@ use shoal_proto::{MembershipRequest, MembershipResponse, WELL_KNOWN_VERSION, Wel
 use thiserror::Error;
 
 pub use config::Config;
-use metrics::{Metrics, OutcomeLabels, RequestLabels};
+use metrics::{Metrics, OutcomeLabels, ReasonLabels, RequestLabels};
 
 /// Why the node could not start or stopped.
 #[derive(Debug, Error)]
@@ -67,9 +69,9 @@ pub enum NodeError {
 
 #[derive(NetworkBehaviour)]
 struct Behaviour {
-    ip_limits: ip_limits::Behaviour,
     limits: connection_limits::Behaviour,
-    relay: relay::Behaviour,
+    ip_limits: ip_limits::Behaviour,
+    relay: relay_server::Relay,
     identify: identify::Behaviour,
     ping: ping::Behaviour,
     membership: request_response::json::Behaviour<MembershipRequest, MembershipResponse>,
@@ -85,6 +87,8 @@ pub struct Node {
     http: Option<(SocketAddr, futures::future::BoxFuture<'static, io::Result<()>>)>,
     /// Listen addresses as reported by the transports (certhash included).
     listen_addrs: Vec<(ListenerId, Multiaddr)>,
+    /// The address each connected peer reached us from (for the Sybil limits).
+    peer_ips: HashMap<PeerId, IpAddr>,
     rng: rand::rngs::StdRng,
 }
 
@@ -96,7 +100,7 @@ impl Node {
         let (keypair, certificate) = identity::load_or_create(&config.data_dir)?;
         let peer_id = keypair.public().to_peer_id();
 
-        let transport = build_transport(&keypair, certificate)?;
+        let transport = build_transport(&keypair, certificate, Duration::from_secs(config.handshake_timeout_secs))?;
         let behaviour = build_behaviour(&keypair, &config);
         let swarm_config = libp2p::swarm::Config::with_tokio_executor()
             .with_idle_connection_timeout(Duration::from_secs(config.idle_timeout_secs));
@@ -115,6 +119,14 @@ impl Node {
         }
 
         let metrics = Arc::new(Metrics::default());
+        let refusals =
+            http::HttpRefusals { total: metrics.http_refused_total.clone(), per_ip: metrics.http_refused_per_ip.clone() };
+        let http_limits = http::HttpLimits {
+            max_connections: config.http_max_connections,
+            max_connections_per_ip: config.http_max_connections_per_ip,
+            header_timeout: Duration::from_secs(config.http_header_timeout_secs),
+            max_lifetime: Duration::from_secs(300),
+        };
         let mut registry = Registry::default();
         metrics.register(&mut registry);
         let mut extra_routes = axum::Router::new();
@@ -137,7 +149,8 @@ impl Node {
         let http = match config.http_listen.0 {
             Some(addr) => {
                 let shared = http::Shared { well_known: well_known.clone(), registry: Arc::new(registry) };
-                let (bound, serve) = http::bind(addr, &config.static_dir, shared, extra_routes).await?;
+                let (bound, serve) =
+                    http::bind(addr, &config.static_dir, shared, extra_routes, http_limits, refusals).await?;
                 Some((bound, Box::pin(serve) as futures::future::BoxFuture<'static, io::Result<()>>))
             }
             None => None,
@@ -147,6 +160,8 @@ impl Node {
             max_memberships: config.max_memberships,
             max_swarms_per_peer: config.max_swarms_per_peer,
             sample_size: config.sample_size,
+            max_members_per_network: config.max_members_per_network,
+            max_sample_per_network: config.max_sample_per_network,
         });
         Ok(Self {
             swarm,
@@ -156,6 +171,7 @@ impl Node {
             well_known,
             http,
             listen_addrs: Vec::new(),
+            peer_ips: HashMap::new(),
             rng: rand::rngs::StdRng::from_entropy(),
         })
     }
@@ -200,10 +216,13 @@ impl Node {
                 self.refresh_advertised();
             }
             SwarmEvent::ListenerError { error, .. } => tracing::warn!(%error, "listener error"),
-            SwarmEvent::ConnectionEstablished { peer_id, num_established, .. } => {
+            SwarmEvent::ConnectionEstablished { peer_id, num_established, endpoint, .. } => {
                 self.metrics.connections.inc();
                 if num_established.get() == 1 {
                     self.metrics.connected_peers.inc();
+                }
+                if let Some(ip) = ip_limits::ip_of(endpoint.get_remote_address()) {
+                    self.peer_ips.entry(peer_id).or_insert(ip);
                 }
                 tracing::debug!(%peer_id, "connected");
             }
@@ -211,6 +230,7 @@ impl Node {
                 self.metrics.connections.dec();
                 if num_established == 0 {
                     self.metrics.connected_peers.dec();
+                    self.peer_ips.remove(&peer_id);
                     let removed = self.members.remove_peer(&peer_id);
                     self.update_membership_gauges();
                     tracing::debug!(%peer_id, removed, cause = ?cause, "disconnected");
@@ -218,6 +238,18 @@ impl Node {
             }
             SwarmEvent::IncomingConnectionError { error, .. } => {
                 self.metrics.connection_errors.inc();
+                let reason = match &error {
+                    libp2p::swarm::ListenError::Denied { cause } => {
+                        if cause.downcast_ref::<ip_limits::TooManyFromIp>().is_some() {
+                            "connections_per_ip"
+                        } else {
+                            "connection_limit"
+                        }
+                    }
+                    libp2p::swarm::ListenError::Transport(_) => "handshake_failed",
+                    _ => "other",
+                };
+                self.metrics.refusals.get_or_create(&ReasonLabels { reason }).inc();
                 tracing::debug!(%error, "incoming connection failed");
             }
             SwarmEvent::OutgoingConnectionError { error, .. } => {
@@ -248,8 +280,14 @@ impl Node {
             return;
         };
         let (kind, response) = match request {
-            MembershipRequest::Join { swarm, token: _ } => {
-                let response = match self.members.join(peer, &swarm, &mut self.rng) {
+            MembershipRequest::Join { swarm, token: Some(_) } => {
+                // Private swarms do not exist yet: say so rather than admit everyone.
+                tracing::debug!(%peer, %swarm, "join with an access token refused");
+                ("join", MembershipResponse::Refused { reason: shoal_proto::RefusalReason::TokensUnsupported })
+            }
+            MembershipRequest::Join { swarm, token: None } => {
+                let ip = self.peer_ips.get(&peer).copied();
+                let response = match self.members.join(peer, &swarm, ip, &mut self.rng) {
                     Ok(members) => {
                         tracing::debug!(%peer, %swarm, sample = members.len(), "joined");
                         let size = self.members.swarm_size(&swarm) as u64;
@@ -264,7 +302,20 @@ impl Node {
                 ("leave", MembershipResponse::Left)
             }
         };
-        let outcome = if matches!(response, MembershipResponse::Refused { .. }) { "refused" } else { "ok" };
+        let outcome = if let MembershipResponse::Refused { reason } = &response {
+            let reason = match reason {
+                shoal_proto::RefusalReason::BadSwarmId => "bad_swarm_id",
+                shoal_proto::RefusalReason::Unauthorized => "unauthorized",
+                shoal_proto::RefusalReason::NodeFull => "node_full",
+                shoal_proto::RefusalReason::TooManySwarms => "too_many_swarms",
+                shoal_proto::RefusalReason::TooManyFromNetwork => "too_many_from_network",
+                shoal_proto::RefusalReason::TokensUnsupported => "tokens_unsupported",
+            };
+            self.metrics.refusals.get_or_create(&ReasonLabels { reason }).inc();
+            "refused"
+        } else {
+            "ok"
+        };
         self.metrics.membership_requests.get_or_create(&RequestLabels { kind, outcome }).inc();
         self.update_membership_gauges();
         if self.swarm.behaviour_mut().membership.send_response(channel, response).is_err() {
@@ -273,12 +324,11 @@ impl Node {
     }
 
     fn on_relay(&mut self, event: relay::Event) {
+        // Counted by the behaviour per connection (libp2p's events cannot be).
+        self.metrics.reservations.set(self.swarm.behaviour().relay.reservations() as i64);
         let count = |outcome| OutcomeLabels { outcome };
         match event {
             relay::Event::ReservationReqAccepted { src_peer_id, renewed } => {
-                if !renewed {
-                    self.metrics.reservations.inc();
-                }
                 self.metrics.reservation_requests.get_or_create(&count("accepted")).inc();
                 tracing::debug!(peer = %src_peer_id, renewed, "reservation accepted");
             }
@@ -286,9 +336,7 @@ impl Node {
                 self.metrics.reservation_requests.get_or_create(&count("denied")).inc();
                 tracing::debug!(peer = %src_peer_id, "reservation denied");
             }
-            relay::Event::ReservationClosed { .. } | relay::Event::ReservationTimedOut { .. } => {
-                self.metrics.reservations.dec();
-            }
+            relay::Event::ReservationClosed { .. } | relay::Event::ReservationTimedOut { .. } => {}
             relay::Event::CircuitReqAccepted { .. } => {
                 self.metrics.circuits.inc();
                 self.metrics.circuit_requests.get_or_create(&count("accepted")).inc();
@@ -392,35 +440,46 @@ fn error_chain(error: &dyn std::error::Error) -> String {
 fn build_transport(
     keypair: &Keypair,
     certificate: libp2p_webrtc::tokio::Certificate,
+    handshake_timeout: Duration,
 ) -> Result<libp2p::core::transport::Boxed<(PeerId, StreamMuxerBox)>, NodeError> {
-    let webrtc = libp2p_webrtc::tokio::Transport::new(keypair.clone(), certificate)
-        .map(|(peer, conn), _| (peer, StreamMuxerBox::new(conn)));
+    let webrtc = libp2p::core::transport::timeout::TransportTimeout::with_ingoing_timeout(
+        libp2p_webrtc::tokio::Transport::new(keypair.clone(), certificate),
+        handshake_timeout,
+    )
+    .map(|(peer, conn), _| (peer, StreamMuxerBox::new(conn)));
     let noise = noise::Config::new(keypair).map_err(|e| NodeError::Transport(e.to_string()))?;
-    let ws = websocket::Config::new(tcp::tokio::Transport::new(tcp::Config::default().nodelay(true)))
+    let mut websocket = websocket::Config::new(tcp::tokio::Transport::new(tcp::Config::default().nodelay(true)));
+    // A WebSocket frame header announcing a large payload makes the reader allocate all
+    // of it up front. Our largest frame is a few Noise frames (≤ 192 KiB).
+    websocket.set_max_data_size(256 * 1024);
+    let ws = websocket
         .upgrade(Version::V1Lazy)
         .authenticate(noise)
         .multiplex(yamux::Config::default())
+        // Covers the WebSocket handshake, Noise and yamux: a client that stops halfway
+        // is dropped.
+        .inbound_timeout(handshake_timeout)
         .map(|(peer, conn), _| (peer, StreamMuxerBox::new(conn)));
     Ok(webrtc.or_transport(ws).map(|either, _| either.into_inner()).boxed())
 }
 
 fn build_behaviour(keypair: &Keypair, config: &Config) -> Behaviour {
     let peer_id = keypair.public().to_peer_id();
-    let per_minute = Duration::from_secs(60);
-    let relay_config = relay::Config {
-        max_reservations: config.max_reservations,
-        max_reservations_per_peer: config.max_reservations_per_peer,
-        reservation_duration: Duration::from_secs(60 * 60),
-        max_circuits: config.max_circuits,
-        max_circuits_per_peer: config.max_circuits_per_peer,
-        max_circuit_duration: config.circuit_duration(),
-        max_circuit_bytes: config.max_circuit_bytes,
-        ..relay::Config::default()
-    }
-    // The defaults' rate limiters are replaced by ours.
-    .reservation_rate_per_ip(config.reservations_per_ip_per_minute, per_minute)
-    .circuit_src_per_peer(config.circuits_per_peer_per_minute, per_minute)
-    .circuit_src_per_ip(config.circuits_per_ip_per_minute, per_minute);
+    let relay_config = relay_server::config(
+        relay::Config {
+            max_reservations: config.max_reservations,
+            max_reservations_per_peer: config.max_reservations_per_peer,
+            reservation_duration: Duration::from_secs(60 * 60),
+            max_circuits: config.max_circuits,
+            max_circuits_per_peer: config.max_circuits_per_peer,
+            max_circuit_duration: config.circuit_duration(),
+            max_circuit_bytes: config.max_circuit_bytes,
+            ..relay::Config::default()
+        },
+        config.reservations_per_ip_per_minute,
+        config.circuits_per_peer_per_minute,
+        config.circuits_per_ip_per_minute,
+    );
     let membership = request_response::json::Behaviour::with_codec(
         request_response::json::codec::Codec::default()
             .set_request_size_maximum(16 * 1024)
@@ -429,13 +488,15 @@ fn build_behaviour(keypair: &Keypair, config: &Config) -> Behaviour {
         request_response::Config::default().with_request_timeout(Duration::from_secs(10)),
     );
     Behaviour {
-        ip_limits: ip_limits::Behaviour::new(config.max_connections_per_ip),
+        // Total limits first: a connection they refuse never takes a per-IP slot.
         limits: connection_limits::Behaviour::new(
             connection_limits::ConnectionLimits::default()
                 .with_max_established(Some(config.max_connections))
+                .with_max_pending_incoming(Some(config.max_pending_connections))
                 .with_max_established_per_peer(Some(4)),
         ),
-        relay: relay::Behaviour::new(peer_id, relay_config),
+        ip_limits: ip_limits::Behaviour::new(config.max_connections_per_ip, config.max_pending_per_ip),
+        relay: relay_server::Relay::new(peer_id, relay_config),
         identify: identify::Behaviour::new(identify::Config::new("/shoal/1".into(), keypair.public())),
         ping: ping::Behaviour::new(
             ping::Config::new().with_interval(Duration::from_secs(5)).with_timeout(Duration::from_secs(10)),

@@ -17,6 +17,11 @@ pub struct OutcomeLabels {
     pub outcome: &'static str,
 }
 
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    pub reason: &'static str,
+}
+
 /// Every metric the node exports.
 #[derive(Default)]
 pub struct Metrics {
@@ -30,6 +35,10 @@ pub struct Metrics {
     pub circuits: Gauge,
     pub circuit_requests: Family<OutcomeLabels, Counter>,
     pub connection_errors: Counter,
+    /// Refusals by reason: connection limits, membership refusals, HTTP limits.
+    pub refusals: Family<ReasonLabels, Counter>,
+    pub http_refused_total: Counter,
+    pub http_refused_per_ip: Counter,
 }
 
 impl Metrics {
@@ -45,5 +54,12 @@ impl Metrics {
         r.register("relay_circuits", "Open relayed circuits", self.circuits.clone());
         r.register("relay_circuit_requests", "Circuit requests by outcome", self.circuit_requests.clone());
         r.register("connection_errors", "Failed incoming or outgoing connections", self.connection_errors.clone());
+        r.register("refusals", "Requests and connections refused, by reason", self.refusals.clone());
+        r.register("http_refused_full", "HTTP connections closed at once: the server was full", self.http_refused_total.clone());
+        r.register(
+            "http_refused_per_ip",
+            "HTTP connections closed at once: their address held too many",
+            self.http_refused_per_ip.clone(),
+        );
     }
 }

@@ -67,6 +67,10 @@ pub enum RefusalReason {
     NodeFull,
     #[error("the peer is in as many swarms as a node allows")]
     TooManySwarms,
+    #[error("this swarm already has as many members from the peer's network as a node allows")]
+    TooManyFromNetwork,
+    #[error("this node does not support private swarms (access tokens) yet")]
+    TokensUnsupported,
 }
 
 /// A member of a swarm, as a node describes it.
