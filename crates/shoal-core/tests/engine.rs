@@ -501,3 +501,33 @@ fn a_peer_still_waiting_for_its_record_defers_requests_instead_of_denying() {
     assert_eq!(d.from_http, 0);
     assert_eq!(net.http.iter().filter(|(p, ..)| *p == 2).count(), 0, "peer 2 never went to the origin");
 }
+
+/// An origin fetch the player waits on that is late gets a second copy; the first copy
+/// to answer settles the segment and the other is cancelled.
+#[test]
+fn a_late_origin_fetch_is_hedged() {
+    let mut net = Net::new();
+    let seg = net.publish(0, 100_000);
+    net.add(1, config());
+    net.playlist(1);
+    net.http_stuck = true;
+    let now = net.now;
+    net.engine(1).want(seg, now + Duration::from_secs(3), now);
+    net.pump();
+    // Nobody else has it: it seeds it from the origin after a moment's patience.
+    net.advance(Duration::from_millis(200));
+    assert_eq!(net.http.len(), 1, "one fetch at first");
+    net.advance(Duration::from_secs(2));
+    assert_eq!(net.http.len(), 2, "a duplicate once the first is late: {:?}", net.http);
+    assert_eq!(net.http[0].1, net.http[1].1);
+    assert_eq!(net.http[0].2, net.http[1].2, "the same bytes");
+    assert_eq!(net.engine(1).stats().http_hedges, 1);
+    // The duplicate (id 1) answers: delivered, and the original is cancelled.
+    net.http_stuck = false;
+    let body = net.data[&seg].clone();
+    let now = net.now;
+    net.engine(1).http_complete(1, body, now);
+    let outputs: Vec<Output<u32>> = std::iter::from_fn(|| net.engine(1).poll_output()).collect();
+    assert!(outputs.contains(&Output::CancelHttp { id: 0 }), "{outputs:?}");
+    assert!(outputs.iter().any(|o| matches!(o, Output::Deliver(d) if d.segment == seg)));
+}

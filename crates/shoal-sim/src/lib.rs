@@ -310,6 +310,8 @@ pub struct Report {
     /// at the last moment (due).
     pub http_bytes_early: u64,
     pub http_bytes_late: u64,
+    /// Duplicates sent for late origin fetches.
+    pub http_hedges: u64,
     pub http_urgent: u64,
     pub messages: u64,
     /// Messages by type (what the swarm's chatter is made of).

@@ -162,6 +162,8 @@ struct World {
     trace_messages: Option<u64>,
     /// `SHOAL_SIM_UPLOAD_SERIES=1`: bulk bytes sent per second, printed at the end.
     upload_series: Option<BTreeMap<u64, u64>>,
+    /// `SHOAL_SIM_VIEWER=<id>`: print that viewer's HTTP fetches and wants (debugging).
+    trace_viewer: Option<ViewerId>,
 }
 
 /// Runs `scenario` to the end and reports what happened (without the HTTP-only
@@ -239,6 +241,7 @@ impl World {
             end,
             trace_messages: std::env::var("SHOAL_SIM_MESSAGES").ok().and_then(|v| v.parse().ok()),
             upload_series: std::env::var("SHOAL_SIM_UPLOAD_SERIES").ok().map(|_| BTreeMap::new()),
+            trace_viewer: std::env::var("SHOAL_SIM_VIEWER").ok().and_then(|v| v.parse().ok()),
         }
     }
 
@@ -370,6 +373,9 @@ impl World {
                 let v = &mut self.viewers[viewer as usize];
                 if v.alive && v.http.remove(&id) {
                     let now = self.now;
+                    if self.trace_viewer == Some(viewer) {
+                        eprintln!("viewer t={:.3} http-done #{id} bytes={}", now.as_secs_f64(), body.len());
+                    }
                     v.engine.set_uplink(v.uplink_free.saturating_since(now), v.up_bps as f64 / 8.0);
                     v.engine.http_complete(id, body, now);
                     self.after_input(viewer);
@@ -590,6 +596,9 @@ impl World {
                 (None, _) => now + d * (n - current) as u32,
             };
             if v.player.wanted.get(&n) != Some(&deadline) {
+                if self.trace_viewer == Some(id) {
+                    eprintln!("viewer t={:.3} want seg={n} deadline={:.3}", now.as_secs_f64(), deadline.as_secs_f64());
+                }
                 v.player.wanted.insert(n, deadline);
                 v.engine.want(SegmentId(n), deadline, now);
                 changed = true;
@@ -701,7 +710,12 @@ impl World {
         while let Some(action) = self.viewers[id as usize].engine.poll_output() {
             match action {
                 Output::Send { peer, message } => self.send(id, peer, message),
-                Output::HttpFetch { id: request, segment, range } => self.http_fetch(id, request, segment, range),
+                Output::HttpFetch { id: request, segment, range } => {
+                    if self.trace_viewer == Some(id) {
+                        eprintln!("viewer t={:.3} http-start #{request} seg={} range={range:?}", self.now.as_secs_f64(), segment.0);
+                    }
+                    self.http_fetch(id, request, segment, range)
+                }
                 Output::CancelHttp { id: request } => {
                     self.viewers[id as usize].http.remove(&request);
                 }
@@ -919,6 +933,7 @@ impl World {
             report.http_early += v.engine.stats().http_early;
             report.http_bytes_early += v.engine.stats().http_bytes_early;
             report.http_bytes_late += v.engine.stats().http_bytes_late;
+            report.http_hedges += v.engine.stats().http_hedges;
             report.http_seeds += v.engine.stats().http_seeds;
             report.http_urgent += v.engine.stats().http_urgent;
             if v.malicious && !v.corrupted.is_empty() {

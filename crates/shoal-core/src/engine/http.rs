@@ -38,6 +38,38 @@ pub(crate) struct Fetch {
     pub started: Instant,
     /// Byte range, end exclusive; `None`: the whole segment.
     pub range: Option<(u64, u64)>,
+    /// The duplicate sent because this one was late (on the original), or the original
+    /// this one duplicates.
+    pub hedge: Option<u64>,
+    pub original: Option<u64>,
+    /// A duplicate was sent once: never again.
+    pub hedged: bool,
+    /// When it is late enough to hedge, fixed when it starts (estimates learnt while it
+    /// runs must not move it past the deadline it was planned for).
+    pub hedge_at: Instant,
+}
+
+impl Fetch {
+    pub fn new(segment: SegmentId, why: Why, started: Instant, range: Option<(u64, u64)>) -> Self {
+        Self { segment, why, started, range, hedge: None, original: None, hedged: false, hedge_at: started }
+    }
+
+    fn hedgeable(&self) -> bool {
+        self.why != Why::Early && !self.hedged && self.original.is_none()
+    }
+
+    pub fn bytes(&self, segment_size: u64) -> u64 {
+        self.range.map_or(segment_size, |(start, end)| end.saturating_sub(start))
+    }
+}
+
+/// What a finished fetch settles.
+pub(crate) struct Settled {
+    pub fetch: Fetch,
+    /// The id chunk states name (the original's, if this was its duplicate).
+    pub canonical: u64,
+    /// The other copy, still in flight: to be cancelled.
+    pub other: Option<u64>,
 }
 
 #[derive(Debug)]
@@ -74,11 +106,83 @@ impl Default for Http {
 }
 
 impl Http {
-    pub fn start(&mut self, fetch: Fetch) -> u64 {
+    /// Starts tracking `fetch` of a segment of `segment_size` bytes; returns its id.
+    pub fn start(&mut self, mut fetch: Fetch, segment_size: u64) -> u64 {
+        fetch.hedge_at = fetch.started + self.hedge_delay(fetch.bytes(segment_size));
         let id = self.next_id;
         self.next_id += 1;
         self.inflight.insert(id, fetch);
         id
+    }
+
+    /// How late a fetch of `bytes` is when it has not answered: twice its expected time,
+    /// plus a little.
+    pub fn hedge_delay(&self, bytes: u64) -> Duration {
+        self.expected_time(bytes) * 2 + Duration::from_millis(50)
+    }
+
+    /// The fetches a player waits on that are late and have no duplicate yet.
+    pub fn hedges_due(&self, now: Instant) -> Vec<u64> {
+        self.inflight.iter().filter(|(_, f)| f.hedgeable() && now >= f.hedge_at).map(|(id, _)| *id).collect()
+    }
+
+    /// The earliest moment a fetch becomes late enough to hedge.
+    pub fn next_hedge(&self) -> Option<Instant> {
+        self.inflight.values().filter(|f| f.hedgeable()).map(|f| f.hedge_at).min()
+    }
+
+    /// Sends a duplicate of fetch `id`; returns the duplicate's id and the fetch.
+    pub fn start_hedge(&mut self, id: u64, now: Instant) -> Option<(u64, Fetch)> {
+        let original = self.inflight.get(&id)?.clone();
+        let copy = Fetch { started: now, hedge: None, original: Some(id), hedged: true, hedge_at: now, ..original };
+        let hedge = self.next_id;
+        self.next_id += 1;
+        self.inflight.insert(hedge, copy.clone());
+        if let Some(f) = self.inflight.get_mut(&id) {
+            f.hedge = Some(hedge);
+            f.hedged = true;
+        }
+        Some((hedge, copy))
+    }
+
+    /// Fetch `id` delivered its body.
+    pub fn complete(&mut self, id: u64) -> Option<Settled> {
+        let fetch = self.inflight.remove(&id)?;
+        let (canonical, other) = match (fetch.original, fetch.hedge) {
+            (Some(original), _) => (original, Some(original)),
+            (None, hedge) => (id, hedge),
+        };
+        let other = other.filter(|o| self.inflight.remove(o).is_some());
+        Some(Settled { fetch, canonical, other })
+    }
+
+    /// Fetch `id` failed: the fetch to give up on (its canonical id), unless its other
+    /// copy is still running and may yet deliver.
+    pub fn fail(&mut self, id: u64) -> Option<(u64, Fetch)> {
+        let fetch = self.inflight.remove(&id)?;
+        if let Some(partner) = fetch.original.or(fetch.hedge)
+            && let Some(p) = self.inflight.get_mut(&partner)
+        {
+            // The survivor carries on alone. (A surviving duplicate keeps naming the
+            // original, whose id the chunk states carry.)
+            if p.hedge == Some(id) {
+                p.hedge = None;
+            }
+            return None;
+        }
+        Some((fetch.original.unwrap_or(id), fetch))
+    }
+
+    /// Forgets fetch `id` and its duplicate; returns every id to cancel.
+    pub fn remove(&mut self, id: u64) -> Vec<u64> {
+        let Some(fetch) = self.inflight.remove(&id) else { return Vec::new() };
+        let mut ids = vec![id];
+        if let Some(other) = fetch.hedge.or(fetch.original)
+            && self.inflight.remove(&other).is_some()
+        {
+            ids.push(other);
+        }
+        ids
     }
 
     /// A fetch of `bytes` finished after `took`: learn from it. Small fetches (records,
@@ -133,6 +237,32 @@ fn push_recent<T>(ring: &mut std::collections::VecDeque<T>, sample: T) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_late_fetch_is_hedged_once_and_the_first_answer_settles_both() {
+        let mut http = Http::default();
+        let start = Instant::from_micros(1_000_000);
+        let id = http.start(Fetch::new(SegmentId(1), Why::Urgent, start, Some((0, 1000))), 2000);
+        let early = http.start(Fetch::new(SegmentId(1), Why::Early, start, Some((1000, 2000))), 2000);
+        assert!(http.hedges_due(start).is_empty());
+        let due = http.next_hedge().unwrap();
+        // What is learnt meanwhile does not move it.
+        http.finished(1000, Duration::from_secs(5));
+        assert_eq!(http.next_hedge(), Some(due));
+        assert_eq!(http.hedges_due(due), vec![id], "early fetches are never hedged");
+        let (hedge, _) = http.start_hedge(id, due).unwrap();
+        assert!(http.hedges_due(due + Duration::from_secs(10)).is_empty(), "once only");
+        // The duplicate answers first: it settles the original's chunks and cancels it.
+        let settled = http.complete(hedge).unwrap();
+        assert_eq!((settled.canonical, settled.other), (id, Some(id)));
+        assert!(http.complete(id).is_none());
+        // A failure with the other copy still running is not final.
+        let a = http.start(Fetch::new(SegmentId(2), Why::Urgent, start, None), 2000);
+        let (b, _) = http.start_hedge(a, start).unwrap();
+        assert!(http.fail(a).is_none());
+        assert_eq!(http.fail(b).map(|(canonical, _)| canonical), Some(a));
+        assert_eq!(http.remove(early), vec![early]);
+    }
 
     #[test]
     fn learns_latency_and_throughput() {

@@ -146,7 +146,8 @@ pub enum Output<P> {
     /// Fetch the segment over HTTP (`range`: bytes `[start, end)`; `None`: all of it),
     /// then call [`Engine::http_complete`] or [`Engine::http_failed`] with `id`.
     /// Produced when a wanted segment must come from the origin (due soon, nobody has
-    /// it, peer download off).
+    /// it, peer download off, an early share of it), and as a duplicate of a fetch the
+    /// player waits on that is late (the first answer wins; the other is cancelled).
     HttpFetch {
         id: u64,
         segment: SegmentId,
@@ -198,6 +199,8 @@ pub struct Stats {
     pub http_bytes_early: u64,
     pub http_bytes_late: u64,
     pub http_bytes_no_p2p: u64,
+    /// Duplicates sent for HTTP fetches that were late (see [`Output::HttpFetch`]).
+    pub http_hedges: u64,
 }
 
 /// A segment the playlist lists.
@@ -960,8 +963,8 @@ impl<P: PeerKey> Engine<P> {
     /// HTTP fetch `id` failed. The segment is retried up to [`Config::http_attempts`].
     pub fn http_failed(&mut self, id: u64, now: Instant) {
         self.now = now;
-        if let Some(fetch) = self.http.inflight.remove(&id) {
-            self.abandon_http(fetch.segment, id);
+        if let Some((canonical, fetch)) = self.http.fail(id) {
+            self.abandon_http(fetch.segment, canonical);
         }
         self.drive(now);
     }
@@ -1013,8 +1016,9 @@ impl<P: PeerKey> Engine<P> {
             }
         }
         for fetch in entry.http {
-            self.http.inflight.remove(&fetch);
-            self.outputs.push_back(Output::CancelHttp { id: fetch });
+            for id in self.http.remove(fetch) {
+                self.outputs.push_back(Output::CancelHttp { id });
+            }
         }
         for d in self.uploads.take_deferred_segment(id) {
             self.send(d.peer, Message::Absent { id: d.id });

@@ -63,6 +63,7 @@ impl<P: PeerKey> Engine<P> {
         }
         self.replan_all = false;
         self.replan.clear();
+        self.send_hedges();
         self.pump_uploads();
         self.announce_changes();
         self.evict_cache();
@@ -171,13 +172,16 @@ impl<P: PeerKey> Engine<P> {
             Some(s) if s.record.is_some() => s.missing_bytes(),
             _ => self.typical_segment_size(),
         };
-        let lead = self.http.worst_time(missing) + self.http.expected_time(missing);
-        deadline - self.config.urgent_window.max(lead)
+        // Room for the slowest recent fetch and a retry, and for a hedge to go out when
+        // the first copy is late and still arrive.
+        let retry = self.http.worst_time(missing) + self.http.expected_time(missing);
+        let hedged = self.http.hedge_delay(missing) + self.http.worst_time(missing);
+        deadline - self.config.urgent_window.max(retry).max(hedged)
     }
 
     /// Size of the segments seen so far (for planning before a record is known).
     fn typical_segment_size(&self) -> u64 {
-        self.segments.map.values().rev().find_map(|s| s.record.as_ref().map(|r| r.record.size)).unwrap_or(1_000_000)
+        self_typical(&self.segments)
     }
 
     /// Asks peers for what is missing of `id`, or seeds it from the origin when nobody
@@ -471,6 +475,18 @@ impl<P: PeerKey> Engine<P> {
 
     // ---- HTTP ----------------------------------------------------------------------
 
+    /// Sends a second copy of every fetch a player waits on that is late against what
+    /// the origin usually takes: the first to answer wins. An origin's slow tail (a cache
+    /// miss, a congested edge) then costs a duplicate request instead of a stall.
+    fn send_hedges(&mut self) {
+        let due = self.http.hedges_due(self.now);
+        for id in due {
+            let Some((hedge, fetch)) = self.http.start_hedge(id, self.now) else { continue };
+            self.stats.http_hedges += 1;
+            self.outputs.push_back(Output::HttpFetch { id: hedge, segment: fetch.segment, range: fetch.range });
+        }
+    }
+
     /// Fetches what is missing of `id` over HTTP (in up to [`MAX_HTTP_RANGES`] ranges);
     /// false if nothing was started (covered already, or out of attempts).
     pub(super) fn start_http(&mut self, id: SegmentId, why: Why) -> bool {
@@ -504,7 +520,8 @@ impl<P: PeerKey> Engine<P> {
         self.stats.http_fetches += 1;
         let now = self.now;
         let Some(record) = entry.record.clone() else {
-            let fetch = self.http.start(Fetch { segment: id, why, started: now, range: None });
+            let size = self.typical_segment_size();
+            let fetch = self.http.start(Fetch::new(id, why, now, None), size);
             if let Some(e) = self.segments.get_mut(id) {
                 e.http.push(fetch);
             }
@@ -516,7 +533,7 @@ impl<P: PeerKey> Engine<P> {
             let start = record.record.chunk_offset(first);
             let end = record.record.chunk_offset(last) + record.record.chunk_len(last) as u64;
             let range = (start > 0 || end < record.record.size).then_some((start, end));
-            let fetch = self.http.start(Fetch { segment: id, why, started: now, range });
+            let fetch = self.http.start(Fetch::new(id, why, now, range), record.record.size);
             let Some(entry) = self.segments.get_mut(id) else { return false };
             entry.http.push(fetch);
             for index in first..=last {
@@ -542,7 +559,11 @@ impl<P: PeerKey> Engine<P> {
     }
 
     pub(super) fn on_http_body(&mut self, id: u64, body: Bytes) {
-        let Some(fetch) = self.http.inflight.remove(&id) else { return };
+        let Some(settled) = self.http.complete(id) else { return };
+        if let Some(other) = settled.other {
+            self.outputs.push_back(Output::CancelHttp { id: other });
+        }
+        let (fetch, id) = (settled.fetch, settled.canonical);
         let took = self.now.saturating_since(fetch.started);
         self.http.finished(body.len() as u64, took);
         let segment = fetch.segment;
@@ -833,12 +854,20 @@ impl<P: PeerKey> Engine<P> {
         if let Some(t) = self.uploads.next_release(now) {
             consider(t);
         }
+        if let Some(t) = self.http.next_hedge() {
+            consider(t.max(now + Duration::from_millis(1)));
+        }
         if !self.uploads.queue.is_empty() && self.uplink_rate > 0.0 {
             let wait = self.handover_backlog().saturating_sub(self.config.upload_handover);
             consider(now + wait.max(Duration::from_millis(1)));
         }
         wake
     }
+}
+
+/// Size of the newest segment with a record (1 MB before any).
+fn self_typical(segments: &super::Segments) -> u64 {
+    segments.map.values().rev().find_map(|s| s.record.as_ref().map(|r| r.record.size)).unwrap_or(1_000_000)
 }
 
 /// Runs of `true` as inclusive `(first, last)` index pairs.
