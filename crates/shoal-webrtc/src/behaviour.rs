@@ -56,6 +56,10 @@ pub(crate) struct InboundSignaling {
 /// Depth of the channels between transport and behaviour. Each entry is one handshake in
 /// progress; more than this at once means a peer is flooding us.
 pub(crate) const CHANNEL_DEPTH: usize = 16;
+/// Most handshakes one peer may start towards us per [`INBOUND_WINDOW`]: a peer that
+/// keeps opening signalling streams is spending our budget of peer connections.
+pub(crate) const MAX_INBOUND_PER_PEER: usize = 4;
+pub(crate) const INBOUND_WINDOW: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Creates the channels that connect a transport to its behaviour.
 pub(crate) fn channels() -> ((mpsc::Sender<SignalingRequest>, mpsc::Receiver<InboundSignaling>), Behaviour) {
@@ -71,6 +75,7 @@ pub(crate) fn channels() -> ((mpsc::Sender<SignalingRequest>, mpsc::Receiver<Inb
             awaiting_stream: HashMap::new(),
             next_request: 0,
             queued: VecDeque::new(),
+            inbound_attempts: HashMap::new(),
         },
     )
 }
@@ -96,6 +101,9 @@ pub struct Behaviour {
     awaiting_stream: HashMap<u64, SignalingRequest>,
     next_request: u64,
     queued: VecDeque<ToSwarm<Event, HandlerIn>>,
+    /// When each peer last started handshakes towards us (at most
+    /// [`MAX_INBOUND_PER_PEER`] kept, pruned as they age out).
+    inbound_attempts: HashMap<PeerId, VecDeque<web_time::Instant>>,
 }
 
 impl Behaviour {
@@ -146,6 +154,19 @@ impl Behaviour {
             return;
         };
         let relayed = relayed.clone();
+        let now = web_time::Instant::now();
+        let attempts = self.inbound_attempts.entry(peer).or_default();
+        while attempts.front().is_some_and(|t| now.duration_since(*t) > INBOUND_WINDOW) {
+            attempts.pop_front();
+        }
+        if attempts.len() >= MAX_INBOUND_PER_PEER {
+            self.refuse(peer, "too many handshakes from this peer");
+            return;
+        }
+        attempts.push_back(now);
+        if self.inbound_attempts.len() > 1024 {
+            self.inbound_attempts.retain(|_, a| a.back().is_some_and(|t| now.duration_since(*t) <= INBOUND_WINDOW));
+        }
         if let Err(e) = self.inbound.try_send(InboundSignaling { peer, relayed, stream }) {
             let reason = if e.is_full() { "too many handshakes in progress" } else { "not listening for /webrtc" };
             self.refuse(peer, reason);

@@ -5,8 +5,16 @@
 //! [`StreamCore`] is the per-stream state machine, with no browser types: bytes from the
 //! channel go in (cut anywhere — js-libp2p sends prefix and body as separate messages),
 //! readable payload and flags to send come out. The browser stream wraps it.
+//!
+//! Received payload is held as [`Payload`] pieces, not copied into one buffer: in the
+//! browser a data channel message that holds one whole frame (what Shoal peers send)
+//! stays in JavaScript memory until it is read, and is then copied once, straight into
+//! the reader's buffer ([`StreamCore::frame_layout`] reads its header from the first
+//! bytes alone). Frames cut across messages are reassembled in wasm memory.
 
 use std::collections::VecDeque;
+
+use bytes::Bytes;
 
 use thiserror::Error;
 
@@ -127,29 +135,122 @@ pub enum WriteRefused {
     Reset,
 }
 
+/// Received payload waiting to be read.
+pub trait Payload: From<Bytes> {
+    fn len(&self) -> usize;
+    /// Copies bytes `start..start + out.len()` into `out`.
+    fn copy_to(&self, start: usize, out: &mut [u8]);
+}
+
+impl Payload for Bytes {
+    fn len(&self) -> usize {
+        Bytes::len(self)
+    }
+
+    fn copy_to(&self, start: usize, out: &mut [u8]) {
+        out.copy_from_slice(&self[start..start + out.len()]);
+    }
+}
+
+/// Where a frame's parts lie in a message that starts with it (see
+/// [`StreamCore::frame_layout`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FrameLayout {
+    /// The whole frame, length prefix included.
+    pub len: usize,
+    pub flag: Option<Flag>,
+    /// The payload's offset and length, if the frame carries one.
+    pub data: Option<(usize, usize)>,
+}
+
 /// Per-stream framing and half-close state. See the module docs.
 #[derive(Debug)]
-pub struct StreamCore {
+pub struct StreamCore<P: Payload = Bytes> {
     partial: Vec<u8>,
-    readable: VecDeque<u8>,
+    readable: VecDeque<P>,
+    /// Bytes of `readable`'s front already read.
+    front_read: usize,
+    /// Unread bytes in `readable`.
+    unread: usize,
     read: ReadHalf,
     write: WriteHalf,
     max_unread: usize,
     fin_ack: bool,
 }
 
-impl StreamCore {
+impl<P: Payload> StreamCore<P> {
     /// `max_unread` bounds payload received but not yet read; a remote sending more is cut
     /// off with [`FrameError::Overflow`] rather than growing memory without bound.
     pub fn new(max_unread: usize) -> Self {
         Self {
             partial: Vec::new(),
             readable: VecDeque::new(),
+            front_read: 0,
+            unread: 0,
             read: ReadHalf::Open,
             write: WriteHalf::Open,
             max_unread,
             fin_ack: true,
         }
+    }
+
+    /// Whether bytes of an earlier message wait for the rest of their frame (then a new
+    /// message must go through [`StreamCore::on_bytes`]).
+    pub fn mid_frame(&self) -> bool {
+        !self.partial.is_empty()
+    }
+
+    /// Reads the layout of the frame at the start of a message from its first bytes
+    /// (`head`): `Ok(None)` if those do not suffice (a frame cut across messages, or a
+    /// payload that is not the frame's last field), so the whole message must go through
+    /// [`StreamCore::on_bytes`].
+    pub fn frame_layout(head: &[u8]) -> Result<Option<FrameLayout>, FrameError> {
+        let Some((len, prefix)) = get_varint(head)? else { return Ok(None) };
+        if len > MAX_INBOUND_FRAME_LEN as u64 {
+            return Err(FrameError::TooLarge(len));
+        }
+        let end = prefix + len as usize;
+        let mut at = prefix;
+        let mut flag = None;
+        while at < end {
+            let Some((key, used)) = get_varint(&head[at.min(head.len())..])? else { return Ok(None) };
+            at += used;
+            let field = key >> 3;
+            match (field, (key & 7) as u8) {
+                (1, WIRE_VARINT) => {
+                    let Some((value, used)) = get_varint(&head[at.min(head.len())..])? else { return Ok(None) };
+                    at += used;
+                    flag = Some(Flag::from_wire(value).ok_or(FrameError::UnknownFlag(value))?);
+                }
+                (2, WIRE_LEN) => {
+                    let Some((data_len, used)) = get_varint(&head[at.min(head.len())..])? else { return Ok(None) };
+                    at += used;
+                    // Only the usual shape (payload last) is read here.
+                    if at as u64 + data_len != end as u64 {
+                        return Ok(None);
+                    }
+                    let data = (data_len > 0).then_some((at, data_len as usize));
+                    return Ok(Some(FrameLayout { len: end, flag, data }));
+                }
+                _ => return Ok(None),
+            }
+        }
+        if at != end {
+            return Ok(None);
+        }
+        Ok(Some(FrameLayout { len: end, flag, data: None }))
+    }
+
+    /// Takes one whole frame whose layout the caller read with
+    /// [`StreamCore::frame_layout`], its payload as `data`. Same contract as
+    /// [`StreamCore::on_bytes`].
+    pub fn on_frame(&mut self, flag: Option<Flag>, data: Option<P>) -> Result<Vec<Flag>, FrameError> {
+        let mut replies = Vec::new();
+        let result = self.apply(flag, data, &mut replies);
+        if result.is_err() {
+            self.reset();
+        }
+        result.map(|()| replies)
     }
 
     /// For remotes that predate `FIN_ACK` (rust-libp2p's libp2p-webrtc 0.10 server rejects
@@ -205,14 +306,14 @@ impl StreamCore {
             if rest.len() < end {
                 return (consumed, Ok(()));
             }
-            if let Err(e) = self.on_frame(&rest[prefix..end], replies) {
+            if let Err(e) = self.on_frame_body(&rest[prefix..end], replies) {
                 return (consumed, Err(e));
             }
             consumed += end;
         }
     }
 
-    fn on_frame(&mut self, body: &[u8], replies: &mut Vec<Flag>) -> Result<(), FrameError> {
+    fn on_frame_body(&mut self, body: &[u8], replies: &mut Vec<Flag>) -> Result<(), FrameError> {
         let mut flag = None;
         let mut data: &[u8] = &[];
         let mut reader = FieldReader::new(body);
@@ -233,12 +334,21 @@ impl StreamCore {
                 _ => {}
             }
         }
+        let data = (!data.is_empty()).then(|| P::from(Bytes::copy_from_slice(data)));
+        self.apply(flag, data, replies)
+    }
+
+    fn apply(&mut self, flag: Option<Flag>, data: Option<P>, replies: &mut Vec<Flag>) -> Result<(), FrameError> {
         // Data first: a frame may carry its last data together with FIN.
-        if !data.is_empty() && self.read == ReadHalf::Open {
-            if self.readable.len() + data.len() > self.max_unread {
+        if let Some(data) = data
+            && data.len() > 0
+            && self.read == ReadHalf::Open
+        {
+            if self.unread + data.len() > self.max_unread {
                 return Err(FrameError::Overflow(self.max_unread));
             }
-            self.readable.extend(data);
+            self.unread += data.len();
+            self.readable.push_back(data);
         }
         match flag {
             None => {}
@@ -268,8 +378,14 @@ impl StreamCore {
     pub fn reset(&mut self) {
         self.read = ReadHalf::Reset;
         self.write = WriteHalf::Reset;
-        self.readable.clear();
+        self.clear_readable();
         self.partial.clear();
+    }
+
+    fn clear_readable(&mut self) {
+        self.readable.clear();
+        self.front_read = 0;
+        self.unread = 0;
     }
 
     /// Copies readable payload into `buf`.
@@ -277,14 +393,21 @@ impl StreamCore {
         if self.read == ReadHalf::Reset {
             return ReadOutcome::Reset;
         }
-        if !self.readable.is_empty() {
-            let n = buf.len().min(self.readable.len());
-            let (a, b) = self.readable.as_slices();
-            let from_a = n.min(a.len());
-            buf[..from_a].copy_from_slice(&a[..from_a]);
-            buf[from_a..n].copy_from_slice(&b[..n - from_a]);
-            self.readable.drain(..n);
-            return ReadOutcome::Data(n);
+        if self.unread > 0 {
+            let mut filled = 0;
+            while filled < buf.len() {
+                let Some(front) = self.readable.front() else { break };
+                let n = (front.len() - self.front_read).min(buf.len() - filled);
+                front.copy_to(self.front_read, &mut buf[filled..filled + n]);
+                filled += n;
+                self.front_read += n;
+                if self.front_read == front.len() {
+                    self.readable.pop_front();
+                    self.front_read = 0;
+                }
+            }
+            self.unread -= filled;
+            return ReadOutcome::Data(filled);
         }
         match self.read {
             ReadHalf::Open => ReadOutcome::Pending,
@@ -295,7 +418,7 @@ impl StreamCore {
 
     /// Bytes received and not yet read.
     pub fn unread(&self) -> usize {
-        self.readable.len()
+        self.unread
     }
 
     /// Whether data may be written now.
@@ -347,7 +470,7 @@ impl StreamCore {
     /// Stops reading: unread data is dropped, later data discarded. Returns `true` if a
     /// `STOP_SENDING` frame was appended to `out`.
     pub fn close_read(&mut self, out: &mut Vec<u8>) -> bool {
-        self.readable.clear();
+        self.clear_readable();
         if self.read != ReadHalf::Open {
             return false;
         }
@@ -358,7 +481,7 @@ impl StreamCore {
 
     /// Whether both halves are finished, so the data channel can be closed.
     pub fn fully_closed(&self) -> bool {
-        self.write_closed() && self.read != ReadHalf::Open && self.readable.is_empty()
+        self.write_closed() && self.read != ReadHalf::Open && self.unread == 0
     }
 
     pub fn is_reset(&self) -> bool {
@@ -381,7 +504,7 @@ mod tests {
 
     #[test]
     fn largest_data_frame_is_exactly_the_limit() {
-        let core = StreamCore::new(BIG);
+        let core: StreamCore = StreamCore::new(BIG);
         let mut out = Vec::new();
         let n = core.encode_data(&vec![1; 100_000], &mut out).unwrap();
         assert_eq!(n, MAX_DATA_LEN);
@@ -411,7 +534,7 @@ mod tests {
 
     #[test]
     fn without_fin_ack_neither_sends_nor_waits_for_it() {
-        let mut core = StreamCore::new(BIG).without_fin_ack();
+        let mut core: StreamCore = StreamCore::new(BIG).without_fin_ack();
         assert_eq!(core.on_bytes(&frames(Some(Flag::Fin), b"")).unwrap(), vec![]);
         let mut out = Vec::new();
         assert!(core.close_write(&mut out));
@@ -422,7 +545,7 @@ mod tests {
 
     #[test]
     fn fin_is_acknowledged_and_reads_to_eof() {
-        let mut core = StreamCore::new(BIG);
+        let mut core: StreamCore = StreamCore::new(BIG);
         let mut bytes = frames(None, b"abc");
         bytes.extend(frames(Some(Flag::Fin), b"de"));
         assert_eq!(core.on_bytes(&bytes).unwrap(), vec![Flag::FinAck]);
@@ -434,7 +557,7 @@ mod tests {
 
     #[test]
     fn close_write_waits_for_fin_ack() {
-        let mut core = StreamCore::new(BIG);
+        let mut core: StreamCore = StreamCore::new(BIG);
         let mut out = Vec::new();
         assert!(core.close_write(&mut out));
         assert_eq!(out, frames(Some(Flag::Fin), &[]));
@@ -449,7 +572,7 @@ mod tests {
 
     #[test]
     fn stop_sending_and_reset() {
-        let mut core = StreamCore::new(BIG);
+        let mut core: StreamCore = StreamCore::new(BIG);
         core.on_bytes(&frames(Some(Flag::StopSending), &[])).unwrap();
         assert_eq!(core.check_writable(), Err(WriteRefused::StoppedByRemote));
         core.on_bytes(&frames(None, b"still readable")).unwrap();
@@ -459,7 +582,7 @@ mod tests {
 
     #[test]
     fn our_stop_sending_discards_later_data() {
-        let mut core = StreamCore::new(BIG);
+        let mut core: StreamCore = StreamCore::new(BIG);
         let mut out = Vec::new();
         core.on_bytes(&frames(None, b"dropped")).unwrap();
         assert!(core.close_read(&mut out));
@@ -470,14 +593,14 @@ mod tests {
 
     #[test]
     fn overflow_and_oversize_reset_the_stream() {
-        let mut core = StreamCore::new(8);
+        let mut core: StreamCore = StreamCore::new(8);
         assert_eq!(core.on_bytes(&frames(None, b"123456789")), Err(FrameError::Overflow(8)));
         assert!(core.is_reset());
-        let mut core = StreamCore::new(BIG);
+        let mut core: StreamCore = StreamCore::new(BIG);
         let mut huge = Vec::new();
         put_varint(&mut huge, (MAX_INBOUND_FRAME_LEN + 1) as u64);
         assert!(matches!(core.on_bytes(&huge), Err(FrameError::TooLarge(_))));
-        let mut core = StreamCore::new(BIG);
+        let mut core: StreamCore = StreamCore::new(BIG);
         assert_eq!(core.on_bytes(&[2, 0x08, 9]), Err(FrameError::UnknownFlag(9)));
     }
 
@@ -486,7 +609,7 @@ mod tests {
         #[test]
         fn reassembles_across_arbitrary_cuts(payloads in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 1..3000), 1..8), cuts in proptest::collection::vec(1usize..5000, 1..20)) {
             let mut wire = Vec::new();
-            let core = StreamCore::new(BIG);
+            let core: StreamCore = StreamCore::new(BIG);
             let mut expected = Vec::new();
             for payload in &payloads {
                 let mut rest = payload.as_slice();
@@ -496,7 +619,7 @@ mod tests {
                 }
                 expected.extend_from_slice(payload);
             }
-            let mut receiver = StreamCore::new(BIG);
+            let mut receiver: StreamCore = StreamCore::new(BIG);
             let mut offset = 0;
             for cut in cuts.iter().cycle() {
                 if offset >= wire.len() { break; }
@@ -515,9 +638,28 @@ mod tests {
             prop_assert_eq!(got, expected);
         }
 
+        /// The header-only fast path reads every frame we encode exactly as the byte
+        /// path does.
+        #[test]
+        fn frame_layout_matches_the_byte_path(flag in proptest::option::of(0u8..4), data in proptest::collection::vec(any::<u8>(), 0..3000)) {
+            let flag = flag.and_then(|f| Flag::from_wire(u64::from(f)));
+            let wire = frames(flag, &data);
+            let layout = StreamCore::<Bytes>::frame_layout(&wire[..wire.len().min(16)]).unwrap().unwrap();
+            prop_assert_eq!(layout.len, wire.len());
+            prop_assert_eq!(layout.flag, flag);
+            let payload = layout.data.map(|(at, len)| Bytes::copy_from_slice(&wire[at..at + len]));
+            prop_assert_eq!(payload.as_deref().unwrap_or_default(), &data[..]);
+            let mut fast: StreamCore = StreamCore::new(BIG);
+            let mut slow: StreamCore = StreamCore::new(BIG);
+            prop_assert_eq!(fast.on_frame(layout.flag, payload).unwrap(), slow.on_bytes(&wire).unwrap());
+            let (mut a, mut b) = (vec![0; 4000], vec![0; 4000]);
+            prop_assert_eq!(fast.read(&mut a), slow.read(&mut b));
+            prop_assert_eq!(a, b);
+        }
+
         #[test]
         fn arbitrary_bytes_never_panic(chunks: Vec<Vec<u8>>) {
-            let mut core = StreamCore::new(4096);
+            let mut core: StreamCore = StreamCore::new(4096);
             for chunk in chunks {
                 if core.on_bytes(&chunk).is_err() {
                     prop_assert!(core.is_reset());

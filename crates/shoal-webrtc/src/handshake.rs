@@ -8,6 +8,8 @@
 //! what is allowed when, so a peer sending messages out of order, an answer with no
 //! fingerprint or a flood of candidates ends the attempt with a precise error.
 
+use std::collections::VecDeque;
+
 use std::fmt;
 
 use thiserror::Error;
@@ -77,9 +79,9 @@ impl fmt::Display for Phase {
     }
 }
 
-/// What the driver must do next.
+/// What the driver must do next, from [`Handshake::poll_output`] after each input.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Action {
+pub enum Output {
     /// Create the local description (offer or answer by role), apply it with
     /// `setLocalDescription`, then report its SDP with [`Handshake::on_local_description`].
     CreateLocalDescription,
@@ -129,6 +131,7 @@ pub struct Handshake {
     signaling_open: bool,
     queued_candidates: Vec<Option<IceCandidate>>,
     candidates_received: usize,
+    outputs: VecDeque<Output>,
 }
 
 impl Handshake {
@@ -141,7 +144,19 @@ impl Handshake {
             signaling_open: true,
             queued_candidates: Vec::new(),
             candidates_received: 0,
+            outputs: VecDeque::new(),
         }
+    }
+
+    /// The next thing to do; `None` until the next input.
+    pub fn poll_output(&mut self) -> Option<Output> {
+        self.outputs.pop_front()
+    }
+
+    /// The handshake keeps no timer of its own: the driver's deadline ends it
+    /// ([`Handshake::on_timeout`]).
+    pub fn poll_timeout(&self) -> Option<std::time::Duration> {
+        None
     }
 
     pub fn role(&self) -> Role {
@@ -157,7 +172,7 @@ impl Handshake {
         self.remote_fingerprint
     }
 
-    fn fail(&mut self, error: HandshakeError) -> Result<Vec<Action>, HandshakeError> {
+    fn fail(&mut self, error: HandshakeError) -> Result<(), HandshakeError> {
         self.phase = Phase::Failed;
         Err(error)
     }
@@ -170,49 +185,61 @@ impl Handshake {
     }
 
     /// Begins the attempt.
-    pub fn start(&mut self) -> Result<Vec<Action>, HandshakeError> {
+    pub fn start(&mut self) -> Result<(), HandshakeError> {
         if self.phase != Phase::Start {
             return self.fail(HandshakeError::Unexpected { message: "second start", phase: self.phase });
         }
         match self.role {
             Role::Dialer => {
                 self.phase = Phase::CreatingOffer;
-                Ok(vec![Action::CreateLocalDescription])
+                {
+self.outputs.push_back(Output::CreateLocalDescription);
+                Ok(())
+            }
             }
             Role::Listener => {
                 self.phase = Phase::AwaitingOffer;
-                Ok(Vec::new())
+                Ok(())
             }
         }
     }
 
     /// The local description was created and applied; `sdp` is what to send.
-    pub fn on_local_description(&mut self, sdp: String) -> Result<Vec<Action>, HandshakeError> {
+    pub fn on_local_description(&mut self, sdp: String) -> Result<(), HandshakeError> {
         self.check_live()?;
         match (self.role, self.phase) {
             (Role::Dialer, Phase::CreatingOffer) => {
                 self.phase = Phase::AwaitingAnswer;
-                Ok(vec![Action::Send(SignalingMessage::Offer(sdp))])
+                {
+self.outputs.push_back(Output::Send(SignalingMessage::Offer(sdp)));
+                Ok(())
+            }
             }
             (Role::Listener, Phase::CreatingAnswer) => {
                 self.phase = Phase::Connecting;
-                Ok(vec![Action::Send(SignalingMessage::Answer(sdp))])
+                {
+self.outputs.push_back(Output::Send(SignalingMessage::Answer(sdp)));
+                Ok(())
+            }
             }
             (_, phase) => self.fail(HandshakeError::Unexpected { message: "local description", phase }),
         }
     }
 
     /// The browser gathered a local candidate (`None`: gathering finished).
-    pub fn on_local_candidate(&mut self, candidate: Option<IceCandidate>) -> Result<Vec<Action>, HandshakeError> {
+    pub fn on_local_candidate(&mut self, candidate: Option<IceCandidate>) -> Result<(), HandshakeError> {
         self.check_live()?;
         if !self.signaling_open || self.phase == Phase::Connected {
-            return Ok(Vec::new());
+            return Ok(());
         }
-        Ok(vec![Action::Send(SignalingMessage::Candidate(candidate))])
+        {
+self.outputs.push_back(Output::Send(SignalingMessage::Candidate(candidate)));
+                Ok(())
+            }
     }
 
     /// A message arrived on the signalling stream.
-    pub fn on_message(&mut self, message: SignalingMessage) -> Result<Vec<Action>, HandshakeError> {
+    pub fn on_message(&mut self, message: SignalingMessage) -> Result<(), HandshakeError> {
         self.check_live()?;
         match (message, self.role, self.phase) {
             (SignalingMessage::Offer(sdp), Role::Listener, Phase::AwaitingOffer) => {
@@ -223,20 +250,23 @@ impl Handshake {
             }
             (SignalingMessage::Candidate(candidate), _, phase) => {
                 if phase == Phase::Connected {
-                    return Ok(Vec::new());
+                    return Ok(());
                 }
                 self.candidates_received += 1;
                 if self.candidates_received > MAX_CANDIDATES {
                     return self.fail(HandshakeError::TooManyCandidates(MAX_CANDIDATES));
                 }
                 if self.remote_description_set {
-                    return Ok(vec![Action::AddRemoteCandidate(candidate)]);
+                    return {
+self.outputs.push_back(Output::AddRemoteCandidate(candidate));
+                Ok(())
+            };
                 }
                 if self.queued_candidates.len() == MAX_QUEUED_CANDIDATES {
                     return self.fail(HandshakeError::TooManyCandidates(MAX_QUEUED_CANDIDATES));
                 }
                 self.queued_candidates.push(candidate);
-                Ok(Vec::new())
+                Ok(())
             }
             (SignalingMessage::Offer(_), _, phase) => {
                 self.fail(HandshakeError::Unexpected { message: "SDP offer", phase })
@@ -247,34 +277,36 @@ impl Handshake {
         }
     }
 
-    fn accept_remote(&mut self, kind: SdpKind, sdp: String) -> Result<Vec<Action>, HandshakeError> {
+    fn accept_remote(&mut self, kind: SdpKind, sdp: String) -> Result<(), HandshakeError> {
         match signaling::validate_sdp(&sdp) {
             Ok(fingerprint) => {
                 self.remote_fingerprint = Some(fingerprint);
                 self.phase = Phase::ApplyingRemoteDescription;
-                Ok(vec![Action::SetRemoteDescription { kind, sdp }])
+                {
+self.outputs.push_back(Output::SetRemoteDescription { kind, sdp });
+                Ok(())
+            }
             }
             Err(e) => self.fail(e.into()),
         }
     }
 
     /// The remote description was applied.
-    pub fn on_remote_description_set(&mut self) -> Result<Vec<Action>, HandshakeError> {
+    pub fn on_remote_description_set(&mut self) -> Result<(), HandshakeError> {
         self.check_live()?;
         if self.phase != Phase::ApplyingRemoteDescription {
             return self.fail(HandshakeError::Unexpected { message: "remote description applied", phase: self.phase });
         }
         self.remote_description_set = true;
-        let mut actions = Vec::with_capacity(self.queued_candidates.len() + 1);
         match self.role {
             Role::Dialer => self.phase = Phase::Connecting,
             Role::Listener => {
                 self.phase = Phase::CreatingAnswer;
-                actions.push(Action::CreateLocalDescription);
+                self.outputs.push_back(Output::CreateLocalDescription);
             }
         }
-        actions.extend(self.queued_candidates.drain(..).map(Action::AddRemoteCandidate));
-        Ok(actions)
+        self.outputs.extend(self.queued_candidates.drain(..).map(Output::AddRemoteCandidate));
+        Ok(())
     }
 
     /// `connectionState` changed. For `Connected`, `remote_certificate` is the SHA-256 of
@@ -283,7 +315,7 @@ impl Handshake {
         &mut self,
         state: PeerConnectionState,
         remote_certificate: Option<Fingerprint>,
-    ) -> Result<Vec<Action>, HandshakeError> {
+    ) -> Result<(), HandshakeError> {
         self.check_live()?;
         match state {
             PeerConnectionState::Connected => {
@@ -296,25 +328,28 @@ impl Handshake {
                     return self.fail(HandshakeError::FingerprintMismatch);
                 }
                 self.phase = Phase::Connected;
-                Ok(vec![Action::Connected])
+                {
+self.outputs.push_back(Output::Connected);
+                Ok(())
+            }
             }
             PeerConnectionState::Failed | PeerConnectionState::Closed => {
                 let phase = self.phase;
                 self.fail(HandshakeError::ConnectionFailed(state, phase))
             }
             PeerConnectionState::New | PeerConnectionState::Connecting | PeerConnectionState::Disconnected => {
-                Ok(Vec::new())
+                Ok(())
             }
         }
     }
 
     /// The remote closed the signalling stream. Harmless once both descriptions are applied
     /// (the remote may have connected first and moved on); fatal before.
-    pub fn on_signaling_closed(&mut self) -> Result<Vec<Action>, HandshakeError> {
+    pub fn on_signaling_closed(&mut self) -> Result<(), HandshakeError> {
         self.check_live()?;
         self.signaling_open = false;
         match self.phase {
-            Phase::Connecting | Phase::Connected => Ok(Vec::new()),
+            Phase::Connecting | Phase::Connected => Ok(()),
             phase => self.fail(HandshakeError::SignalingClosed(phase)),
         }
     }
@@ -353,6 +388,14 @@ mod tests {
     use crate::signaling::tests::CHROME_OFFER;
     use proptest::prelude::*;
 
+    /// An input's result with what it asked for.
+    fn run(
+        hs: &mut Handshake,
+        input: impl FnOnce(&mut Handshake) -> Result<(), HandshakeError>,
+    ) -> Result<Vec<Output>, HandshakeError> {
+        input(hs).map(|()| std::iter::from_fn(|| hs.poll_output()).collect())
+    }
+
     fn answer_sdp() -> String {
         CHROME_OFFER.replace("actpass", "active")
     }
@@ -372,58 +415,58 @@ mod tests {
     fn dialer_and_listener_reach_connected() {
         let mut dialer = Handshake::new(Role::Dialer);
         let mut listener = Handshake::new(Role::Listener);
-        assert!(listener.start().unwrap().is_empty());
-        assert_eq!(dialer.start().unwrap(), vec![Action::CreateLocalDescription]);
+        assert!(run(&mut listener, |h| h.start()).unwrap().is_empty());
+        assert_eq!(run(&mut dialer, |h| h.start()).unwrap(), vec![Output::CreateLocalDescription]);
 
-        let offer = dialer.on_local_description(CHROME_OFFER.into()).unwrap();
-        let [Action::Send(offer)] = offer.as_slice() else { panic!("expected to send the offer: {offer:?}") };
+        let offer = run(&mut dialer, |h| h.on_local_description(CHROME_OFFER.into())).unwrap();
+        let [Output::Send(offer)] = offer.as_slice() else { panic!("expected to send the offer: {offer:?}") };
         // A candidate from the dialer overtakes nothing: it is queued at the listener
         // until the offer is applied.
-        let sent = dialer.on_local_candidate(Some(candidate(1))).unwrap();
-        let [Action::Send(early)] = sent.as_slice() else { panic!() };
+        let sent = run(&mut dialer, |h| h.on_local_candidate(Some(candidate(1)))).unwrap();
+        let [Output::Send(early)] = sent.as_slice() else { panic!() };
 
-        let apply = listener.on_message(offer.clone()).unwrap();
-        assert!(matches!(apply.as_slice(), [Action::SetRemoteDescription { kind: SdpKind::Offer, .. }]));
-        assert!(listener.on_message(early.clone()).unwrap().is_empty(), "queued, not applied yet");
-        let after = listener.on_remote_description_set().unwrap();
-        assert_eq!(after, vec![Action::CreateLocalDescription, Action::AddRemoteCandidate(Some(candidate(1)))]);
-        let answer = listener.on_local_description(answer_sdp()).unwrap();
-        let [Action::Send(answer)] = answer.as_slice() else { panic!() };
+        let apply = run(&mut listener, |h| h.on_message(offer.clone())).unwrap();
+        assert!(matches!(apply.as_slice(), [Output::SetRemoteDescription { kind: SdpKind::Offer, .. }]));
+        assert!(run(&mut listener, |h| h.on_message(early.clone())).unwrap().is_empty(), "queued, not applied yet");
+        let after = run(&mut listener, |h| h.on_remote_description_set()).unwrap();
+        assert_eq!(after, vec![Output::CreateLocalDescription, Output::AddRemoteCandidate(Some(candidate(1)))]);
+        let answer = run(&mut listener, |h| h.on_local_description(answer_sdp())).unwrap();
+        let [Output::Send(answer)] = answer.as_slice() else { panic!() };
 
-        let apply = dialer.on_message(answer.clone()).unwrap();
-        assert!(matches!(apply.as_slice(), [Action::SetRemoteDescription { kind: SdpKind::Answer, .. }]));
-        assert!(dialer.on_remote_description_set().unwrap().is_empty());
+        let apply = run(&mut dialer, |h| h.on_message(answer.clone())).unwrap();
+        assert!(matches!(apply.as_slice(), [Output::SetRemoteDescription { kind: SdpKind::Answer, .. }]));
+        assert!(run(&mut dialer, |h| h.on_remote_description_set()).unwrap().is_empty());
         assert_eq!(
-            dialer.on_message(SignalingMessage::Candidate(Some(candidate(2)))).unwrap(),
-            vec![Action::AddRemoteCandidate(Some(candidate(2)))]
+            run(&mut dialer, |h| h.on_message(SignalingMessage::Candidate(Some(candidate(2))))).unwrap(),
+            vec![Output::AddRemoteCandidate(Some(candidate(2)))]
         );
         let fingerprint = dialer.remote_fingerprint();
         assert_eq!(
-            dialer.on_connection_state(PeerConnectionState::Connected, fingerprint).unwrap(),
-            vec![Action::Connected]
+            run(&mut dialer, |h| h.on_connection_state(PeerConnectionState::Connected, fingerprint)).unwrap(),
+            vec![Output::Connected]
         );
         assert_eq!(
-            listener.on_connection_state(PeerConnectionState::Connected, None).unwrap(),
-            vec![Action::Connected]
+            run(&mut listener, |h| h.on_connection_state(PeerConnectionState::Connected, None)).unwrap(),
+            vec![Output::Connected]
         );
         // Late candidates after success are ignored, not errors.
-        assert!(dialer.on_message(SignalingMessage::Candidate(None)).unwrap().is_empty());
-        assert!(dialer.on_local_candidate(None).unwrap().is_empty());
+        assert!(run(&mut dialer, |h| h.on_message(SignalingMessage::Candidate(None))).unwrap().is_empty());
+        assert!(run(&mut dialer, |h| h.on_local_candidate(None)).unwrap().is_empty());
     }
 
     fn dialer_awaiting_answer() -> Handshake {
         let mut dialer = Handshake::new(Role::Dialer);
-        dialer.start().unwrap();
-        dialer.on_local_description(CHROME_OFFER.into()).unwrap();
+        run(&mut dialer, |h| h.start()).unwrap();
+        run(&mut dialer, |h| h.on_local_description(CHROME_OFFER.into())).unwrap();
         dialer
     }
 
     #[test]
     fn wrong_certificate_is_refused() {
         let mut dialer = dialer_awaiting_answer();
-        dialer.on_message(SignalingMessage::Answer(answer_sdp())).unwrap();
-        dialer.on_remote_description_set().unwrap();
-        let err = dialer.on_connection_state(PeerConnectionState::Connected, Some([7; 32])).unwrap_err();
+        run(&mut dialer, |h| h.on_message(SignalingMessage::Answer(answer_sdp()))).unwrap();
+        run(&mut dialer, |h| h.on_remote_description_set()).unwrap();
+        let err = run(&mut dialer, |h| h.on_connection_state(PeerConnectionState::Connected, Some([7; 32]))).unwrap_err();
         assert_eq!(err, HandshakeError::FingerprintMismatch);
         assert_eq!(dialer.phase(), Phase::Failed);
     }
@@ -431,19 +474,19 @@ mod tests {
     #[test]
     fn out_of_order_messages_fail_with_phase() {
         let mut listener = Handshake::new(Role::Listener);
-        listener.start().unwrap();
+        run(&mut listener, |h| h.start()).unwrap();
         assert_eq!(
-            listener.on_message(SignalingMessage::Answer(answer_sdp())).unwrap_err(),
+            run(&mut listener, |h| h.on_message(SignalingMessage::Answer(answer_sdp()))).unwrap_err(),
             HandshakeError::Unexpected { message: "SDP answer", phase: Phase::AwaitingOffer }
         );
         let mut dialer = dialer_awaiting_answer();
-        dialer.on_message(SignalingMessage::Answer(answer_sdp())).unwrap();
+        run(&mut dialer, |h| h.on_message(SignalingMessage::Answer(answer_sdp()))).unwrap();
         assert_eq!(
-            dialer.on_message(SignalingMessage::Answer(answer_sdp())).unwrap_err(),
+            run(&mut dialer, |h| h.on_message(SignalingMessage::Answer(answer_sdp()))).unwrap_err(),
             HandshakeError::Unexpected { message: "SDP answer", phase: Phase::ApplyingRemoteDescription }
         );
         // Anything after a failure is refused too.
-        assert!(dialer.on_remote_description_set().is_err());
+        assert!(run(&mut dialer, |h| h.on_remote_description_set()).is_err());
     }
 
     #[test]
@@ -452,7 +495,7 @@ mod tests {
         let stripped: String =
             answer_sdp().lines().filter(|l| !l.starts_with("a=fingerprint")).map(|l| format!("{l}\r\n")).collect();
         assert_eq!(
-            dialer.on_message(SignalingMessage::Answer(stripped)).unwrap_err(),
+            run(&mut dialer, |h| h.on_message(SignalingMessage::Answer(stripped))).unwrap_err(),
             HandshakeError::Sdp(SdpError::NoFingerprint)
         );
     }
@@ -460,12 +503,12 @@ mod tests {
     #[test]
     fn candidate_flood_is_refused() {
         let mut listener = Handshake::new(Role::Listener);
-        listener.start().unwrap();
+        run(&mut listener, |h| h.start()).unwrap();
         for n in 0..MAX_QUEUED_CANDIDATES as u16 {
-            listener.on_message(SignalingMessage::Candidate(Some(candidate(n)))).unwrap();
+            run(&mut listener, |h| h.on_message(SignalingMessage::Candidate(Some(candidate(n))))).unwrap();
         }
         assert_eq!(
-            listener.on_message(SignalingMessage::Candidate(None)).unwrap_err(),
+            run(&mut listener, |h| h.on_message(SignalingMessage::Candidate(None))).unwrap_err(),
             HandshakeError::TooManyCandidates(MAX_QUEUED_CANDIDATES)
         );
     }
@@ -473,15 +516,15 @@ mod tests {
     #[test]
     fn signaling_close_is_fatal_only_before_descriptions() {
         let mut dialer = dialer_awaiting_answer();
-        assert_eq!(dialer.on_signaling_closed().unwrap_err(), HandshakeError::SignalingClosed(Phase::AwaitingAnswer));
+        assert_eq!(run(&mut dialer, |h| h.on_signaling_closed()).unwrap_err(), HandshakeError::SignalingClosed(Phase::AwaitingAnswer));
 
         let mut dialer = dialer_awaiting_answer();
-        dialer.on_message(SignalingMessage::Answer(answer_sdp())).unwrap();
-        dialer.on_remote_description_set().unwrap();
-        assert!(dialer.on_signaling_closed().unwrap().is_empty());
+        run(&mut dialer, |h| h.on_message(SignalingMessage::Answer(answer_sdp()))).unwrap();
+        run(&mut dialer, |h| h.on_remote_description_set()).unwrap();
+        assert!(run(&mut dialer, |h| h.on_signaling_closed()).unwrap().is_empty());
         // Our own late candidates are no longer sent anywhere.
-        assert!(dialer.on_local_candidate(Some(candidate(3))).unwrap().is_empty());
-        assert_eq!(dialer.on_connection_state(PeerConnectionState::Connected, None).unwrap(), vec![Action::Connected]);
+        assert!(run(&mut dialer, |h| h.on_local_candidate(Some(candidate(3)))).unwrap().is_empty());
+        assert_eq!(run(&mut dialer, |h| h.on_connection_state(PeerConnectionState::Connected, None)).unwrap(), vec![Output::Connected]);
     }
 
     #[test]
@@ -489,10 +532,10 @@ mod tests {
         let mut dialer = dialer_awaiting_answer();
         assert_eq!(dialer.on_timeout(), HandshakeError::Timeout(Phase::AwaitingAnswer));
         let mut dialer = dialer_awaiting_answer();
-        dialer.on_message(SignalingMessage::Answer(answer_sdp())).unwrap();
-        dialer.on_remote_description_set().unwrap();
+        run(&mut dialer, |h| h.on_message(SignalingMessage::Answer(answer_sdp()))).unwrap();
+        run(&mut dialer, |h| h.on_remote_description_set()).unwrap();
         assert_eq!(
-            dialer.on_connection_state(PeerConnectionState::Failed, None).unwrap_err(),
+            run(&mut dialer, |h| h.on_connection_state(PeerConnectionState::Failed, None)).unwrap_err(),
             HandshakeError::ConnectionFailed(PeerConnectionState::Failed, Phase::Connecting)
         );
     }
@@ -533,23 +576,23 @@ mod tests {
             let mut hs = Handshake::new(if dialer { Role::Dialer } else { Role::Listener });
             for event in events {
                 let result = match event {
-                    Event::Start => hs.start(),
-                    Event::LocalDescription => hs.on_local_description(CHROME_OFFER.into()),
-                    Event::LocalCandidate => hs.on_local_candidate(Some(candidate(1))),
-                    Event::Offer(valid) => hs.on_message(SignalingMessage::Offer(if valid { CHROME_OFFER.into() } else { "v=0".into() })),
-                    Event::Answer(valid) => hs.on_message(SignalingMessage::Answer(if valid { answer_sdp() } else { "v=0".into() })),
-                    Event::RemoteCandidate => hs.on_message(SignalingMessage::Candidate(Some(candidate(2)))),
-                    Event::RemoteSet => hs.on_remote_description_set(),
+                    Event::Start => run(&mut hs, |h| h.start()),
+                    Event::LocalDescription => run(&mut hs, |h| h.on_local_description(CHROME_OFFER.into())),
+                    Event::LocalCandidate => run(&mut hs, |h| h.on_local_candidate(Some(candidate(1)))),
+                    Event::Offer(valid) => run(&mut hs, |h| h.on_message(SignalingMessage::Offer(if valid { CHROME_OFFER.into() } else { "v=0".into() }))),
+                    Event::Answer(valid) => run(&mut hs, |h| h.on_message(SignalingMessage::Answer(if valid { answer_sdp() } else { "v=0".into() }))),
+                    Event::RemoteCandidate => run(&mut hs, |h| h.on_message(SignalingMessage::Candidate(Some(candidate(2))))),
+                    Event::RemoteSet => run(&mut hs, |h| h.on_remote_description_set()),
                     Event::State(s) => {
                         let state = [PeerConnectionState::New, PeerConnectionState::Connecting, PeerConnectionState::Connected,
                             PeerConnectionState::Disconnected, PeerConnectionState::Failed, PeerConnectionState::Closed][s as usize];
-                        hs.on_connection_state(state, None)
+                        run(&mut hs, |h| h.on_connection_state(state, None))
                     }
-                    Event::Closed => hs.on_signaling_closed(),
+                    Event::Closed => run(&mut hs, |h| h.on_signaling_closed()),
                 };
                 match result {
                     Ok(actions) => {
-                        if actions.contains(&Action::Connected) {
+                        if actions.contains(&Output::Connected) {
                             prop_assert!(hs.remote_fingerprint().is_some());
                             prop_assert!(hs.remote_description_set);
                         }

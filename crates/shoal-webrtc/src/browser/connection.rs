@@ -25,8 +25,9 @@ use super::{Config, Error, Stream};
 /// Label of the channel a dialer opens only so its offer has a data section.
 pub(crate) const INIT_CHANNEL_LABEL: &str = "init";
 
-/// Most inbound data channels waiting to be accepted before more are refused.
-const MAX_PENDING_INBOUND: usize = 64;
+/// Most inbound data channels waiting to be accepted before more are refused (each may
+/// buffer up to `max_unread_per_stream` until the swarm takes it).
+const MAX_PENDING_INBOUND: usize = 16;
 
 /// A direct WebRTC connection to another browser.
 pub struct Connection {

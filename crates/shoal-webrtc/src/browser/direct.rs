@@ -32,7 +32,7 @@ pub(crate) async fn dial(
     keypair: Keypair,
     config: Arc<Config>,
 ) -> Result<(PeerId, Connection), Error> {
-    take_budget(config.peer_connection_budget)?;
+    take_budget(config.peer_connection_budget, crate::handshake::Role::Dialer)?;
     let config = Arc::new(Config { fin_ack: false, ..(*config).clone() });
     let pc = new_peer_connection(&config)?;
     let inbound = InboundChannels::install(&pc, &config);

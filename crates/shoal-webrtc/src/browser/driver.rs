@@ -1,6 +1,6 @@
 //! Runs one [`Handshake`] against a real `RTCPeerConnection` and a signalling stream.
 
-use std::{collections::VecDeque, sync::Arc};
+use std::sync::Arc;
 
 use futures::{
     AsyncRead, AsyncReadExt, AsyncWriteExt, FutureExt, StreamExt,
@@ -23,7 +23,7 @@ use super::{
     js_error, take_budget,
 };
 use crate::{
-    handshake::{Action, Handshake, HandshakeError, PeerConnectionState, Role, SdpKind},
+    handshake::{Handshake, HandshakeError, Output, PeerConnectionState, Role, SdpKind},
     signaling::{DecodeError, Decoder, Fingerprint, IceCandidate, SignalingMessage},
 };
 
@@ -48,15 +48,27 @@ pub(crate) async fn run(
     signaling: Libp2pStream,
     config: Arc<Config>,
 ) -> Result<Connection, Error> {
-    take_budget(config.peer_connection_budget)?;
+    let mut deadline = Delay::new(config.handshake_timeout);
+    let (reader, writer) = signaling.split();
+    let mut remote: futures::stream::LocalBoxStream<'static, Remote> = remote_messages(reader).boxed_local();
+    let mut hs = Handshake::new(role);
+    hs.start()?;
+    if role == Role::Listener {
+        // Nothing of the page's lifetime budget of peer connections is spent on a
+        // stranger until it has sent a well-formed offer.
+        if let Err(error) = await_offer(&mut hs, &mut remote, &mut deadline).await {
+            tracing::info!(%peer, %error, "inbound WebRTC handshake refused before an offer");
+            return Err(error.into());
+        }
+    }
+    take_budget(config.peer_connection_budget, role)?;
     let pc = new_peer_connection(&config)?;
     let inbound = InboundChannels::install(&pc, &config);
     let (events_tx, events) = mpsc::unbounded();
     let callbacks = Callbacks::install(&pc, events_tx);
     let init = (role == Role::Dialer).then(|| pc.create_data_channel(INIT_CHANNEL_LABEL));
 
-    let deadline = Delay::new(config.handshake_timeout);
-    let result = drive(role, &pc, signaling, events, deadline).await;
+    let result = drive(hs, role, &pc, remote, writer, events, deadline).await;
     match &result {
         Ok(()) => tracing::debug!(%peer, ?role, "direct connection up"),
         Err(error) => tracing::info!(%peer, ?role, %error, "WebRTC handshake failed"),
@@ -76,39 +88,57 @@ pub(crate) async fn run(
     }
 }
 
-async fn drive(
+/// Reads the signalling stream until the dialer's offer is accepted (candidates that
+/// come first are queued by the handshake).
+async fn await_offer(
+    hs: &mut Handshake,
+    remote: &mut futures::stream::LocalBoxStream<'static, Remote>,
+    deadline: &mut Delay,
+) -> Result<(), HandshakeError> {
+    while hs.phase() == crate::handshake::Phase::AwaitingOffer {
+        match future::select(remote.next(), &mut *deadline).await {
+            Either::Right(_) => return Err(hs.on_timeout()),
+            Either::Left((Some(Remote::Message(message)), _)) => hs.on_message(message)?,
+            Either::Left((Some(Remote::Bad(error)), _)) => return Err(hs.on_decode_error(error)),
+            Either::Left((Some(Remote::Io(error)), _)) => return Err(hs.on_io_error(error)),
+            Either::Left((Some(Remote::Closed) | None, _)) => {
+                hs.on_signaling_closed()?;
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn drive<W: futures::AsyncWrite + Unpin>(
+    mut hs: Handshake,
     role: Role,
     pc: &RtcPeerConnection,
-    signaling: Libp2pStream,
+    mut remote: futures::stream::LocalBoxStream<'static, Remote>,
+    mut writer: W,
     mut events: mpsc::UnboundedReceiver<LocalEvent>,
     mut deadline: Delay,
 ) -> Result<(), HandshakeError> {
-    let (reader, mut writer) = signaling.split();
-    let mut remote: futures::stream::LocalBoxStream<'static, Remote> = remote_messages(reader).boxed_local();
-    let mut hs = Handshake::new(role);
-    let mut actions: VecDeque<Action> = hs.start()?.into();
     let mut out = Vec::new();
     loop {
-        // Carry out every action, including those that carrying out others produces,
+        // Carry out every output, including those that carrying out others produces,
         // before waiting for anything.
-        while let Some(action) = actions.pop_front() {
-            let more = match action {
-                Action::CreateLocalDescription => {
+        while let Some(output) = hs.poll_output() {
+            match output {
+                Output::CreateLocalDescription => {
                     let sdp = create_local_description(pc, role).await.map_err(|e| hs.on_browser_error(e))?;
-                    hs.on_local_description(sdp)?
+                    hs.on_local_description(sdp)?;
                 }
-                Action::SetRemoteDescription { kind, sdp } => {
+                Output::SetRemoteDescription { kind, sdp } => {
                     set_remote_description(pc, kind, &sdp).await.map_err(|e| hs.on_browser_error(e))?;
-                    hs.on_remote_description_set()?
+                    hs.on_remote_description_set()?;
                 }
-                Action::AddRemoteCandidate(candidate) => {
+                Output::AddRemoteCandidate(candidate) => {
                     // A single bad candidate is not fatal: others may still connect.
                     if let Err(e) = add_candidate(pc, candidate.as_ref()).await {
                         tracing::debug!(error = %e, "remote ICE candidate refused");
                     }
-                    Vec::new()
                 }
-                Action::Send(message) => {
+                Output::Send(message) => {
                     out.clear();
                     message.encode(&mut out);
                     tracing::trace!(bytes = out.len(), "sending signalling message");
@@ -120,22 +150,19 @@ async fn drive(
                     if let Err(e) = written {
                         // The remote may have connected and closed the stream already.
                         tracing::debug!(error = %e, "signalling write failed");
-                        hs.on_signaling_closed()?
-                    } else {
-                        Vec::new()
+                        hs.on_signaling_closed()?;
                     }
                 }
-                Action::Connected => {
+                Output::Connected => {
                     // Close our side so the remote sees a clean end; don't wait on it.
                     let _ = writer.close().now_or_never();
                     return Ok(());
                 }
-            };
-            actions.extend(more);
+            }
         }
 
         let next = future::select(future::select(remote.next(), events.next()), &mut deadline).await;
-        let more = match next {
+        match next {
             Either::Right(_) => return Err(hs.on_timeout()),
             Either::Left((Either::Left((received, _)), _)) => match received {
                 Some(Remote::Message(message)) => hs.on_message(message)?,
@@ -168,8 +195,7 @@ async fn drive(
                     return Err(hs.on_browser_error("peer connection event source ended".into()));
                 }
             },
-        };
-        actions.extend(more);
+        }
     }
 }
 

@@ -71,7 +71,9 @@ impl Default for Config {
             peer_connection_budget: 400,
             send_high_water: 4 * 1024 * 1024,
             send_low_water: 1024 * 1024,
-            max_unread_per_stream: 32 * 1024 * 1024,
+            // Above the largest frame any Shoal protocol sends (a 16,384-chunk record, ~520
+            // KiB); readers read as data comes, so more only ever means a flood.
+            max_unread_per_stream: 2 * 1024 * 1024,
             disconnected_grace: Duration::from_secs(8),
             fin_ack_timeout: Duration::from_secs(5),
             fin_ack: true,
@@ -101,8 +103,17 @@ pub fn peer_connections_created() -> u32 {
     PEER_CONNECTIONS_CREATED.load(Ordering::Relaxed)
 }
 
-/// Takes one unit of the page's peer connection budget.
-fn take_budget(budget: u32) -> Result<(), Error> {
+/// Peer connections of the budget that connections others ask for may not take: kept
+/// for the page's own dials and for reaching its node again.
+pub const INBOUND_RESERVE: u32 = 50;
+
+/// Takes one unit of the page's peer connection budget (less the reserve for a
+/// connection another peer asked for).
+fn take_budget(budget: u32, role: crate::handshake::Role) -> Result<(), Error> {
+    let budget = match role {
+        crate::handshake::Role::Listener => budget.saturating_sub(INBOUND_RESERVE),
+        crate::handshake::Role::Dialer => budget,
+    };
     let used = PEER_CONNECTIONS_CREATED.fetch_add(1, Ordering::Relaxed);
     if used >= budget {
         PEER_CONNECTIONS_CREATED.fetch_sub(1, Ordering::Relaxed);

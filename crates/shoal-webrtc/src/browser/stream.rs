@@ -6,7 +6,9 @@
 //! association busy, which is what reaches raw-channel throughput.
 //!
 //! Incoming messages are parsed in the `message` callback itself, so flags take effect —
-//! and `FIN_ACK` is sent — even while the application is not reading.
+//! and `FIN_ACK` is sent — even while the application is not reading. A message holding
+//! one whole frame (what Shoal peers send) is parsed from its first bytes and its
+//! payload left in JavaScript memory; a read copies it once, into the reader's buffer.
 
 use std::{
     cell::RefCell,
@@ -23,7 +25,41 @@ use wasm_bindgen::{JsCast, prelude::Closure};
 use web_sys::{Event, MessageEvent, RtcDataChannel, RtcDataChannelState, RtcDataChannelType};
 
 use super::Config;
-use crate::frame::{Flag, ReadOutcome, StreamCore, WriteRefused, encode_frame};
+use crate::frame::{Flag, Payload, ReadOutcome, StreamCore, WriteRefused, encode_frame};
+
+/// Payload received on a channel: a view of the message still in JavaScript memory, or
+/// bytes reassembled in wasm memory from a frame cut across messages.
+#[derive(Debug)]
+enum Received {
+    Js(js_sys::Uint8Array),
+    Wasm(bytes::Bytes),
+}
+
+impl From<bytes::Bytes> for Received {
+    fn from(bytes: bytes::Bytes) -> Self {
+        Self::Wasm(bytes)
+    }
+}
+
+impl Payload for Received {
+    fn len(&self) -> usize {
+        match self {
+            Self::Js(view) => view.length() as usize,
+            Self::Wasm(bytes) => bytes.len(),
+        }
+    }
+
+    fn copy_to(&self, start: usize, out: &mut [u8]) {
+        match self {
+            Self::Js(view) => view.subarray(start as u32, (start + out.len()) as u32).copy_to(out),
+            Self::Wasm(bytes) => out.copy_from_slice(&bytes[start..start + out.len()]),
+        }
+    }
+}
+
+/// Bytes of a message read to find its frame's layout: length prefix, flag, payload
+/// header, with room to spare.
+const HEAD: usize = 24;
 
 /// A stream over a WebRTC data channel.
 pub struct Stream {
@@ -44,7 +80,7 @@ struct Inner {
 }
 
 struct Shared {
-    core: StreamCore,
+    core: StreamCore<Received>,
     read_waker: Option<Waker>,
     write_waker: Option<Waker>,
     /// Why the remote's bytes ended the stream, if they did.
@@ -129,11 +165,26 @@ fn on_message(shared: &Rc<RefCell<Shared>>, channel: &RtcDataChannel, event: Mes
         return;
     };
     let view = js_sys::Uint8Array::new(buffer);
-    let mut bytes = vec![0u8; view.length() as usize];
-    view.copy_to(&mut bytes);
+    let len = view.length() as usize;
 
     let mut shared = shared.borrow_mut();
-    match shared.core.on_bytes(&bytes) {
+    let result = match whole_frame(&shared.core, &view, len) {
+        Ok(Some(layout)) => {
+            let data = layout.data.map(|(at, n)| Received::Js(view.subarray(at as u32, (at + n) as u32)));
+            shared.core.on_frame(layout.flag, data)
+        }
+        Ok(None) => {
+            // A frame cut across messages (or an unusual field order): reassemble it here.
+            let mut bytes = vec![0u8; len];
+            view.copy_to(&mut bytes);
+            shared.core.on_bytes(&bytes)
+        }
+        Err(error) => {
+            shared.core.reset();
+            Err(error)
+        }
+    };
+    match result {
         Ok(replies) => {
             for flag in replies {
                 let mut frame = Vec::with_capacity(4);
@@ -151,6 +202,21 @@ fn on_message(shared: &Rc<RefCell<Shared>>, channel: &RtcDataChannel, event: Mes
         }
     }
     shared.wake_all();
+}
+
+/// The layout of the message's frame if the message is exactly one whole frame.
+fn whole_frame(
+    core: &StreamCore<Received>,
+    view: &js_sys::Uint8Array,
+    len: usize,
+) -> Result<Option<crate::frame::FrameLayout>, crate::frame::FrameError> {
+    if core.mid_frame() {
+        return Ok(None);
+    }
+    let mut head = [0u8; HEAD];
+    let n = len.min(HEAD);
+    view.subarray(0, n as u32).copy_to(&mut head[..n]);
+    Ok(StreamCore::<Received>::frame_layout(&head[..n])?.filter(|layout| layout.len == len))
 }
 
 fn refused(reason: WriteRefused) -> io::Error {

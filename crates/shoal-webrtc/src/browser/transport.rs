@@ -55,9 +55,16 @@ impl Transport {
         (transport, behaviour)
     }
 
-    fn check_budget(&self) -> Result<(), Error> {
+    /// Whether a connection may still be created (one another peer asked for may not
+    /// take the reserve kept for our own dials).
+    fn check_budget(&self, inbound: bool) -> Result<(), Error> {
         let used = peer_connections_created();
-        if used >= self.config.peer_connection_budget {
+        let budget = if inbound {
+            self.config.peer_connection_budget.saturating_sub(super::INBOUND_RESERVE)
+        } else {
+            self.config.peer_connection_budget
+        };
+        if used >= budget {
             return Err(Error::BudgetExhausted(used));
         }
         Ok(())
@@ -106,13 +113,13 @@ impl libp2p::core::Transport for Transport {
         if !addr::is_relayed(&addr)
             && let Some((socket, fingerprint)) = libp2p_webrtc_utils::parse_webrtc_dial_addr(&addr)
         {
-            self.check_budget().map_err(TransportError::Other)?;
+            self.check_budget(false).map_err(TransportError::Other)?;
             return Ok(send_future(direct::dial(socket, fingerprint, self.keypair.clone(), self.config.clone())));
         }
         let Some(target) = addr::parse_dial_addr(&addr) else {
             return Err(TransportError::MultiaddrNotSupported(addr));
         };
-        self.check_budget().map_err(TransportError::Other)?;
+        self.check_budget(false).map_err(TransportError::Other)?;
         let mut requests = self.requests.clone();
         let config = self.config.clone();
         Ok(send_future(async move {
@@ -138,7 +145,7 @@ impl libp2p::core::Transport for Transport {
                 tracing::debug!(peer = %inbound.peer, "not listening on /webrtc; dropping signalling stream");
                 continue;
             };
-            if let Err(error) = self.check_budget() {
+            if let Err(error) = self.check_budget(true) {
                 tracing::warn!(peer = %inbound.peer, %error, "refusing inbound WebRTC connection");
                 continue;
             }
