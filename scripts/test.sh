@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs every test of the repository:
-#   1. native unit, property and integration tests (cargo test, whole workspace);
+#   1. native unit, property and integration tests (cargo test, whole workspace), and
+#      clippy of the browser crates for wasm32;
 #   2. end-to-end tests: a real signalling node, real headless Chromium, real WebRTC,
 #      inside a private network namespace (scripts/netns) so no traffic leaves it.
 # Installs what is missing first (scripts/setup.sh). Ends with "N passed, N failed".
@@ -17,6 +18,11 @@ echo "== cargo test (native)"
 cargo test --release --workspace 2>&1 | tee "$log/cargo.txt"
 cargo_status=${PIPESTATUS[0]}
 
+# The browser crates only fully compile for wasm32: lint them there too (warnings fail).
+echo "== cargo clippy (wasm32)"
+cargo clippy --release -p shoal-browser -p shoal-webrtc --target wasm32-unknown-unknown -- -D warnings
+clippy_status=$?
+
 echo "== end-to-end (Chromium, network namespace)"
 ./scripts/netns node --test --test-concurrency=1 --test-timeout=900000 \
   --test-reporter=spec --test-reporter-destination=stdout \
@@ -32,6 +38,8 @@ e2e_fail=${e2e_fail:-0}
 # A runner that crashed counts as a failure even if it reported nothing.
 [ "$cargo_status" -ne 0 ] && [ "$cargo_fail" -eq 0 ] && cargo_fail=1
 [ "$e2e_status" -ne 0 ] && [ "$e2e_fail" -eq 0 ] && e2e_fail=1
+# The wasm32 lint counts as one native check.
+if [ "$clippy_status" -eq 0 ]; then cargo_pass=$((cargo_pass + 1)); else cargo_fail=$((cargo_fail + 1)); fi
 
 echo
 echo "native: $cargo_pass passed, $cargo_fail failed; end-to-end: $e2e_pass passed, $e2e_fail failed"

@@ -36,6 +36,8 @@ export function readTab(page) {
       segments: c.segments,
       seeds: c.seeds,
       urgent: c.urgent,
+      early: c.early,
+      hedges: c.hedges,
       fallbacks: c.fallbacks,
       peers: c.peers,
       fragmentBytes: demo.fragmentBytes,

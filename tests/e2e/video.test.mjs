@@ -15,6 +15,7 @@ test(`${TABS} tabs play the live stream for 60 s: offload >= 80 % after warm-up,
   // 60 s of playback: 20 s to warm up (every tab's startup comes over HTTP), 40 s measured.
   const result = await measurePlayback(pages, { warmup: 20000, measure: 40000 });
   console.log(describe(result));
+  if (process.env.SHOAL_TAB_DETAIL) for (const t of result.perTab) console.log(JSON.stringify({ ...t, fatal: undefined }));
   assert.equal(result.waiting, 0, 'no `waiting` after playback started');
   assert.equal(result.stalls, 0, 'no hls.js buffer stall');
   assert.deepEqual(result.fatal, []);

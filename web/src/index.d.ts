@@ -64,6 +64,11 @@ export interface SwarmStats {
   segmentsFailed: number;
   chunksRejected: number;
   peersBanned: number;
+  /** HTTP fetches: early shares of new segments / seeding a segment no peer had / due too soon for peers / duplicates of late fetches. */
+  httpEarly: number;
+  httpSeeds: number;
+  httpUrgent: number;
+  httpHedges: number;
   cachedBytes: number;
   peers: number;
   perPeer: Record<string, PeerTraffic>;
@@ -80,8 +85,14 @@ export interface ShoalStats {
   peerConnectionsCreated: number;
   nodeReconnects: number;
   bannedPeers: number;
-  /** `duplicates`: copies of messages already seen (each arrives once per path). */
-  gossip: { published: number; received: number; rejectedOversize: number; rejectedInvalid: number; duplicates: number };
+  /**
+   * `duplicates`: copies of messages already seen (each arrives once per path);
+   * `rateLimited`: dropped past a neighbour's rate limit; `expired`: stamped too far from our clock.
+   */
+  gossip: {
+    published: number; received: number; rejectedOversize: number; rejectedInvalid: number;
+    rateLimited: number; expired: number; duplicates: number;
+  };
   pieces: Record<string, SwarmStats>;
   /** Size of the WebAssembly heap (it only grows): the runtime's memory high-water mark. */
   wasmMemoryBytes: number;
@@ -105,6 +116,9 @@ export interface ShoalEventMap {
   'node-connected': CustomEvent<{ node: string; addr: string }>;
   'node-disconnected': CustomEvent<{ node: string; reason: string }>;
   joined: CustomEvent<{ swarm: string; members: number }>;
+  /** The node refused a join (`what: 'join <swarm>'`) or our relay reservation; retried with backoff. */
+  refused: CustomEvent<{ what: string; reason: string }>;
+  'bulk-received': CustomEvent<{ peer: string; bytes: number; intact: boolean; ms: number }>;
   'peer-connected': CustomEvent<{ peer: string; remoteAddr: string; dialer: boolean }>;
   'peer-disconnected': CustomEvent<{ peer: string; reason: string }>;
   'peer-banned': CustomEvent<{ peer: string; reason: string }>;
@@ -123,7 +137,11 @@ export type ShoalErrorCode =
   | 'invalid-config' | 'invalid-argument' | 'invalid-peer' | 'invalid-use' | 'no-node' | 'no-window'
   | 'start-failed' | 'wasm-load-failed' | 'not-joined' | 'segment-unavailable' | 'integrity'
   | 'gossip' | 'message-too-large' | 'stopped' | 'destroyed' | 'stream-failed' | 'transfer-failed'
-  | 'dial-failed' | 'invalid-address' | 'io' | 'closed' | 'internal';
+  | 'dial-failed' | 'invalid-address' | 'io' | 'closed' | 'internal'
+  /** The browser has no WebRTC (`RTCPeerConnection`): play over HTTP alone. */
+  | 'unsupported'
+  /** A bounded queue between the page and the runtime is full: try again shortly. */
+  | 'overloaded';
 
 export interface ShoalError extends Error {
   code: ShoalErrorCode;
@@ -143,7 +161,8 @@ export class Shoal extends EventTarget {
   setPlaylist(swarm: string, segments: { id: number; url: string }[]): void;
   fetchSegment(swarm: string, id: number, url: string, deadline: number): Promise<LoadedSegment>;
   cancelSegment(swarm: string, id: number): void;
-  offerSegment(swarm: string, id: number, data: Uint8Array): void;
+  /** Resolves once the bytes match the segment's signed record (rejects with 'integrity' otherwise). */
+  offerSegment(swarm: string, id: number, data: Uint8Array): Promise<void>;
   subscribe(topic: string, validate?: (data: Uint8Array, from: string) => boolean): Promise<void>;
   unsubscribe(topic: string): void;
   /** Resolves to the number of connected peers it was sent to (0: nobody subscribed yet). */

@@ -1,12 +1,14 @@
-//! The class JavaScript sees (`ShoalNode`, wrapped by `pkg/index.js` into `Shoal`).
-//! Failures reject with an `Error` carrying a `code` and a message.
+//! The class JavaScript sees (`ShoalPeer`, wrapped by `pkg/index.js` into `Shoal`): it
+//! checks arguments, turns calls into [`Command`]s for the runtime (a bounded queue:
+//! `overloaded` when full) and reads the runtime's snapshot. Failures reject with an
+//! `Error` carrying a `code` ([`ShoalError::code`]) and a message.
 
-use std::{cell::RefCell, rc::Rc, time::Duration};
+use std::{cell::RefCell, collections::HashSet, rc::Rc, time::Duration};
 
 use futures::{SinkExt, channel::oneshot};
 use libp2p::{Multiaddr, PeerId, StreamProtocol};
 use serde::Deserialize;
-use shoal_core::{Config as EngineConfig, PublisherKey};
+use shoal_core::{Config as EngineConfig, Instant, PublisherKey, gossip::Verdict};
 use shoal_proto::WellKnown;
 use wasm_bindgen::{JsCast, prelude::*};
 use wasm_bindgen_futures::JsFuture;
@@ -14,29 +16,30 @@ use wasm_bindgen_futures::JsFuture;
 use crate::{
     bulk,
     config::{Config, SwarmOptions, parse_publisher_key},
-    pieces::{HostOptions, SwarmHost},
-    runtime::{self, Command, Event, EventSink, Handle},
+    error::ShoalError,
+    events::Event,
+    pieces::PiecesOptions,
+    runtime::{self, Command, EventSink, Handle},
 };
 
-/// Builds the rejection value: an `Error` with `code` and `message`.
-fn error(code: &str, message: impl std::fmt::Display) -> JsValue {
-    let error = js_sys::Error::new(&message.to_string());
-    let _ = js_sys::Reflect::set(&error, &JsValue::from_str("code"), &JsValue::from_str(code));
-    error.into()
+fn to_js<T: serde::Serialize>(value: &T) -> Result<JsValue, ShoalError> {
+    let serializer = serde_wasm_bindgen::Serializer::json_compatible();
+    value.serialize(&serializer).map_err(|e| ShoalError::Internal(e.to_string()))
 }
 
-fn to_js<T: serde::Serialize>(value: &T) -> Result<JsValue, JsValue> {
-    let serializer = serde_wasm_bindgen::Serializer::json_compatible();
-    value.serialize(&serializer).map_err(|e| error("internal", e))
+fn set(object: &js_sys::Object, key: &str, value: JsValue) {
+    let _ = js_sys::Reflect::set(object, &JsValue::from_str(key), &value);
 }
 
 /// A Shoal peer running in this page.
 #[wasm_bindgen]
-pub struct ShoalNode {
+pub struct ShoalPeer {
     handle: Handle,
+    commands: RefCell<futures::channel::mpsc::Sender<Command>>,
     config: Config,
-    emit: EventSink,
     on_event: Rc<RefCell<Option<js_sys::Function>>>,
+    /// Swarms joined with a publisher key: calls about others fail at once.
+    piece_swarms: RefCell<HashSet<String>>,
 }
 
 #[derive(Deserialize)]
@@ -45,16 +48,28 @@ struct PlaylistEntry {
     url: String,
 }
 
+fn segment_id(id: f64) -> Result<u64, ShoalError> {
+    if id >= 0.0 && id.fract() == 0.0 && id <= 2f64.powi(53) {
+        Ok(id as u64)
+    } else {
+        Err(ShoalError::InvalidArgument(format!("segment id {id} is not a whole number ≥ 0")))
+    }
+}
+
 #[wasm_bindgen]
-impl ShoalNode {
+impl ShoalPeer {
     /// Starts a peer: finds the signalling node and connects to it. `onEvent` receives
     /// `{type, ...}` objects.
-    pub async fn start(config: JsValue, on_event: Option<js_sys::Function>) -> Result<ShoalNode, JsValue> {
+    pub async fn start(config: JsValue, on_event: Option<js_sys::Function>) -> Result<ShoalPeer, ShoalError> {
         // No config means an empty one: the same serde defaults, one deserializer.
         let config = if config.is_undefined() || config.is_null() { js_sys::Object::new().into() } else { config };
-        let config: Config = serde_wasm_bindgen::from_value(config).map_err(|e| error("invalid-config", e))?;
-        config.validate().map_err(|e| error("invalid-config", e))?;
+        let config: Config =
+            serde_wasm_bindgen::from_value(config).map_err(|e| ShoalError::InvalidConfig(e.to_string()))?;
+        config.validate().map_err(|e| ShoalError::InvalidConfig(e.to_string()))?;
         crate::console_log::init(config.log_level.as_deref());
+        if !has_webrtc() {
+            return Err(ShoalError::Unsupported);
+        }
 
         let nodes = if config.nodes.is_empty() {
             fetch_well_known(config.well_known_url.as_deref()).await?
@@ -73,7 +88,7 @@ impl ShoalNode {
             if !unreadable.is_empty() {
                 message = format!("{message} (unreadable: {})", unreadable.join("; "));
             }
-            return Err(error("no-node", message));
+            return Err(ShoalError::NoNode(message));
         }
 
         let on_event = Rc::new(RefCell::new(on_event));
@@ -88,8 +103,35 @@ impl ShoalNode {
                 }
             })
         };
-        let handle = runtime::start(config.clone(), nodes, emit.clone()).map_err(|e| error("start-failed", e))?;
-        Ok(ShoalNode { handle, config, emit, on_event })
+        let handle = runtime::start(config.clone(), nodes, emit)?;
+        Ok(ShoalPeer {
+            commands: RefCell::new(handle.commands.clone()),
+            handle,
+            config,
+            on_event,
+            piece_swarms: RefCell::default(),
+        })
+    }
+
+    fn send(&self, command: Command) -> Result<(), ShoalError> {
+        self.commands
+            .borrow_mut()
+            .try_send(command)
+            .map_err(|e| if e.is_full() { ShoalError::Overloaded("command queue") } else { ShoalError::Stopped })
+    }
+
+    fn check_joined(&self, swarm: &str) -> Result<(), ShoalError> {
+        if self.piece_swarms.borrow().contains(swarm) { Ok(()) } else { Err(ShoalError::NotJoined(swarm.to_owned())) }
+    }
+
+    /// Sends `command` and waits for its answer.
+    async fn ask<T>(
+        &self,
+        command: impl FnOnce(oneshot::Sender<Result<T, ShoalError>>) -> Command,
+    ) -> Result<T, ShoalError> {
+        let (reply, answer) = oneshot::channel();
+        self.send(command(reply))?;
+        answer.await.map_err(|_| ShoalError::Stopped)?
     }
 
     /// This peer's PeerId.
@@ -107,78 +149,64 @@ impl ShoalNode {
     /// Joins `swarm` (one per stream rendition). With `options.publisherKey`, segments
     /// of this swarm are exchanged with its members; without, it carries connections and
     /// gossip only.
-    pub fn join(&self, swarm: String, options: JsValue) -> Result<(), JsValue> {
-        shoal_proto::validate_swarm_id(&swarm).map_err(|e| error("invalid-argument", e))?;
+    pub fn join(&self, swarm: String, options: JsValue) -> Result<(), ShoalError> {
+        shoal_proto::validate_swarm_id(&swarm).map_err(|e| ShoalError::InvalidArgument(e.to_string()))?;
         let options: SwarmOptions = if options.is_undefined() || options.is_null() {
             SwarmOptions::default()
         } else {
-            serde_wasm_bindgen::from_value(options).map_err(|e| error("invalid-argument", e))?
+            serde_wasm_bindgen::from_value(options).map_err(|e| ShoalError::InvalidArgument(e.to_string()))?
         };
-        let host = match &options.publisher_key {
+        let pieces = match &options.publisher_key {
             None => None,
             Some(key) => {
-                let bytes = parse_publisher_key(key).map_err(|e| error("invalid-argument", e))?;
-                let publisher = PublisherKey::from_bytes(&bytes).map_err(|e| error("invalid-argument", e))?;
-                let live = options.live.unwrap_or(true);
+                let invalid = |e: &dyn std::fmt::Display| ShoalError::InvalidArgument(e.to_string());
+                let bytes = parse_publisher_key(key).map_err(|e| invalid(&e))?;
+                let publisher = PublisherKey::from_bytes(&bytes).map_err(|e| invalid(&e))?;
                 let mut engine = EngineConfig {
                     upload_enabled: self.config.upload,
                     p2p_download_enabled: self.config.p2p_download,
                     upload_rate_limit: self.config.upload_rate_limit.map(|r| r as u64),
                     cache_capacity: self.config.cache_bytes as u64,
-                    live,
+                    live: options.live.unwrap_or(true),
                     chunk_events: self.config.chunk_events,
                     ..EngineConfig::default()
                 };
                 if let Some(ms) = options.urgent_window_ms {
                     engine.urgent_window = Duration::from_millis(u64::from(ms));
                 }
-                engine.validate().map_err(|e| error("invalid-argument", e))?;
-                let swarm_size = 1;
-                Some(SwarmHost::new(
-                    HostOptions {
-                        name: swarm.clone(),
-                        publisher,
-                        engine,
-                        record_suffix: options.record_suffix.clone().unwrap_or_else(|| ".shoal".into()),
-                        corrupt_uploads: self.config.testing.corrupt_uploads,
-                        swarm_size,
-                    },
-                    self.emit.clone(),
-                    self.handle.commands.clone(),
-                    self.handle.control.clone(),
-                ))
+                engine.validate().map_err(|e| invalid(&e))?;
+                Some(Box::new(PiecesOptions {
+                    name: swarm.clone(),
+                    publisher,
+                    engine,
+                    record_suffix: options.record_suffix.clone().unwrap_or_else(|| ".shoal".into()),
+                    corrupt_uploads: self.config.testing.corrupt_uploads,
+                }))
             }
         };
-        // Registered now, not when the runtime gets to the command: calls right after
-        // `join` (setPlaylist, fetchSegment) must find the swarm.
-        if let Some(host) = &host {
-            self.handle.hosts.borrow_mut().insert(swarm.clone(), host.clone());
+        let with_pieces = pieces.is_some();
+        self.send(Command::Join(swarm.clone(), pieces))?;
+        if with_pieces {
+            self.piece_swarms.borrow_mut().insert(swarm);
         }
-        self.handle.commands.unbounded_send(Command::Join(swarm, host)).map_err(|_| error("stopped", "peer is stopped"))
+        Ok(())
     }
 
     /// Leaves `swarm`: pending fetches fail, its streams close.
-    pub fn leave(&self, swarm: String) {
-        let _ = self.handle.commands.unbounded_send(Command::Leave(swarm));
-    }
-
-    fn host(&self, swarm: &str) -> Result<Rc<SwarmHost>, JsValue> {
-        self.handle
-            .hosts
-            .borrow()
-            .get(swarm)
-            .cloned()
-            .ok_or_else(|| error("not-joined", format!("not in swarm {swarm} with a publisher key")))
+    pub fn leave(&self, swarm: String) -> Result<(), ShoalError> {
+        self.send(Command::Leave(swarm.clone()))?;
+        self.piece_swarms.borrow_mut().remove(&swarm);
+        Ok(())
     }
 
     /// The segments the playlist lists now: `[{id, url}]`.
     #[wasm_bindgen(js_name = setPlaylist)]
-    pub fn set_playlist(&self, swarm: String, segments: JsValue) -> Result<(), JsValue> {
+    pub fn set_playlist(&self, swarm: String, segments: JsValue) -> Result<(), ShoalError> {
+        self.check_joined(&swarm)?;
         let entries: Vec<PlaylistEntry> =
-            serde_wasm_bindgen::from_value(segments).map_err(|e| error("invalid-argument", e))?;
-        let host = self.host(&swarm)?;
-        host.set_playlist(entries.into_iter().filter(|e| e.id >= 0.0).map(|e| (e.id as u64, e.url)).collect());
-        Ok(())
+            serde_wasm_bindgen::from_value(segments).map_err(|e| ShoalError::InvalidArgument(e.to_string()))?;
+        let segments = entries.into_iter().filter_map(|e| Some((segment_id(e.id).ok()?, e.url))).collect();
+        self.send(Command::SetPlaylist { swarm, segments })
     }
 
     /// Fetches segment `id` of `swarm` by `deadlineMs` (on `performance.now()`'s clock):
@@ -191,106 +219,117 @@ impl ShoalNode {
         id: f64,
         url: String,
         deadline_ms: f64,
-    ) -> Result<JsValue, JsValue> {
-        if !(id >= 0.0 && id.fract() == 0.0 && deadline_ms.is_finite()) {
-            return Err(error("invalid-argument", "segment id must be a whole number and the deadline finite"));
+    ) -> Result<JsValue, ShoalError> {
+        let id = segment_id(id)?;
+        if !deadline_ms.is_finite() {
+            return Err(ShoalError::InvalidArgument("the deadline must be a finite performance.now() time".into()));
         }
-        let host = self.host(&swarm)?;
-        let loaded =
-            host.fetch_segment(id as u64, url, deadline_ms).await.map_err(|e| error("segment-unavailable", e))?;
+        self.check_joined(&swarm)?;
+        let deadline = Instant::from_millis_f64(deadline_ms.max(0.0));
+        let delivery = self.ask(|reply| Command::FetchSegment { swarm, id, url, deadline, reply }).await?;
+        // The one copy out of wasm memory: chunk by chunk into the buffer the player gets.
+        let data = js_sys::Uint8Array::new_with_length(delivery.size as u32);
+        let mut offset = 0u32;
+        for chunk in &delivery.chunks {
+            let end = offset + chunk.len() as u32;
+            data.subarray(offset, end).copy_from(chunk);
+            offset = end;
+        }
         let result = js_sys::Object::new();
-        let set = |k: &str, v: JsValue| js_sys::Reflect::set(&result, &JsValue::from_str(k), &v);
-        let _ = set("data", js_sys::Uint8Array::from(&loaded.data[..]).into());
-        let _ = set("fromPeers", JsValue::from_f64(loaded.from_peers as f64));
-        let _ = set("fromHttp", JsValue::from_f64(loaded.from_http as f64));
+        set(&result, "data", data.into());
+        set(&result, "fromPeers", JsValue::from_f64(delivery.from_peers as f64));
+        set(&result, "fromHttp", JsValue::from_f64(delivery.from_http as f64));
         Ok(result.into())
     }
 
     /// The player no longer needs segment `id` of `swarm`.
     #[wasm_bindgen(js_name = cancelSegment)]
-    pub fn cancel_segment(&self, swarm: String, id: f64) {
-        if let Ok(host) = self.host(&swarm) {
-            host.cancel_segment(id as u64);
-        }
+    pub fn cancel_segment(&self, swarm: String, id: f64) -> Result<(), ShoalError> {
+        let id = segment_id(id)?;
+        self.check_joined(&swarm)?;
+        self.send(Command::CancelSegment { swarm, id })
     }
 
-    /// Segment bytes the page already has, to keep and share (checked against the
-    /// segment's signed record first).
+    /// Segment bytes the page already has, to keep and share; resolves once checked
+    /// against the segment's signed record.
     #[wasm_bindgen(js_name = offerSegment)]
-    pub fn offer_segment(&self, swarm: String, id: f64, data: Vec<u8>) -> Result<(), JsValue> {
-        self.host(&swarm)?.offer_segment(id as u64, data).map_err(|e| error("integrity", e))
+    pub async fn offer_segment(&self, swarm: String, id: f64, data: Vec<u8>) -> Result<(), ShoalError> {
+        let id = segment_id(id)?;
+        self.check_joined(&swarm)?;
+        let data = bytes::Bytes::from(data);
+        self.ask(|reply| Command::OfferSegment { swarm, id, data, reply }).await
     }
 
     /// Turns uploading to peers on or off, in every swarm.
     #[wasm_bindgen(js_name = setUploadEnabled)]
-    pub fn set_upload_enabled(&self, enabled: bool) {
-        for host in self.handle.hosts.borrow().values() {
-            host.set_switches(Some(enabled), None);
-        }
+    pub fn set_upload_enabled(&self, enabled: bool) -> Result<(), ShoalError> {
+        self.send(Command::SetSwitches { upload: Some(enabled), p2p_download: None })
     }
 
     /// Turns downloading from peers on or off, in every swarm.
     #[wasm_bindgen(js_name = setP2pDownloadEnabled)]
-    pub fn set_p2p_download_enabled(&self, enabled: bool) {
-        for host in self.handle.hosts.borrow().values() {
-            host.set_switches(None, Some(enabled));
-        }
+    pub fn set_p2p_download_enabled(&self, enabled: bool) -> Result<(), ShoalError> {
+        self.send(Command::SetSwitches { upload: None, p2p_download: Some(enabled) })
     }
 
     /// Subscribes to a gossip topic. `validate(data, from)` (optional) must return true
     /// for a message to be delivered and forwarded; rejected ones are counted, and a
     /// neighbour that keeps sending them is cut off.
-    pub async fn subscribe(&self, topic: String, validate: Option<js_sys::Function>) -> Result<(), JsValue> {
-        self.handle.gossip.subscribe(topic, validate).map_err(|e| error("gossip", e))
+    pub async fn subscribe(&self, topic: String, validate: Option<js_sys::Function>) -> Result<(), ShoalError> {
+        let validator = validate.map(|f| -> crate::gossiping::Validator {
+            Box::new(move |data: &[u8], from: &str| {
+                let data = js_sys::Uint8Array::from(data);
+                match f.call2(&JsValue::NULL, &data, &JsValue::from_str(from)) {
+                    Ok(v) if v.is_truthy() => Verdict::Accept,
+                    Ok(_) => Verdict::Reject("the topic's validator refused it".into()),
+                    Err(_) => Verdict::Reject("the topic's validator threw".into()),
+                }
+            })
+        });
+        self.ask(|reply| Command::Subscribe { topic, validator, reply }).await
     }
 
-    pub fn unsubscribe(&self, topic: String) {
-        self.handle.gossip.unsubscribe(&topic);
+    pub fn unsubscribe(&self, topic: String) -> Result<(), ShoalError> {
+        self.send(Command::Unsubscribe(topic))
     }
 
     /// Publishes `data` on `topic`; resolves to the number of neighbours it was sent to
     /// (0 when no connected peer subscribes to the topic yet).
-    pub async fn publish(&self, topic: String, data: Vec<u8>) -> Result<u32, JsValue> {
-        self.handle.gossip.publish(topic, data).map(|n| n as u32).map_err(|e| {
-            let code = if e.contains("gossipMaxBytes") { "message-too-large" } else { "gossip" };
-            error(code, e)
-        })
+    pub async fn publish(&self, topic: String, data: Vec<u8>) -> Result<u32, ShoalError> {
+        let limit = self.config.gossip_max_bytes;
+        if data.len() > limit {
+            return Err(ShoalError::MessageTooLarge { len: data.len(), limit });
+        }
+        let sent = self.ask(|reply| Command::Publish { topic, data, reply }).await?;
+        Ok(u32::try_from(sent).unwrap_or(u32::MAX))
     }
 
     /// Node link, connections, gossip counters, and per-swarm piece statistics.
-    pub fn stats(&self) -> Result<JsValue, JsValue> {
+    pub fn stats(&self) -> Result<JsValue, ShoalError> {
         let snapshot = to_js(&*self.handle.snapshot.borrow())?;
-        let swarms = js_sys::Object::new();
-        for (name, host) in self.handle.hosts.borrow().iter() {
-            let _ = js_sys::Reflect::set(&swarms, &JsValue::from_str(name), &to_js(&host.stats())?);
-        }
-        let _ = js_sys::Reflect::set(&snapshot, &JsValue::from_str("pieces"), &swarms);
         // The wasm heap only grows; its size is the runtime's memory high-water mark
         // (the segment cache lives in it).
         let memory = wasm_bindgen::memory().unchecked_into::<js_sys::WebAssembly::Memory>();
         let bytes = memory.buffer().unchecked_into::<js_sys::ArrayBuffer>().byte_length();
-        let _ = js_sys::Reflect::set(
-            &snapshot,
-            &JsValue::from_str("wasmMemoryBytes"),
-            &JsValue::from_f64(f64::from(bytes)),
-        );
+        set(snapshot.unchecked_ref(), "wasmMemoryBytes", JsValue::from_f64(f64::from(bytes)));
         Ok(snapshot)
     }
 
     /// Each direct connection as its `RTCPeerConnection` sees it: selected ICE candidate
     /// pair (type and addresses), bytes moved, round trip.
     #[wasm_bindgen(js_name = connectionReport)]
-    pub async fn connection_report(&self) -> Result<JsValue, JsValue> {
+    pub async fn connection_report(&self) -> Result<JsValue, ShoalError> {
         to_js(&shoal_webrtc::connection_report().await)
     }
 
     /// Streams `bytes` pattern bytes to `peer`, which verifies each one. Resolves to
     /// `{bytes, intact, ms}` once the peer has confirmed.
     #[wasm_bindgen(js_name = sendBulk)]
-    pub async fn send_bulk(&self, peer: String, bytes: f64) -> Result<JsValue, JsValue> {
-        let peer: PeerId = peer.parse().map_err(|e| error("invalid-peer", e))?;
+    pub async fn send_bulk(&self, peer: String, bytes: f64) -> Result<JsValue, ShoalError> {
+        let peer: PeerId =
+            peer.parse().map_err(|e: libp2p::identity::ParseError| ShoalError::InvalidPeer(e.to_string()))?;
         if !(0.0..=bulk::MAX_LEN as f64).contains(&bytes) {
-            return Err(error("invalid-argument", "bytes out of range"));
+            return Err(ShoalError::InvalidArgument("bytes out of range".into()));
         }
         let started = js_sys::Date::now();
         let mut stream = self
@@ -298,15 +337,14 @@ impl ShoalNode {
             .control
             .open(peer, StreamProtocol::new(bulk::PROTOCOL))
             .await
-            .map_err(|e| error("stream-failed", e))?;
+            .map_err(|e| ShoalError::StreamFailed(e.to_string()))?;
         let seed = js_sys::Math::random().to_bits();
-        let verified = bulk::send(&mut stream, bytes as u64, seed).await.map_err(|e| error("transfer-failed", e))?;
-        let ms = js_sys::Date::now() - started;
+        let verified =
+            bulk::send(&mut stream, bytes as u64, seed).await.map_err(|e| ShoalError::TransferFailed(e.to_string()))?;
         let result = js_sys::Object::new();
-        let set = |k: &str, v: JsValue| js_sys::Reflect::set(&result, &JsValue::from_str(k), &v);
-        let _ = set("bytes", JsValue::from_f64(verified.bytes as f64));
-        let _ = set("intact", JsValue::from_bool(verified.intact));
-        let _ = set("ms", JsValue::from_f64(ms));
+        set(&result, "bytes", JsValue::from_f64(verified.bytes as f64));
+        set(&result, "intact", JsValue::from_bool(verified.intact));
+        set(&result, "ms", JsValue::from_f64(js_sys::Date::now() - started));
         Ok(result.into())
     }
 
@@ -314,20 +352,17 @@ impl ShoalNode {
     /// (`<node>/p2p/<node id>/p2p-circuit/webrtc/p2p/<peer>`, as its `stats().address`
     /// says), which need not be a member of any swarm this peer joined. Resolves once the
     /// direct connection is up.
-    pub async fn connect(&self, addr: String) -> Result<(), JsValue> {
-        let addr = shoal_webrtc::addr::parse(&addr).map_err(|e| error("invalid-address", e))?;
+    pub async fn connect(&self, addr: String) -> Result<(), ShoalError> {
+        let addr = shoal_webrtc::addr::parse(&addr).map_err(|e| ShoalError::InvalidAddress(e.to_string()))?;
         let Some(target) = shoal_webrtc::addr::parse_dial_addr(&addr) else {
-            return Err(error("invalid-address", "not a browser address: expected …/p2p-circuit/webrtc/p2p/<peer>"));
+            return Err(ShoalError::InvalidAddress(
+                "not a browser address: expected …/p2p-circuit/webrtc/p2p/<peer>".into(),
+            ));
         };
         if target.peer == self.handle.peer_id {
-            return Err(error("invalid-address", "that is this peer's own address"));
+            return Err(ShoalError::InvalidAddress("that is this peer's own address".into()));
         }
-        let (reply, done) = oneshot::channel();
-        self.handle
-            .commands
-            .unbounded_send(Command::Connect(addr, target.peer, reply))
-            .map_err(|_| error("stopped", "peer is stopped"))?;
-        done.await.map_err(|_| error("stopped", "peer is stopped"))?.map_err(|e| error("dial-failed", e))
+        self.ask(|reply| Command::Connect(addr, target.peer, reply)).await
     }
 
     /// Diagnostics: opens a raw libp2p stream speaking `protocol` to `peer`. With
@@ -339,26 +374,28 @@ impl ShoalNode {
         peer: String,
         protocol: String,
         via_relay: bool,
-    ) -> Result<RawStream, JsValue> {
-        let peer: PeerId = peer.parse().map_err(|e| error("invalid-peer", e))?;
-        let protocol = StreamProtocol::try_from_owned(protocol).map_err(|e| error("invalid-argument", e))?;
+    ) -> Result<RawStream, ShoalError> {
+        let peer: PeerId =
+            peer.parse().map_err(|e: libp2p::identity::ParseError| ShoalError::InvalidPeer(e.to_string()))?;
+        let protocol =
+            StreamProtocol::try_from_owned(protocol).map_err(|e| ShoalError::InvalidArgument(e.to_string()))?;
         if via_relay {
-            let (reply, done) = oneshot::channel();
-            self.handle
-                .commands
-                .unbounded_send(Command::DialRelayed(peer, reply))
-                .map_err(|_| error("stopped", "peer is stopped"))?;
-            done.await.map_err(|_| error("stopped", "peer is stopped"))?.map_err(|e| error("dial-failed", e))?;
+            self.ask(|reply| Command::DialRelayed(peer, reply)).await?;
         }
-        let stream =
-            self.handle.control.open_via(peer, protocol, via_relay).await.map_err(|e| error("stream-failed", e))?;
+        let stream = self
+            .handle
+            .control
+            .open_via(peer, protocol, via_relay)
+            .await
+            .map_err(|e| ShoalError::StreamFailed(e.to_string()))?;
         Ok(RawStream { stream: Rc::new(futures::lock::Mutex::new(Some(stream))) })
     }
 
     /// Leaves every swarm and closes every connection.
     pub async fn stop(&self) {
         let (done, stopped) = oneshot::channel();
-        if self.handle.commands.clone().send(Command::Stop(done)).await.is_ok() {
+        let mut commands = self.handle.commands.clone();
+        if commands.send(Command::Stop(done)).await.is_ok() {
             let _ = stopped.await;
         }
     }
@@ -373,21 +410,21 @@ pub struct RawStream {
 #[wasm_bindgen]
 impl RawStream {
     /// Writes and flushes `bytes`.
-    pub async fn write(&self, bytes: Vec<u8>) -> Result<(), JsValue> {
+    pub async fn write(&self, bytes: Vec<u8>) -> Result<(), ShoalError> {
         use futures::AsyncWriteExt;
         let mut guard = self.stream.lock().await;
-        let stream = guard.as_mut().ok_or_else(|| error("closed", "stream closed"))?;
-        stream.write_all(&bytes).await.map_err(|e| error("io", e))?;
-        stream.flush().await.map_err(|e| error("io", e))
+        let stream = guard.as_mut().ok_or(ShoalError::Closed)?;
+        stream.write_all(&bytes).await.map_err(|e| ShoalError::Io(e.to_string()))?;
+        stream.flush().await.map_err(|e| ShoalError::Io(e.to_string()))
     }
 
     /// Reads what is available; `undefined` at end of stream.
-    pub async fn read(&self) -> Result<Option<Vec<u8>>, JsValue> {
+    pub async fn read(&self) -> Result<Option<Vec<u8>>, ShoalError> {
         use futures::AsyncReadExt;
         let mut guard = self.stream.lock().await;
-        let stream = guard.as_mut().ok_or_else(|| error("closed", "stream closed"))?;
+        let stream = guard.as_mut().ok_or(ShoalError::Closed)?;
         let mut buf = vec![0u8; 64 * 1024];
-        let n = stream.read(&mut buf).await.map_err(|e| error("io", e))?;
+        let n = stream.read(&mut buf).await.map_err(|e| ShoalError::Io(e.to_string()))?;
         if n == 0 {
             return Ok(None);
         }
@@ -396,11 +433,11 @@ impl RawStream {
     }
 
     /// Closes the write half.
-    pub async fn close(&self) -> Result<(), JsValue> {
+    pub async fn close(&self) -> Result<(), ShoalError> {
         use futures::AsyncWriteExt;
         let mut guard = self.stream.lock().await;
         if let Some(stream) = guard.as_mut() {
-            stream.close().await.map_err(|e| error("io", e))?;
+            stream.close().await.map_err(|e| ShoalError::Io(e.to_string()))?;
         }
         Ok(())
     }
@@ -411,24 +448,30 @@ impl RawStream {
     }
 }
 
-async fn fetch_well_known(url: Option<&str>) -> Result<Vec<String>, JsValue> {
-    let window = web_sys::window().ok_or_else(|| error("no-window", "not running in a page"))?;
+async fn fetch_well_known(url: Option<&str>) -> Result<Vec<String>, ShoalError> {
+    let window = web_sys::window().ok_or(ShoalError::NoWindow)?;
     let url = match url {
         Some(url) => url.to_owned(),
         None => format!(
             "{}{}",
-            window.location().origin().map_err(|e| error("no-node", format!("{e:?}")))?,
+            window.location().origin().map_err(|e| ShoalError::NoNode(crate::js_text(e)))?,
             shoal_proto::WELL_KNOWN_PATH
         ),
     };
-    let fetched = |e: JsValue| error("no-node", format!("fetching {url}: {}", crate::js_text(e)));
+    let fetched = |e: JsValue| ShoalError::NoNode(format!("fetching {url}: {}", crate::js_text(e)));
     let response: web_sys::Response =
         JsFuture::from(window.fetch_with_str(&url)).await.map_err(fetched)?.dyn_into().map_err(fetched)?;
     if !response.ok() {
-        return Err(error("no-node", format!("fetching {url}: HTTP {}", response.status())));
+        return Err(ShoalError::NoNode(format!("fetching {url}: HTTP {}", response.status())));
     }
     let json = JsFuture::from(response.json().map_err(fetched)?).await.map_err(fetched)?;
     let doc: WellKnown = serde_wasm_bindgen::from_value(json)
-        .map_err(|e| error("no-node", format!("{url} is not a Shoal well-known document: {e}")))?;
+        .map_err(|e| ShoalError::NoNode(format!("{url} is not a Shoal well-known document: {e}")))?;
     Ok(doc.multiaddrs)
+}
+
+/// Whether this browser can make peer connections (some embedded views and hardened
+/// profiles remove `RTCPeerConnection`).
+fn has_webrtc() -> bool {
+    js_sys::Reflect::has(&js_sys::global(), &JsValue::from_str("RTCPeerConnection")).unwrap_or(false)
 }

@@ -1,35 +1,47 @@
 //! Shoal in the page: one libp2p swarm per page, reaching a signalling node over
 //! `/webrtc-direct` and other peers over direct browser-to-browser WebRTC
-//! (`shoal-webrtc`), running the `shoal-core` piece engine over libp2p streams, exposed to
-//! JavaScript through wasm-bindgen (and wrapped by `pkg/index.js`).
+//! (`shoal-webrtc`), running the `shoal-core` piece engine and gossip over libp2p
+//! streams, exposed to JavaScript through wasm-bindgen (and wrapped by `pkg/index.js`).
 //!
-//! - [`config`]: the options objects JavaScript passes, checked.
+//! Plain state machines, natively testable:
+//! - [`pieces`]: one swarm's piece exchange (the engine, segment URLs, player fetches);
+//! - [`gossiping`]: the page's gossip (signatures, the page's validators);
+//! - [`events`] and [`error`]: what JavaScript hears and the errors it gets;
+//! - [`config`]: the options objects JavaScript passes, checked;
 //! - [`bulk`]: a verifiable bulk-transfer protocol (tests, benchmarks).
-//! - `runtime` (wasm32): the swarm, node link, memberships, bans.
-//! - `pieces` (wasm32): one engine host per swarm: piece streams, HTTP, timers.
-//! - `gossip` (wasm32): the page's gossip over `/shoal/gossip/1` streams.
-//! - `membership` (wasm32): the membership protocol's codec.
-//! - `api` (wasm32): the exported class.
+//!
+//! In the browser (wasm32):
+//! - `runtime`: the one task that owns the libp2p swarm and every state machine;
+//! - `swarm`: the libp2p swarm's transports and behaviours;
+//! - `links`: tasks that move frames between streams and the runtime;
+//! - `streams`: raw libp2p streams for Shoal's protocols;
+//! - `http`: segment and record fetches;
+//! - `membership`: the membership protocol's codec;
+//! - `api`: the exported class.
 
 pub mod bulk;
 pub mod config;
+pub mod error;
+pub mod events;
+pub mod gossiping;
+pub mod pieces;
 
 #[cfg(target_arch = "wasm32")]
 mod api;
 #[cfg(target_arch = "wasm32")]
 mod console_log;
 #[cfg(target_arch = "wasm32")]
-mod gossip;
-#[cfg(target_arch = "wasm32")]
 mod http;
 #[cfg(target_arch = "wasm32")]
-mod membership;
+mod links;
 #[cfg(target_arch = "wasm32")]
-mod pieces;
+mod membership;
 #[cfg(target_arch = "wasm32")]
 mod runtime;
 #[cfg(target_arch = "wasm32")]
 mod streams;
+#[cfg(target_arch = "wasm32")]
+mod swarm;
 
 /// Best-effort text of a JS exception.
 #[cfg(target_arch = "wasm32")]

@@ -1,469 +1,331 @@
-//! Runs one `shoal-core` engine per joined swarm in the page: feeds it what peers send on
-//! `/shoal/pieces/1` streams, the page's clock and HTTP results, and carries out what it
-//! asks for — frames to peers, `fetch`es, segments to the player, bans.
+//! One swarm's piece exchange in the page: the `shoal-core` engine, the segment URLs the
+//! playlist gave, the player's pending fetches, and traffic per peer.
 //!
-//! Each direct connection carries one outbound stream per swarm (what we send) and the
-//! peer's outbound stream (what it sends). The engine hears of a peer as soon as the
-//! connection exists; frames queue until our stream is open.
+//! Plain data, owned by the runtime: inputs are method calls with the current time,
+//! outputs are [`Effect`]s drained with [`Pieces::poll_effect`] (frames to write, HTTP
+//! fetches to make, peers to cut off, events). Nothing here touches the browser, so the
+//! tests drive it natively, with integer peers.
 
 use std::{
-    cell::{Cell, RefCell},
-    collections::{HashMap, HashSet},
-    rc::Rc,
+    collections::{HashMap, HashSet, VecDeque},
+    fmt::Display,
     sync::Arc,
     time::Duration,
 };
 
-use bytes::{Bytes, BytesMut};
-use futures::{
-    AsyncReadExt, AsyncWriteExt, FutureExt, StreamExt,
-    channel::{mpsc, oneshot},
-    select,
-};
-use futures_timer::Delay;
-use libp2p::{PeerId, StreamProtocol};
+use bytes::Bytes;
+use futures::channel::oneshot;
 use shoal_core::{
-    Config as EngineConfig, Delivery, Engine, Event as EngineEvent, Instant, Message, PublisherKey, SegmentId,
-    Output, SegmentInfo, SignedRecord, StreamId, wire::FrameDecoder,
+    Config as EngineConfig, Delivery, Engine, Event as EngineEvent, Instant, Message, Misbehaviour, Output,
+    PublisherKey, SegmentId, SegmentInfo, SignedRecord, StreamId, codec::Frame, engine::PeerKey, wire::FrameDecoder,
 };
 
 use crate::{
-    http::{Fetch, record_url},
-    runtime::{Command, Event, EventSink},
-    streams::OpenError,
+    error::ShoalError,
+    events::{Event, PeerTraffic, SwarmStats},
 };
 
-/// Protocol of piece-exchange streams.
-pub(crate) const PROTOCOL: StreamProtocol = StreamProtocol::new(shoal_core::wire::PROTOCOL_NAME);
+/// Where the answer to `fetchSegment` goes: the verified segment, chunk by chunk (the
+/// API copies it once, into the buffer the player gets).
+pub type Reply = oneshot::Sender<Result<Delivery, ShoalError>>;
 
-/// Most bytes queued towards one peer before frames are dropped (the engine retries what
-/// matters; a peer this far behind is too slow to be useful).
-const MAX_QUEUED_PER_PEER: usize = 8 * 1024 * 1024;
-
-/// Milliseconds on the page's monotonic clock.
-pub(crate) fn now_ms() -> f64 {
-    web_sys::window().and_then(|w| w.performance()).map_or_else(js_sys::Date::now, |p| p.now())
-}
-
-fn now() -> Instant {
-    Instant::from_millis_f64(now_ms())
-}
-
-/// What JavaScript gets back for a segment.
-pub(crate) struct Loaded {
-    pub data: Vec<u8>,
-    pub from_peers: u64,
-    pub from_http: u64,
-}
-
-/// Our two outbound streams to one peer: control messages (announcements, requests,
-/// cancels) never queue behind chunk data, so a neighbour hears that we started fetching
-/// a segment at once, not after the megabytes we are uploading to it.
-struct Writer {
-    control: mpsc::UnboundedSender<Bytes>,
-    data: mpsc::UnboundedSender<Bytes>,
-    /// Bytes handed to the data stream and not yet written.
-    queued: Rc<Cell<usize>>,
-}
-
-/// Counters JavaScript reads through `stats()`.
-#[derive(Debug, Default, Clone, serde::Serialize)]
-#[serde(rename_all = "camelCase")]
-pub(crate) struct SwarmStats {
-    pub bytes_from_peers: u64,
-    pub bytes_from_http: u64,
-    pub bytes_uploaded: u64,
-    pub segments_loaded: u64,
-    pub segments_failed: u64,
-    pub chunks_rejected: u64,
-    pub peers_banned: u64,
-    /// HTTP fetches because nobody had the segment yet / because it was due soon.
-    pub http_seeds: u64,
-    pub http_urgent: u64,
-    pub cached_bytes: u64,
-    pub peers: usize,
-    /// Per peer: bytes received from it and sent to it.
-    pub per_peer: HashMap<String, PeerTraffic>,
-}
-
-#[derive(Debug, Default, Clone, serde::Serialize)]
-#[serde(rename_all = "camelCase")]
-pub(crate) struct PeerTraffic {
-    pub down: u64,
-    pub up: u64,
-}
-
-struct Inner {
-    engine: Engine<PeerId>,
-    writers: HashMap<PeerId, Writer>,
-    /// Connected peers that do not speak the pieces protocol (not Shoal pages): not asked
-    /// again until they reconnect.
-    foreign: HashSet<PeerId>,
-    urls: HashMap<SegmentId, String>,
-    pending: HashMap<SegmentId, Vec<oneshot::Sender<Result<Delivery, String>>>>,
-    fetches: HashMap<u64, Rc<Fetch>>,
-    traffic: HashMap<PeerId, PeerTraffic>,
-    segments_failed: u64,
-    /// Bytes written to peers over the last interval, for the upload backlog estimate.
-    sent_window: (f64, u64),
-    upload_rate: f64,
-}
-
-/// The engine host of one swarm. See the module docs.
-pub(crate) struct SwarmHost {
-    pub(crate) name: String,
-    pub(crate) stream_id: StreamId,
-    record_suffix: String,
-    corrupt_uploads: bool,
-    inner: RefCell<Inner>,
-    emit: EventSink,
-    commands: mpsc::UnboundedSender<Command>,
-    rearm: mpsc::UnboundedSender<()>,
-    control: crate::streams::Control,
-}
-
-pub(crate) struct HostOptions {
+/// How to run one swarm's piece exchange.
+#[derive(Debug, Clone)]
+pub struct PiecesOptions {
     pub name: String,
     pub publisher: PublisherKey,
     pub engine: EngineConfig,
+    /// A segment's signed record lives at its URL plus this.
     pub record_suffix: String,
+    /// Testing only: flip a byte of every chunk uploaded.
     pub corrupt_uploads: bool,
-    pub swarm_size: usize,
 }
 
-impl SwarmHost {
-    pub(crate) fn new(
-        options: HostOptions,
-        emit: EventSink,
-        commands: mpsc::UnboundedSender<Command>,
-        control: crate::streams::Control,
-    ) -> Rc<Self> {
+/// What the runtime must do for a [`Pieces`].
+#[derive(Debug)]
+pub enum Effect<P> {
+    /// Write `frame` to `peer`: chunks and records (`bulk`) on the data link, everything
+    /// else on the control link (so announcements never wait behind megabytes).
+    Send {
+        peer: P,
+        frame: Bytes,
+        bulk: bool,
+    },
+    /// Fetch `url` (bytes `range`), and the record at `record_url` beside it; report with
+    /// [`Pieces::fetch_done`] under `id`.
+    Fetch {
+        id: u64,
+        url: String,
+        range: Option<(u64, u64)>,
+        record_url: Option<String>,
+    },
+    /// Abort fetch `id`; its result is no longer wanted.
+    CancelFetch {
+        id: u64,
+    },
+    /// Cut `peer` off: it misbehaved (see `reason`). The engine already forgot it.
+    Disconnect {
+        peer: P,
+        reason: Misbehaviour,
+    },
+    Event(Event),
+}
+
+/// See the module docs.
+pub struct Pieces<P: PeerKey> {
+    pub name: String,
+    pub stream_id: StreamId,
+    engine: Engine<P>,
+    record_suffix: String,
+    corrupt_uploads: bool,
+    urls: HashMap<SegmentId, String>,
+    pending: HashMap<SegmentId, Vec<Reply>>,
+    traffic: HashMap<P, PeerTraffic>,
+    segments_failed: u64,
+    /// Peers the engine knows.
+    peers: HashSet<P>,
+    effects: VecDeque<Effect<P>>,
+}
+
+/// Most player fetches waiting on one segment (a player asks once; this bounds a page
+/// that asks in a loop).
+const MAX_PENDING_PER_SEGMENT: usize = 16;
+
+impl<P: PeerKey + Display> Pieces<P> {
+    pub fn new(options: PiecesOptions, seed: u64, now: Instant) -> Self {
         let stream_id = StreamId::from_name(&options.name);
-        let seed = (js_sys::Math::random() * u64::MAX as f64) as u64;
-        let mut engine = Engine::new(options.engine, stream_id, options.publisher, seed, now());
-        engine.set_swarm_size(options.swarm_size);
-        let (rearm, rearmed) = mpsc::unbounded();
-        let host = Rc::new(Self {
+        Self {
+            engine: Engine::new(options.engine, stream_id, options.publisher, seed, now),
             name: options.name,
             stream_id,
             record_suffix: options.record_suffix,
             corrupt_uploads: options.corrupt_uploads,
-            inner: RefCell::new(Inner {
-                engine,
-                writers: HashMap::new(),
-                foreign: HashSet::new(),
-                urls: HashMap::new(),
-                pending: HashMap::new(),
-                fetches: HashMap::new(),
-                traffic: HashMap::new(),
-                segments_failed: 0,
-                sent_window: (now_ms(), 0),
-                upload_rate: 0.0,
-            }),
-            emit,
-            commands,
-            rearm,
-            control,
-        });
-        wasm_bindgen_futures::spawn_local(run_timer(Rc::downgrade(&host), rearmed));
-        host
+            urls: HashMap::new(),
+            pending: HashMap::new(),
+            traffic: HashMap::new(),
+            segments_failed: 0,
+            peers: HashSet::new(),
+            effects: VecDeque::new(),
+        }
     }
 
-    /// Applies `f` to the engine, then carries out what it asked for.
-    fn with_engine<R>(self: &Rc<Self>, f: impl FnOnce(&mut Engine<PeerId>, Instant) -> R) -> R {
-        let result = {
-            let mut inner = self.inner.borrow_mut();
-            let backlog = inner.upload_backlog();
-            inner.engine.set_upload_backlog(backlog);
-            f(&mut inner.engine, now())
-        };
-        self.dispatch();
-        result
+    pub fn engine(&self) -> &Engine<P> {
+        &self.engine
+    }
+
+    /// Whether the engine knows `peer`.
+    pub fn knows(&self, peer: &P) -> bool {
+        self.peers.contains(peer)
     }
 
     // ---- inputs ----------------------------------------------------------------------
 
-    /// A direct connection to `peer` is up: open our stream to it and tell the engine.
-    pub(crate) fn peer_connected(self: &Rc<Self>, peer: PeerId) {
-        {
-            let inner = self.inner.borrow();
-            if inner.writers.contains_key(&peer) || inner.foreign.contains(&peer) {
-                return;
-            }
+    /// A direct connection to `peer` is up (or its links were reopened): the engine
+    /// greets it.
+    pub fn peer_connected(&mut self, peer: P, now: Instant) {
+        if self.peers.insert(peer) {
+            self.engine.peer_connected(peer, now);
         }
-        let (control, control_frames) = mpsc::unbounded::<Bytes>();
-        let (data, data_frames) = mpsc::unbounded::<Bytes>();
-        let queued = Rc::new(Cell::new(0usize));
-        self.inner.borrow_mut().writers.insert(peer, Writer { control, data, queued: queued.clone() });
-        self.spawn_writer(peer, control_frames, None);
-        self.spawn_writer(peer, data_frames, Some(queued));
-        self.with_engine(|engine, now| engine.peer_connected(peer, now));
     }
 
-    /// Opens one outbound stream to `peer` and writes `frames` to it until either ends.
-    /// Every stream starts with `Hello` so the peer can route it.
-    fn spawn_writer(
-        self: &Rc<Self>,
-        peer: PeerId,
-        mut frames: mpsc::UnboundedReceiver<Bytes>,
-        queued: Option<Rc<Cell<usize>>>,
-    ) {
-        let control = self.control.clone();
-        let host = Rc::downgrade(self);
-        let mut hello = BytesMut::new();
-        Message::Hello { version: shoal_core::wire::PROTOCOL_VERSION, stream: self.stream_id }.encode(&mut hello);
-        wasm_bindgen_futures::spawn_local(async move {
-            let result: Result<(), OpenError> = async {
-                let mut stream = control.open(peer, PROTOCOL).await?;
-                let io = |e: std::io::Error| OpenError::Io(e.to_string());
-                if queued.is_some() {
-                    stream.write_all(&hello).await.map_err(io)?;
-                }
-                while let Some(frame) = frames.next().await {
-                    stream.write_all(&frame).await.map_err(io)?;
-                    if let Some(queued) = &queued {
-                        queued.set(queued.get().saturating_sub(frame.len()));
-                    }
-                    if let Some(host) = host.upgrade() {
-                        host.inner.borrow_mut().count_sent(frame.len());
-                    }
-                }
-                let _ = stream.close().await;
-                Ok(())
-            }
-            .await;
-            if let (Err(error), Some(host)) = (result, host.upgrade()) {
-                tracing::debug!(%peer, %error, "piece stream closed");
-                if matches!(error, OpenError::Unsupported) {
-                    host.inner.borrow_mut().foreign.insert(peer);
-                }
-                host.peer_gone(peer);
-            }
-        });
+    /// `peer` is gone (disconnected, cut off, or its links died).
+    pub fn peer_gone(&mut self, peer: P, now: Instant) {
+        if self.peers.remove(&peer) {
+            self.engine.peer_disconnected(peer, now);
+        }
     }
 
-    /// The peer's stream to us, whose first message (`Hello`) was already read.
-    pub(crate) fn attach_reader(
-        self: &Rc<Self>,
-        peer: PeerId,
-        mut stream: libp2p::Stream,
-        mut decoder: FrameDecoder,
-        first: Message,
-    ) {
-        self.peer_connected(peer);
-        self.with_engine(|engine, now| engine.handle_message(peer, first, now));
-        let host = Rc::downgrade(self);
-        wasm_bindgen_futures::spawn_local(async move {
-            let mut buf = vec![0u8; 64 * 1024];
-            loop {
-                let read = stream.read(&mut buf).await;
-                let Some(host) = host.upgrade() else { return };
-                let n = match read {
-                    Ok(0) => break,
-                    Ok(n) => n,
-                    Err(error) => {
-                        tracing::debug!(%peer, %error, "piece stream read failed");
-                        break;
-                    }
-                };
-                decoder.extend(&buf[..n]);
-                loop {
-                    match decoder.next_frame() {
-                        Ok(Some(message)) => host.on_message(peer, message),
-                        Ok(None) => break,
-                        Err(error) => {
-                            // Not our protocol: cut the peer off.
-                            tracing::info!(%peer, %error, "malformed piece message");
-                            let _ =
-                                host.commands.unbounded_send(Command::Ban(peer, format!("malformed message: {error}")));
-                            host.peer_gone(peer);
-                            return;
-                        }
-                    }
-                }
-            }
-            if let Some(host) = host.upgrade() {
-                host.peer_gone(peer);
-            }
-        });
-    }
-
-    fn on_message(self: &Rc<Self>, peer: PeerId, message: Message) {
+    /// A decoded message from `peer`.
+    pub fn on_message(&mut self, peer: P, message: Message, now: Instant) {
         if let Message::Data { data, .. } = &message {
-            self.inner.borrow_mut().traffic.entry(peer).or_default().down += data.len() as u64;
+            self.traffic.entry(peer).or_default().down += data.len() as u64;
         }
-        self.with_engine(|engine, now| engine.handle_message(peer, message, now));
+        self.engine.handle_message(peer, message, now);
     }
 
-    /// Every connection to `peer` closed: a later connection may be a Shoal page again.
-    pub(crate) fn peer_disconnected(self: &Rc<Self>, peer: PeerId) {
-        self.inner.borrow_mut().foreign.remove(&peer);
-        self.peer_gone(peer);
+    pub fn set_swarm_size(&mut self, size: usize) {
+        self.engine.set_swarm_size(size);
     }
 
-    /// The connection or a stream to `peer` ended.
-    pub(crate) fn peer_gone(self: &Rc<Self>, peer: PeerId) {
-        if self.inner.borrow_mut().writers.remove(&peer).is_none() {
+    /// What our uplink holds (time to drain) and its measured rate, bytes per second.
+    pub fn set_uplink(&mut self, backlog: Duration, rate: f64) {
+        self.engine.set_uplink(backlog, rate);
+    }
+
+    /// The playlist: segment ids and URLs (records come from peers or beside segments).
+    pub fn set_playlist(&mut self, segments: Vec<(u64, String)>, now: Instant) {
+        // A live playlist slides: forget the URLs of segments that left it (unless a
+        // fetch still waits on one), or a day of viewing keeps tens of thousands.
+        if let Some(oldest) = segments.iter().map(|(id, _)| *id).min() {
+            let pending = &self.pending;
+            self.urls.retain(|id, _| id.0 >= oldest || pending.contains_key(id));
+        }
+        let infos: Vec<SegmentInfo> = segments
+            .into_iter()
+            .map(|(id, url)| {
+                self.urls.insert(SegmentId(id), url);
+                SegmentInfo { id: SegmentId(id), record: None }
+            })
+            .collect();
+        self.engine.update_playlist(infos, now);
+    }
+
+    /// The player needs segment `id` (at `url`) by `deadline`; `reply` gets it.
+    pub fn fetch_segment(&mut self, id: u64, url: String, deadline: Instant, reply: Reply, now: Instant) {
+        let segment = SegmentId(id);
+        let waiting = self.pending.entry(segment).or_default();
+        if waiting.len() >= MAX_PENDING_PER_SEGMENT {
+            let _ = reply.send(Err(ShoalError::Overloaded("fetches of one segment")));
             return;
         }
-        self.with_engine(|engine, now| engine.peer_disconnected(peer, now));
-    }
-
-    pub(crate) fn set_swarm_size(self: &Rc<Self>, size: usize) {
-        self.inner.borrow_mut().engine.set_swarm_size(size);
-    }
-
-    /// The playlist: segment ids and URLs (records come from peers or next to segments).
-    pub(crate) fn set_playlist(self: &Rc<Self>, segments: Vec<(u64, String)>) {
-        let infos: Vec<SegmentInfo> = {
-            let mut inner = self.inner.borrow_mut();
-            // A live playlist slides: forget the URLs of segments that left it (unless a
-            // fetch still waits on one), or a day of viewing keeps tens of thousands.
-            if let Some(oldest) = segments.iter().map(|(id, _)| *id).min() {
-                let Inner { urls, pending, .. } = &mut *inner;
-                urls.retain(|id, _| id.0 >= oldest || pending.contains_key(id));
-            }
-            segments
-                .into_iter()
-                .map(|(id, url)| {
-                    inner.urls.insert(SegmentId(id), url);
-                    SegmentInfo { id: SegmentId(id), record: None }
-                })
-                .collect()
-        };
-        self.with_engine(|engine, now| engine.update_playlist(infos, now));
-    }
-
-    /// Fetches segment `id` by `deadline_ms` (page clock): from peers when there is time,
-    /// from `url` when not. Resolves with the verified bytes.
-    pub(crate) async fn fetch_segment(
-        self: &Rc<Self>,
-        id: u64,
-        url: String,
-        deadline_ms: f64,
-    ) -> Result<Loaded, String> {
-        let segment = SegmentId(id);
-        let (reply, delivered) = oneshot::channel();
-        {
-            let mut inner = self.inner.borrow_mut();
-            inner.urls.insert(segment, url);
-            inner.pending.entry(segment).or_default().push(reply);
-        }
-        self.with_engine(|engine, now| engine.want(segment, Instant::from_millis_f64(deadline_ms), now));
-        let delivery = delivered.await.map_err(|_| "swarm left".to_owned())??;
-        Ok(Loaded { data: delivery.concat(), from_peers: delivery.from_peers, from_http: delivery.from_http })
+        waiting.push(reply);
+        self.urls.insert(segment, url);
+        self.engine.want(segment, deadline, now);
     }
 
     /// The player gave up on segment `id`.
-    pub(crate) fn cancel_segment(self: &Rc<Self>, id: u64) {
+    pub fn cancel_segment(&mut self, id: u64, now: Instant) {
         let segment = SegmentId(id);
-        self.inner.borrow_mut().pending.remove(&segment);
-        self.with_engine(|engine, now| engine.unwant(segment, now));
+        self.pending.remove(&segment);
+        self.engine.unwant(segment, now);
     }
 
-    /// Segment bytes the page already has (e.g. it loaded them itself).
-    pub(crate) fn offer_segment(self: &Rc<Self>, id: u64, data: Vec<u8>) -> Result<(), String> {
-        self.with_engine(|engine, now| engine.offer_segment(SegmentId(id), Bytes::from(data), now))
-            .map_err(|e| e.to_string())
+    /// Segment bytes the page already has (it loaded them itself).
+    pub fn offer_segment(&mut self, id: u64, data: Bytes, now: Instant) -> Result<(), ShoalError> {
+        self.engine.offer_segment(SegmentId(id), data, now).map_err(|e| ShoalError::Integrity(e.to_string()))
     }
 
-    pub(crate) fn set_switches(self: &Rc<Self>, upload: Option<bool>, p2p_download: Option<bool>) {
-        self.with_engine(|engine, now| {
-            if let Some(upload) = upload {
-                engine.set_upload_enabled(upload, now);
-            }
-            if let Some(download) = p2p_download {
-                engine.set_p2p_download_enabled(download, now);
-            }
-        });
-    }
-
-    pub(crate) fn stats(&self) -> SwarmStats {
-        let inner = self.inner.borrow();
-        let s = inner.engine.stats();
-        SwarmStats {
-            bytes_from_peers: s.bytes_from_peers,
-            bytes_from_http: s.bytes_from_http,
-            bytes_uploaded: s.bytes_uploaded,
-            segments_loaded: s.segments_delivered,
-            segments_failed: inner.segments_failed,
-            chunks_rejected: s.chunks_rejected,
-            peers_banned: s.peers_banned,
-            http_seeds: s.http_seeds,
-            http_urgent: s.http_urgent,
-            cached_bytes: inner.engine.cached_bytes(),
-            peers: inner.engine.connected_peers(),
-            per_peer: inner.traffic.iter().map(|(p, t)| (p.to_string(), t.clone())).collect(),
+    pub fn set_switches(&mut self, upload: Option<bool>, p2p_download: Option<bool>, now: Instant) {
+        if let Some(upload) = upload {
+            self.engine.set_upload_enabled(upload, now);
+        }
+        if let Some(download) = p2p_download {
+            self.engine.set_p2p_download_enabled(download, now);
         }
     }
 
-    /// Ends the swarm: every pending fetch fails, every stream closes.
-    pub(crate) fn shutdown(&self) {
-        let mut inner = self.inner.borrow_mut();
-        inner.writers.clear();
-        inner.pending.clear();
-        for fetch in inner.fetches.values() {
-            fetch.abort();
+    /// Fetch `id` ended: its body (or why not), and its record if one was fetched.
+    pub fn fetch_done(&mut self, id: u64, body: Result<Bytes, String>, record: Option<Bytes>, now: Instant) {
+        if let Some(record) = record.as_deref().and_then(decode_record) {
+            // A bad record from the origin is not the end: the body still reaches the
+            // player (unchecked records are simply not used to share it).
+            if let Err(error) = self.engine.add_record(record, now) {
+                tracing::info!(swarm = %self.name, %error, "origin record refused");
+            }
         }
-        inner.fetches.clear();
+        match body {
+            Ok(body) => self.engine.http_complete(id, body, now),
+            Err(error) => {
+                tracing::info!(swarm = %self.name, %error, "segment fetch failed");
+                self.engine.http_failed(id, now);
+            }
+        }
+    }
+
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.engine.handle_timeout(now);
+    }
+
+    /// When [`Pieces::handle_timeout`] must be called next.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.engine.poll_timeout()
+    }
+
+    /// Ends the swarm: every pending fetch fails. Returns the HTTP fetches to abort.
+    pub fn shutdown(&mut self) {
+        for (_, replies) in self.pending.drain() {
+            for reply in replies {
+                let _ = reply.send(Err(ShoalError::Stopped));
+            }
+        }
     }
 
     // ---- outputs ---------------------------------------------------------------------
 
-    /// Carries out every action the engine queued.
-    fn dispatch(self: &Rc<Self>) {
+    /// The next thing to do; `None` once everything from the last inputs is out.
+    pub fn poll_effect(&mut self) -> Option<Effect<P>> {
         loop {
-            let action = self.inner.borrow_mut().engine.poll_output();
-            let Some(action) = action else { break };
-            match action {
-                Output::Send { peer, message } => self.send(peer, message),
-                Output::HttpFetch { id, segment, range } => self.http_fetch(id, segment, range),
-                Output::CancelHttp { id } => {
-                    if let Some(fetch) = self.inner.borrow_mut().fetches.remove(&id) {
-                        fetch.abort();
-                    }
-                }
-                Output::Deliver(delivery) => self.deliver(delivery),
-                Output::Failed { segment } => {
-                    let waiting = {
-                        let mut inner = self.inner.borrow_mut();
-                        inner.segments_failed += 1;
-                        inner.pending.remove(&segment).unwrap_or_default()
-                    };
-                    for reply in waiting {
-                        let _ = reply.send(Err(format!("segment {} could not be fetched", segment.0)));
-                    }
-                }
-                Output::Disconnect { peer, reason } => {
-                    self.inner.borrow_mut().writers.remove(&peer);
-                    (self.emit)(Event::PeerBanned { peer: peer.to_string(), reason: format!("{reason:?}") });
-                    let _ = self.commands.unbounded_send(Command::Ban(peer, format!("{reason:?}")));
-                }
-                Output::Event(EngineEvent::ChunkDownloaded { peer, segment, bytes }) => {
-                    (self.emit)(Event::ChunkDown {
-                        swarm: self.name.clone(),
-                        peer: peer.to_string(),
-                        segment: segment.0,
-                        bytes,
-                    });
-                }
-                Output::Event(EngineEvent::ChunkUploaded { peer, segment, bytes }) => {
-                    (self.emit)(Event::ChunkUp {
-                        swarm: self.name.clone(),
-                        peer: peer.to_string(),
-                        segment: segment.0,
-                        bytes,
-                    });
-                }
-                Output::Event(EngineEvent::PeerBanned { .. }) => {}
+            if let Some(effect) = self.effects.pop_front() {
+                return Some(effect);
             }
+            let output = self.engine.poll_output()?;
+            self.translate(output);
         }
-        let _ = self.rearm.unbounded_send(());
     }
 
-    fn send(&self, peer: PeerId, mut message: Message) {
+    fn translate(&mut self, output: Output<P>) {
+        match output {
+            Output::Send { peer, message } => self.send(peer, message),
+            Output::HttpFetch { id, segment, range } => {
+                let Some(url) = self.urls.get(&segment).cloned() else {
+                    // No URL known (a prefetch never asks): nothing to fetch.
+                    let now = self.engine_now();
+                    self.engine.http_failed(id, now);
+                    return;
+                };
+                let record_url = (!self.engine.has_record(segment)).then(|| record_url(&url, &self.record_suffix));
+                self.effects.push_back(Effect::Fetch { id, url, range, record_url });
+            }
+            Output::CancelHttp { id } => self.effects.push_back(Effect::CancelFetch { id }),
+            Output::Deliver(delivery) => {
+                self.effects.push_back(Effect::Event(Event::SegmentLoaded {
+                    swarm: self.name.clone(),
+                    segment: delivery.segment.0,
+                    bytes: delivery.size,
+                    from_peers: delivery.from_peers,
+                    from_http: delivery.from_http,
+                }));
+                for reply in self.pending.remove(&delivery.segment).unwrap_or_default() {
+                    let _ = reply.send(Ok(delivery.clone()));
+                }
+            }
+            Output::Failed { segment } => {
+                self.segments_failed += 1;
+                for reply in self.pending.remove(&segment).unwrap_or_default() {
+                    let _ = reply.send(Err(ShoalError::SegmentUnavailable(format!(
+                        "segment {} could not be fetched",
+                        segment.0
+                    ))));
+                }
+            }
+            Output::Disconnect { peer, reason } => {
+                self.peers.remove(&peer);
+                self.effects.push_back(Effect::Disconnect { peer, reason });
+            }
+            Output::Event(EngineEvent::PeerBanned { peer, reason }) => {
+                self.effects.push_back(Effect::Event(Event::PeerBanned {
+                    peer: peer.to_string(),
+                    reason: format!("{reason:?}"),
+                }));
+            }
+            Output::Event(EngineEvent::ChunkDownloaded { peer, segment, bytes }) => {
+                self.effects.push_back(Effect::Event(Event::ChunkDown {
+                    swarm: self.name.clone(),
+                    peer: peer.to_string(),
+                    segment: segment.0,
+                    bytes,
+                }));
+            }
+            Output::Event(EngineEvent::ChunkUploaded { peer, segment, bytes }) => {
+                self.effects.push_back(Effect::Event(Event::ChunkUp {
+                    swarm: self.name.clone(),
+                    peer: peer.to_string(),
+                    segment: segment.0,
+                    bytes,
+                }));
+            }
+        }
+    }
+
+    /// The engine's idea of now (the last input's time), for inputs made while
+    /// translating its outputs.
+    fn engine_now(&self) -> Instant {
+        self.engine.now()
+    }
+
+    fn send(&mut self, peer: P, mut message: Message) {
         if let Message::Data { id, segment, chunk, data } = &message {
-            self.inner.borrow_mut().traffic.entry(peer).or_default().up += data.len() as u64;
+            self.traffic.entry(peer).or_default().up += data.len() as u64;
             if self.corrupt_uploads {
                 let mut bad = data.to_vec();
                 if let Some(b) = bad.first_mut() {
@@ -473,102 +335,32 @@ impl SwarmHost {
             }
         }
         let bulk = matches!(message, Message::Data { .. } | Message::Record { .. });
-        let mut frame = BytesMut::new();
-        message.encode(&mut frame);
-        let inner = self.inner.borrow();
-        let Some(writer) = inner.writers.get(&peer) else { return };
-        if !bulk {
-            // The engine's own `Hello` travels on the control stream, which it opens.
-            let _ = writer.control.unbounded_send(frame.freeze());
-            return;
-        }
-        if writer.queued.get() + frame.len() > MAX_QUEUED_PER_PEER {
-            tracing::debug!(%peer, "peer too far behind; dropping a frame");
-            return;
-        }
-        writer.queued.set(writer.queued.get() + frame.len());
-        let _ = writer.data.unbounded_send(frame.freeze());
+        self.effects.push_back(Effect::Send { peer, frame: message.to_frame(), bulk });
     }
 
-    fn deliver(&self, delivery: Delivery) {
-        let waiting = self.inner.borrow_mut().pending.remove(&delivery.segment).unwrap_or_default();
-        (self.emit)(Event::SegmentLoaded {
-            swarm: self.name.clone(),
-            segment: delivery.segment.0,
-            bytes: delivery.size,
-            from_peers: delivery.from_peers,
-            from_http: delivery.from_http,
-        });
-        for reply in waiting {
-            let _ = reply.send(Ok(delivery.clone()));
+    pub fn stats(&self) -> SwarmStats {
+        let s = self.engine.stats();
+        SwarmStats {
+            bytes_from_peers: s.bytes_from_peers,
+            bytes_from_http: s.bytes_from_http,
+            bytes_uploaded: s.bytes_uploaded,
+            segments_loaded: s.segments_delivered,
+            segments_failed: self.segments_failed,
+            chunks_rejected: s.chunks_rejected,
+            peers_banned: s.peers_banned,
+            http_early: s.http_early,
+            http_seeds: s.http_seeds,
+            http_urgent: s.http_urgent,
+            http_hedges: s.http_hedges,
+            cached_bytes: self.engine.cached_bytes(),
+            peers: self.engine.connected_peers(),
+            per_peer: self.traffic.iter().map(|(p, t)| (p.to_string(), t.clone())).collect(),
         }
-    }
-
-    fn http_fetch(self: &Rc<Self>, id: u64, segment: SegmentId, range: Option<(u64, u64)>) {
-        let (url, need_record) = {
-            let inner = self.inner.borrow();
-            (inner.urls.get(&segment).cloned(), !inner.engine.has_record(segment))
-        };
-        let Some(url) = url else {
-            // No URL known (a prefetch would never ask): nothing to fetch.
-            self.with_engine(|engine, now| engine.http_failed(id, now));
-            return;
-        };
-        let fetch = Rc::new(Fetch::new());
-        self.inner.borrow_mut().fetches.insert(id, fetch.clone());
-        let host = Rc::downgrade(self);
-        let record_url = need_record.then(|| record_url(&url, &self.record_suffix));
-        wasm_bindgen_futures::spawn_local(async move {
-            // The record comes with the segment so what came over HTTP can be shared.
-            let record = async {
-                match &record_url {
-                    Some(u) => fetch.get(u, None).await.ok().and_then(|bytes| decode_record(&bytes)),
-                    None => None,
-                }
-            };
-            let (body, record) = futures::join!(fetch.get(&url, range), record);
-            let Some(host) = host.upgrade() else { return };
-            if host.inner.borrow_mut().fetches.remove(&id).is_none() {
-                return; // cancelled meanwhile
-            }
-            if let Some(record) = record {
-                let _ = host.with_engine(|engine, now| engine.add_record(record, now));
-            }
-            match body {
-                Ok(body) => host.with_engine(|engine, now| engine.http_complete(id, body, now)),
-                Err(error) => {
-                    tracing::info!(%url, %error, "segment fetch failed");
-                    host.with_engine(|engine, now| engine.http_failed(id, now));
-                }
-            }
-        });
-    }
-}
-
-impl Inner {
-    fn count_sent(&mut self, bytes: usize) {
-        let now = now_ms();
-        let (since, sent) = &mut self.sent_window;
-        *sent += bytes as u64;
-        let elapsed = now - *since;
-        if elapsed >= 500.0 {
-            let rate = *sent as f64 * 1000.0 / elapsed;
-            self.upload_rate = if self.upload_rate == 0.0 { rate } else { self.upload_rate * 0.7 + rate * 0.3 };
-            *since = now;
-            *sent = 0;
-        }
-    }
-
-    /// How long what we queued for peers needs to leave, at the rate we have been
-    /// sending (at least 1 MB/s assumed until measured).
-    fn upload_backlog(&self) -> Duration {
-        let queued: usize = self.writers.values().map(|w| w.queued.get()).sum();
-        Duration::from_secs_f64(queued as f64 / self.upload_rate.max(1_000_000.0))
     }
 }
 
 /// A record file: one wire frame holding a `Record` message.
-pub(crate) fn decode_record(bytes: &[u8]) -> Option<Arc<SignedRecord>> {
+pub fn decode_record(bytes: &[u8]) -> Option<Arc<SignedRecord>> {
     let mut decoder = FrameDecoder::new();
     decoder.extend(bytes);
     match decoder.next_frame() {
@@ -577,25 +369,10 @@ pub(crate) fn decode_record(bytes: &[u8]) -> Option<Arc<SignedRecord>> {
     }
 }
 
-/// Calls the engine when its next timer is due; woken early whenever an input may
-/// have moved that time.
-async fn run_timer(host: std::rc::Weak<SwarmHost>, mut rearmed: mpsc::UnboundedReceiver<()>) {
-    loop {
-        let due = match host.upgrade() {
-            Some(h) => h.inner.borrow().engine.poll_timeout(),
-            None => return,
-        };
-        let wait = due.map(|t| Duration::from_micros(t.as_micros().saturating_sub(now().as_micros())));
-        let mut sleep = match wait {
-            Some(w) => Delay::new(w).fuse(),
-            None => Delay::new(Duration::from_secs(3600)).fuse(),
-        };
-        select! {
-            () = sleep => {
-                let Some(h) = host.upgrade() else { return };
-                h.with_engine(|engine, now| engine.handle_timeout(now));
-            }
-            woken = rearmed.next() => if woken.is_none() { return },
-        }
+/// The record of a segment lives next to it: the URL with `suffix`, before any query.
+pub fn record_url(segment_url: &str, suffix: &str) -> String {
+    match segment_url.find('?') {
+        Some(q) => format!("{}{}{}", &segment_url[..q], suffix, &segment_url[q..]),
+        None => format!("{segment_url}{suffix}"),
     }
 }

@@ -1,365 +1,228 @@
-//! The page's libp2p swarm and the loop that drives it.
+//! The page's runtime: one task that owns everything with state — the libp2p swarm, the
+//! link to the signalling node, each membership with its [`Pieces`], the
+//! [`Gossiping`], every link's writer, bans — and one loop that waits for the next of:
 //!
-//! The loop owns the `Swarm`: the link to the signalling node (with reconnection and
-//! re-registration), membership of each joined swarm, direct connections to members,
-//! and bans. JavaScript talks to it through [`Handle`]: commands over a
-//! channel, a shared snapshot for synchronous reads, and an event callback. Piece
-//! exchange runs in [`crate::pieces`], one engine host per swarm with pieces, and gossip in
-//! [`crate::gossip`]; streams run as their own tasks, so transfers never wait on the
-//! swarm loop.
+//! - a swarm event (connections, membership answers, inbound streams, pings);
+//! - an input from a link (a decoded frame, a stream that ended);
+//! - a command from the JavaScript API;
+//! - an HTTP fetch that finished;
+//! - the timer, set to the earliest moment any state machine asked for.
+//!
+//! After each, every state machine's outputs are drained and carried out. The API
+//! reads a snapshot the loop refreshes (at most every 100 ms, and after commands).
+//!
+//! A segment from a peer: data channel → link reader task (decodes in place) → input
+//! queue → this loop → `Pieces` → reply channel → `fetchSegment`'s promise. Three
+//! boundaries, two copies (into the reader's buffer; into the `Uint8Array` returned).
 
 use std::{
-    cell::RefCell,
+    cell::{Cell, RefCell},
     collections::{HashMap, HashSet},
     rc::Rc,
     time::Duration,
 };
 
-use futures::{AsyncReadExt, FutureExt, StreamExt, channel::mpsc, select};
+use bytes::Bytes;
+use futures::{
+    FutureExt, StreamExt,
+    channel::{mpsc, oneshot},
+    future::{AbortHandle, Fuse, LocalBoxFuture},
+    select,
+    stream::FuturesUnordered,
+};
 use futures_timer::Delay;
 use libp2p::{
-    Multiaddr, PeerId, StreamProtocol, Swarm, Transport,
-    core::{ConnectedPoint, muxing::StreamMuxerBox, transport::ListenerId, upgrade::Version},
+    Multiaddr, PeerId, Swarm,
+    core::{ConnectedPoint, transport::ListenerId},
     identity::Keypair,
     multiaddr::Protocol,
-    noise, ping, relay,
-    request_response::{self, OutboundRequestId, ProtocolSupport},
+    ping, relay,
+    request_response::{self, OutboundRequestId},
     swarm::{
-        ConnectionId, NetworkBehaviour, SwarmEvent,
+        ConnectionId, SwarmEvent,
         dial_opts::{DialOpts, PeerCondition},
     },
-    yamux,
 };
-use serde::Serialize;
-use shoal_core::{Message, wire::FrameDecoder};
+use shoal_core::{Instant, Message, codec::Frame, gossip::GossipMessage};
 use shoal_proto::{MembershipRequest, MembershipResponse};
-use web_time::Instant;
 
 use crate::{
     bulk,
     config::Config,
-    gossip::{self, GossipHost, GossipStats},
-    pieces::{self, SwarmHost},
-    streams,
+    error::ShoalError,
+    events::{ConnectionInfo, Event, Snapshot},
+    gossiping::{GossipEffect, Gossiping, Validator},
+    http,
+    links::{self, INPUT_QUEUE, LinkId, LinkInput, Writer},
+    pieces::{self, Effect, Pieces, PiecesOptions},
+    streams::{self, OpenError},
+    swarm::{self, Behaviour, BehaviourEvent},
 };
 
-#[derive(NetworkBehaviour)]
-pub(crate) struct Behaviour {
-    relay: relay::client::Behaviour,
-    webrtc: shoal_webrtc::Behaviour,
-    ping: ping::Behaviour,
-    membership: request_response::Behaviour<crate::membership::Codec>,
-    streams: streams::Behaviour,
+/// The page's monotonic clock, the one every state machine runs on.
+pub(crate) fn now() -> Instant {
+    Instant::from_millis_f64(now_ms())
 }
 
-/// Events delivered to JavaScript, as plain objects with a `type`.
-#[derive(Debug, Clone, Serialize)]
-#[serde(tag = "type", rename_all = "kebab-case")]
-pub(crate) enum Event {
-    NodeConnected {
-        node: String,
-        addr: String,
-    },
-    NodeDisconnected {
-        node: String,
-        reason: String,
-    },
-    Joined {
-        swarm: String,
-        members: usize,
-    },
-    PeerConnected {
-        peer: String,
-        #[serde(rename = "remoteAddr")]
-        remote_addr: String,
-        dialer: bool,
-    },
-    PeerDisconnected {
-        peer: String,
-        reason: String,
-    },
-    DialFailed {
-        peer: String,
-        error: String,
-    },
-    /// A peer's attempt to connect to us failed (bad signalling, handshake timeout...).
-    InboundFailed {
-        peer: String,
-        error: String,
-    },
-    /// A peer was cut off for misbehaving (corrupt data, forged record, bad messages).
-    PeerBanned {
-        peer: String,
-        reason: String,
-    },
-    SegmentLoaded {
-        swarm: String,
-        segment: u64,
-        bytes: u64,
-        #[serde(rename = "fromPeers")]
-        from_peers: u64,
-        #[serde(rename = "fromHttp")]
-        from_http: u64,
-    },
-    ChunkDown {
-        swarm: String,
-        peer: String,
-        segment: u64,
-        bytes: u64,
-    },
-    ChunkUp {
-        swarm: String,
-        peer: String,
-        segment: u64,
-        bytes: u64,
-    },
-    Gossip {
-        topic: String,
-        from: String,
-        #[serde(with = "serde_bytes_as_array")]
-        data: Vec<u8>,
-    },
-    GossipRejected {
-        topic: String,
-        from: String,
-        reason: String,
-    },
-    BulkReceived {
-        peer: String,
-        bytes: u64,
-        intact: bool,
-        ms: f64,
-    },
-    Error {
-        message: String,
-    },
+fn now_ms() -> f64 {
+    web_sys::window().and_then(|w| w.performance()).map_or_else(js_sys::Date::now, |p| p.now())
 }
 
-/// Gossip payloads reach JavaScript as arrays of numbers (turned into `Uint8Array` by the
-/// JS wrapper); serde-wasm-bindgen has no byte-buffer type for the json-compatible mode.
-mod serde_bytes_as_array {
-    pub(super) fn serialize<S: serde::Serializer>(bytes: &[u8], s: S) -> Result<S::Ok, S::Error> {
-        serde::Serialize::serialize(bytes, s)
-    }
+/// Wall-clock milliseconds at the page's time origin (`performance.now()` = 0).
+fn time_origin_ms() -> u64 {
+    let origin = web_sys::window().and_then(|w| w.performance()).map_or(0.0, |p| p.time_origin());
+    if origin > 0.0 { origin as u64 } else { (js_sys::Date::now() - now_ms()).max(0.0) as u64 }
 }
 
-/// One direct connection, as `stats()` reports it.
-#[derive(Debug, Clone, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub(crate) struct ConnectionInfo {
-    pub peer: String,
-    pub remote_addr: String,
-    /// True for browser-to-browser WebRTC; relayed connections are never listed.
-    pub direct: bool,
-    pub dialer: bool,
-    /// Last ping round trip, in milliseconds.
-    pub rtt_ms: Option<f64>,
+fn random_seed() -> u64 {
+    (js_sys::Math::random() * u64::MAX as f64) as u64
 }
 
-/// What JavaScript can read without waiting.
-#[derive(Debug, Default, Clone, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub(crate) struct Snapshot {
-    pub node_connected: bool,
-    /// Where other browsers reach this peer (`<node>/p2p-circuit/webrtc/p2p/<me>`), while
-    /// it holds a relay reservation on its node.
-    pub address: Option<String>,
-    pub joined: bool,
-    pub swarms: Vec<String>,
-    pub connections: Vec<ConnectionInfo>,
-    pub relayed_connections: usize,
-    pub peer_connections_created: u32,
-    pub node_reconnects: u32,
-    pub banned_peers: usize,
-    pub gossip: GossipStats,
-}
+pub(crate) type EventSink = Rc<dyn Fn(Event)>;
+type Reply<T> = oneshot::Sender<Result<T, ShoalError>>;
 
-type Reply<T> = futures::channel::oneshot::Sender<Result<T, String>>;
-
+/// What the API asks of the runtime.
 pub(crate) enum Command {
     /// Leave every swarm and stop; the sender learns when the swarm is gone.
-    Stop(futures::channel::oneshot::Sender<()>),
+    Stop(oneshot::Sender<()>),
     /// Diagnostics: open a relayed connection to a peer through the node.
     DialRelayed(PeerId, Reply<()>),
     /// Connect directly to the browser peer at a `/p2p-circuit/webrtc/p2p/<peer>` address.
     Connect(Multiaddr, PeerId, Reply<()>),
-    /// Join a swarm (with an engine host if it exchanges pieces).
-    Join(String, Option<Rc<SwarmHost>>),
+    /// Join a swarm; with options, it exchanges pieces.
+    Join(String, Option<Box<PiecesOptions>>),
     Leave(String),
-    /// Cut a peer off for good.
-    Ban(PeerId, String),
+    SetPlaylist {
+        swarm: String,
+        segments: Vec<(u64, String)>,
+    },
+    FetchSegment {
+        swarm: String,
+        id: u64,
+        url: String,
+        deadline: Instant,
+        reply: pieces::Reply,
+    },
+    CancelSegment {
+        swarm: String,
+        id: u64,
+    },
+    OfferSegment {
+        swarm: String,
+        id: u64,
+        data: Bytes,
+        reply: Reply<()>,
+    },
+    SetSwitches {
+        upload: Option<bool>,
+        p2p_download: Option<bool>,
+    },
+    Subscribe {
+        topic: String,
+        validator: Option<Validator>,
+        reply: Reply<()>,
+    },
+    Unsubscribe(String),
+    Publish {
+        topic: String,
+        data: Vec<u8>,
+        reply: Reply<usize>,
+    },
 }
+
+/// Commands waiting for the loop; past this the API answers `overloaded`.
+pub(crate) const COMMAND_QUEUE: usize = 256;
 
 /// JavaScript's side of the runtime.
 pub(crate) struct Handle {
     pub peer_id: PeerId,
-    pub hosts: Hosts,
-    pub gossip: Rc<GossipHost>,
-    pub commands: mpsc::UnboundedSender<Command>,
+    pub commands: mpsc::Sender<Command>,
     pub snapshot: Rc<RefCell<Snapshot>>,
+    /// Opens diagnostic streams (bulk transfers, raw streams).
     pub control: streams::Control,
 }
 
-pub(crate) type EventSink = Rc<dyn Fn(Event)>;
+/// What a link reports, tagged with the link.
+enum Input {
+    Piece(LinkId, LinkInput<Message>),
+    Gossip(LinkId, LinkInput<GossipMessage>),
+    WriterEnded(LinkId, Result<(), OpenError>),
+}
 
-/// The engine hosts of joined swarms, by swarm name.
-pub(crate) type Hosts = Rc<RefCell<HashMap<String, Rc<SwarmHost>>>>;
+struct HttpDone {
+    swarm: String,
+    id: u64,
+    body: Result<Bytes, String>,
+    record: Option<Bytes>,
+}
 
 const NODE_BACKOFF_MIN: Duration = Duration::from_millis(250);
 const NODE_BACKOFF_MAX: Duration = Duration::from_secs(8);
-const TICK: Duration = Duration::from_millis(250);
 /// How long a new piece stream may take to say `Hello`.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+/// How stale `stats()` may be while things happen.
+const SNAPSHOT_EVERY: Duration = Duration::from_millis(100);
+/// Streams a peer may have open to us at once (a handful per shared swarm, and gossip).
+const MAX_INBOUND_PER_PEER: usize = 16;
+/// Reopening our links to a peer: at most this many times per window; past it the peer
+/// is left alone until it greets us again (its side is not in the swarm, or broken).
+const MAX_REOPENS: u32 = 3;
+const REOPEN_WINDOW: Duration = Duration::from_secs(30);
+/// Bans: proven hostile (corrupt data, forgery) / merely useless or incompatible.
+const BAN_HOSTILE: Duration = Duration::from_secs(3600);
+const BAN_USELESS: Duration = Duration::from_secs(60);
 
-/// Builds the swarm and starts its loop.
-pub(crate) fn start(config: Config, nodes: Vec<Multiaddr>, emit: EventSink) -> Result<Handle, String> {
+/// Builds the swarm and starts the loop.
+pub(crate) fn start(config: Config, nodes: Vec<Multiaddr>, emit: EventSink) -> Result<Handle, ShoalError> {
     let keypair = Keypair::generate_ed25519();
     let peer_id = keypair.public().to_peer_id();
-    let node_addr = nodes.first().cloned().ok_or("no signalling node address")?;
+    let node_addr = nodes.first().cloned().ok_or_else(|| ShoalError::NoNode("no signalling node address".into()))?;
     let node_peer = match node_addr.iter().last() {
         Some(Protocol::P2p(peer)) => peer,
-        _ => return Err(format!("node address {node_addr} does not end in /p2p/<id>")),
+        _ => return Err(ShoalError::NoNode(format!("node address {node_addr} does not end in /p2p/<id>"))),
     };
-
-    let webrtc_config = shoal_webrtc::Config {
-        ice_servers: config
-            .ice_servers
-            .iter()
-            .map(|s| shoal_webrtc::IceServer {
-                urls: s.urls.clone().into_vec(),
-                username: s.username.clone(),
-                credential: s.credential.clone(),
-            })
-            .collect(),
-        handshake_timeout: Duration::from_millis(u64::from(config.handshake_timeout_ms)),
-        ..shoal_webrtc::Config::default()
-    };
-    let (webrtc_transport, webrtc_behaviour) = shoal_webrtc::Transport::new(webrtc_config, keypair.clone());
-    let (relay_transport, relay_behaviour) = relay::client::new(peer_id);
-    let noise = noise::Config::new(&keypair).map_err(|e| e.to_string())?;
-    let relayed = relay_transport
-        .upgrade(Version::V1Lazy)
-        .authenticate(noise)
-        .multiplex(yamux::Config::default())
-        .map(|(p, c), _| (p, StreamMuxerBox::new(c)));
-    // Ours dials `/webrtc-direct` (the node) and `/p2p-circuit/webrtc` (peers); the
-    // relay transport any other circuit.
-    let transport = webrtc_transport
-        .map(|(p, c), _| (p, StreamMuxerBox::new(c)))
-        .or_transport(relayed)
-        .map(|either, _| either.into_inner())
-        .boxed();
-
-    let (streams_behaviour, control, incoming) =
-        streams::Behaviour::new(vec![pieces::PROTOCOL, gossip::PROTOCOL, StreamProtocol::new(bulk::PROTOCOL)]);
-    let membership = request_response::Behaviour::new(
-        [(StreamProtocol::new(shoal_proto::MEMBERSHIP_PROTOCOL), ProtocolSupport::Outbound)],
-        request_response::Config::default().with_request_timeout(Duration::from_secs(10)),
-    );
-    let behaviour = Behaviour {
-        relay: relay_behaviour,
-        webrtc: webrtc_behaviour,
-        ping: ping::Behaviour::new(
-            ping::Config::new().with_interval(Duration::from_secs(4)).with_timeout(Duration::from_secs(8)),
-        ),
-        membership,
-        streams: streams_behaviour,
-    };
-    let swarm_config =
-        libp2p::swarm::Config::with_wasm_executor().with_idle_connection_timeout(Duration::from_secs(60));
-    let mut swarm = Swarm::new(transport, behaviour, peer_id, swarm_config);
-    swarm
-        .listen_on(Multiaddr::empty().with(Protocol::WebRTC))
-        .map_err(|e| format!("cannot listen for /webrtc: {e}"))?;
-
-    let (commands_tx, commands) = mpsc::unbounded();
+    let (swarm, control) = swarm::build(&config, &keypair)?;
+    let (commands_tx, commands) = mpsc::channel(COMMAND_QUEUE);
+    let (inputs_tx, inputs) = mpsc::channel(INPUT_QUEUE);
     let snapshot = Rc::new(RefCell::new(Snapshot::default()));
-    let hosts: Hosts = Rc::default();
-    let gossip = GossipHost::new(keypair, config.gossip_max_bytes, emit.clone(), commands_tx.clone(), control.clone());
-    serve_incoming(incoming, hosts.clone(), gossip.clone(), emit.clone());
+    let ed25519 = keypair.clone();
+    let gossip = Gossiping::new(ed25519, config.gossip_max_bytes, random_seed(), time_origin_ms());
     let mut runtime = Runtime {
         swarm,
-        config,
+        control: control.clone(),
         node: NodeLink::new(node_peer, node_addr),
         emit,
         snapshot: snapshot.clone(),
+        snapshot_due: None,
         commands,
-        swarms: HashMap::new(),
-        hosts: hosts.clone(),
+        inputs_tx,
+        inputs,
+        memberships: HashMap::new(),
+        gossip,
+        gossip_links: HashMap::new(),
+        gossip_reopens: HashMap::new(),
+        foreign: HashSet::new(),
+        inbound: HashMap::new(),
+        writers: HashMap::new(),
+        next_link: 0,
         direct: HashMap::new(),
         relayed: HashSet::new(),
         dials: HashMap::new(),
         dial_replies: HashMap::new(),
         rtt: HashMap::new(),
-        banned: HashSet::new(),
-        gossip: gossip.clone(),
+        banned: HashMap::new(),
+        http: FuturesUnordered::new(),
+        fetches: HashMap::new(),
+        uplink: Uplink::new(),
+        timer: Delay::new(Duration::ZERO).fuse(),
+        timer_at: Some(Instant::ZERO),
+        config,
     };
     if let Some(swarm) = runtime.config.swarm.clone() {
         runtime.join(swarm, None);
     }
     wasm_bindgen_futures::spawn_local(runtime.run());
-    Ok(Handle { peer_id, hosts, gossip, commands: commands_tx, snapshot, control })
-}
-
-/// Serves inbound streams: piece streams go to their swarm's engine host (after the
-/// `Hello` that names the swarm), gossip streams to the gossip host, bulk transfers are
-/// verified and reported.
-fn serve_incoming(mut incoming: streams::Incoming, hosts: Hosts, gossip: Rc<GossipHost>, emit: EventSink) {
-    wasm_bindgen_futures::spawn_local(async move {
-        while let Some((peer, protocol, stream)) = incoming.next().await {
-            if protocol == pieces::PROTOCOL {
-                wasm_bindgen_futures::spawn_local(serve_piece_stream(peer, stream, hosts.clone()));
-            } else if protocol == gossip::PROTOCOL {
-                gossip.attach_reader(peer, stream);
-            } else {
-                wasm_bindgen_futures::spawn_local(serve_bulk(peer, stream, emit.clone()));
-            }
-        }
-    });
-}
-
-async fn serve_piece_stream(peer: PeerId, mut stream: libp2p::Stream, hosts: Hosts) {
-    let mut decoder = FrameDecoder::new();
-    let mut buf = vec![0u8; 4096];
-    let hello = async {
-        loop {
-            match decoder.next_frame() {
-                Ok(Some(message)) => return Some(message),
-                Ok(None) => {}
-                Err(_) => return None,
-            }
-            match stream.read(&mut buf).await {
-                Ok(0) | Err(_) => return None,
-                Ok(n) => decoder.extend(&buf[..n]),
-            }
-        }
-    };
-    let first = select! {
-        m = hello.fuse() => m,
-        () = Delay::new(HELLO_TIMEOUT).fuse() => None,
-    };
-    let Some(first @ Message::Hello { stream: stream_id, .. }) = first else {
-        tracing::debug!(%peer, "piece stream without Hello");
-        return;
-    };
-    let host = hosts.borrow().values().find(|h| h.stream_id == stream_id).cloned();
-    match host {
-        Some(host) => host.attach_reader(peer, stream, decoder, first),
-        None => tracing::debug!(%peer, "piece stream for a swarm we are not in"),
-    }
-}
-
-async fn serve_bulk(peer: PeerId, mut stream: libp2p::Stream, emit: EventSink) {
-    let started = js_sys::Date::now();
-    match bulk::receive(&mut stream).await {
-        Ok(v) => emit(Event::BulkReceived {
-            peer: peer.to_string(),
-            bytes: v.bytes,
-            intact: v.intact,
-            ms: js_sys::Date::now() - started,
-        }),
-        Err(e) => emit(Event::Error { message: format!("bulk transfer from {peer}: {e}") }),
-    }
+    Ok(Handle { peer_id, commands: commands_tx, snapshot, control })
 }
 
 /// State of our link to the signalling node.
@@ -369,6 +232,8 @@ struct NodeLink {
     connected: bool,
     dialing: bool,
     reservation: Option<ListenerId>,
+    /// When to ask for a reservation again after the node refused or dropped one.
+    reserve_at: Option<Instant>,
     /// While the node holds a reservation for us: where other browsers reach us
     /// (`<node>/p2p-circuit/webrtc/p2p/<me>`), formatted once per reservation.
     address: Option<String>,
@@ -386,9 +251,10 @@ impl NodeLink {
             connected: false,
             dialing: false,
             reservation: None,
+            reserve_at: None,
             address: None,
             backoff: NODE_BACKOFF_MIN,
-            next_attempt: Instant::now(),
+            next_attempt: Instant::ZERO,
             connections_made: 0,
         }
     }
@@ -397,23 +263,58 @@ impl NodeLink {
         self.addr.clone().with(Protocol::P2pCircuit)
     }
 
-    fn lost(&mut self) {
+    fn lost(&mut self, now: Instant) {
         self.connected = false;
         self.dialing = false;
         self.reservation = None;
+        self.reserve_at = None;
         self.address = None;
-        self.next_attempt = Instant::now() + self.backoff;
+        self.next_attempt = now + self.backoff;
         self.backoff = (self.backoff * 2).min(NODE_BACKOFF_MAX);
     }
 }
 
 /// Our membership of one swarm.
-#[derive(Default)]
 struct Membership {
     joined: bool,
     last_join: Option<Instant>,
     pending: Option<OutboundRequestId>,
     size_hint: usize,
+    pieces: Option<PieceSwarm>,
+}
+
+/// A membership's piece exchange and our links to its members.
+struct PieceSwarm {
+    pieces: Pieces<PeerId>,
+    /// Our two outbound links to each member: control (announcements, requests) and
+    /// data (chunks, records), so announcements never wait behind megabytes.
+    links: HashMap<PeerId, (Writer, Writer)>,
+    /// Peers whose links kept failing: left alone until they greet us.
+    dormant: HashSet<PeerId>,
+    reopens: HashMap<PeerId, (u32, Instant)>,
+    /// Peers that greeted us on some link already (a second greeting means their side
+    /// started over: we greet again).
+    greeted: HashSet<PeerId>,
+}
+
+/// One of our outbound links, by owner.
+enum WriterOwner {
+    Piece { swarm: String, peer: PeerId },
+    Gossip { peer: PeerId },
+}
+
+/// One of a peer's streams to us.
+struct InboundLink {
+    peer: PeerId,
+    /// Piece links name their swarm in their first frame; until then `None`.
+    kind: InboundKind,
+    abort: AbortHandle,
+    opened: Instant,
+}
+
+enum InboundKind {
+    Piece(Option<String>),
+    Gossip,
 }
 
 struct DirectConnection {
@@ -422,106 +323,721 @@ struct DirectConnection {
     remote_addr: Multiaddr,
 }
 
+/// Our dials, with the swarm whose member list named the peer (`None`: the page asked).
+struct Dial {
+    swarm: Option<String>,
+}
+
+/// The uplink as the runtime sees it: bytes queued on piece links, and the rate they
+/// leave at, measured while they queue (an idle uplink says nothing of its capacity).
+struct Uplink {
+    written: Rc<Cell<u64>>,
+    window_start: Instant,
+    window_written: u64,
+    busy: bool,
+    rate: f64,
+}
+
+impl Uplink {
+    /// Measurement window.
+    const WINDOW: Duration = Duration::from_millis(500);
+    /// Assumed rate until one is measured, bytes per second.
+    const ASSUMED: f64 = 1_000_000.0;
+
+    fn new() -> Self {
+        Self { written: Rc::default(), window_start: Instant::ZERO, window_written: 0, busy: false, rate: 0.0 }
+    }
+
+    /// Backlog and rate for the engines, given what is queued now.
+    fn update(&mut self, now: Instant, queued: usize) -> (Duration, f64) {
+        self.busy &= queued > 0;
+        let elapsed = now.saturating_since(self.window_start);
+        if elapsed >= Self::WINDOW {
+            let written = self.written.get();
+            let measured = (written - self.window_written) as f64 / elapsed.as_secs_f64();
+            self.rate = if self.busy {
+                if self.rate == 0.0 { measured } else { self.rate * 0.7 + measured * 0.3 }
+            } else {
+                self.rate.max(measured)
+            };
+            self.window_start = now;
+            self.window_written = written;
+            self.busy = queued > 0;
+        }
+        let rate = if self.rate > 0.0 { self.rate } else { Self::ASSUMED };
+        (Duration::from_secs_f64(queued as f64 / rate), self.rate)
+    }
+}
+
 struct Runtime {
     swarm: Swarm<Behaviour>,
+    control: streams::Control,
     config: Config,
     node: NodeLink,
     emit: EventSink,
     snapshot: Rc<RefCell<Snapshot>>,
-    commands: mpsc::UnboundedReceiver<Command>,
-    swarms: HashMap<String, Membership>,
-    hosts: Hosts,
+    snapshot_due: Option<Instant>,
+    commands: mpsc::Receiver<Command>,
+    inputs_tx: mpsc::Sender<Input>,
+    inputs: mpsc::Receiver<Input>,
+    memberships: HashMap<String, Membership>,
+    gossip: Gossiping,
+    gossip_links: HashMap<PeerId, Writer>,
+    gossip_reopens: HashMap<PeerId, (u32, Instant)>,
+    /// Connected peers that speak neither pieces nor gossip (not Shoal pages), by
+    /// protocol: not asked again until they reconnect.
+    foreign: HashSet<(PeerId, bool)>,
+    inbound: HashMap<LinkId, InboundLink>,
+    writers: HashMap<LinkId, WriterOwner>,
+    next_link: LinkId,
     direct: HashMap<PeerId, Vec<DirectConnection>>,
     relayed: HashSet<ConnectionId>,
-    /// Our own dials (to members, or asked for with `connect`), so failures of other
-    /// dials are not reported.
-    dials: HashMap<ConnectionId, PeerId>,
+    dials: HashMap<ConnectionId, Dial>,
     /// Dials a JavaScript call waits on (`connect`, diagnostics).
     dial_replies: HashMap<ConnectionId, Reply<()>>,
     rtt: HashMap<PeerId, Duration>,
-    banned: HashSet<PeerId>,
-    gossip: Rc<GossipHost>,
+    /// Banned peers, until when.
+    banned: HashMap<PeerId, Instant>,
+    http: FuturesUnordered<LocalBoxFuture<'static, HttpDone>>,
+    fetches: HashMap<(String, u64), web_sys::AbortController>,
+    uplink: Uplink,
+    timer: Fuse<Delay>,
+    timer_at: Option<Instant>,
 }
+
+/// `foreign` keys: the peer, and whether the protocol is gossip.
+const PIECES_PROTOCOL: bool = false;
+const GOSSIP_PROTOCOL: bool = true;
 
 impl Runtime {
     async fn run(mut self) {
-        let mut tick = Delay::new(Duration::ZERO).fuse();
         loop {
+            self.arm_timer();
             select! {
                 event = self.swarm.select_next_some() => self.on_swarm_event(event),
+                input = self.inputs.select_next_some() => self.on_input(input),
                 command = self.commands.next() => match command {
                     Some(Command::Stop(done)) => {
                         self.stop().await;
                         let _ = done.send(());
                         return;
                     }
-                    Some(command) => self.on_command(command),
+                    Some(command) => {
+                        self.on_command(command);
+                        self.snapshot_due = Some(Instant::ZERO);
+                    }
                     None => break,
                 },
-                () = tick => {
-                    self.maintain();
-                    tick = Delay::new(TICK).fuse();
+                done = self.http.select_next_some() => self.on_http(done),
+                () = &mut self.timer => {
+                    self.timer_at = None;
+                    self.on_timer();
                 }
             }
-            self.refresh_snapshot();
+            self.drain();
+            self.snapshot_due.get_or_insert_with(|| now() + SNAPSHOT_EVERY);
         }
         tracing::info!("runtime stopped");
     }
 
-    fn on_command(&mut self, command: Command) {
-        match command {
-            Command::Stop(_) => {}
-            Command::DialRelayed(peer, reply) => self.dial_relayed(peer, reply),
-            Command::Connect(addr, peer, reply) => self.connect(addr, peer, reply),
-            Command::Join(name, host) => self.join(name, host),
-            Command::Leave(name) => {
-                if let Some(host) = self.hosts.borrow_mut().remove(&name) {
-                    host.shutdown();
-                }
-                if self.swarms.remove(&name).is_some() && self.node.connected {
-                    let request = MembershipRequest::Leave { swarm: name };
-                    self.swarm.behaviour_mut().membership.send_request(&self.node.peer, request);
+    /// Points the timer at the earliest moment something is due.
+    fn arm_timer(&mut self) {
+        let mut due = self.snapshot_due;
+        let mut at = |t: Option<Instant>| {
+            if let Some(t) = t {
+                due = Some(due.map_or(t, |d| d.min(t)));
+            }
+        };
+        for m in self.memberships.values() {
+            at(m.pieces.as_ref().and_then(|p| p.pieces.poll_timeout()));
+        }
+        at(self.gossip.poll_timeout());
+        if !self.node.connected && !self.node.dialing {
+            at(Some(self.node.next_attempt));
+        }
+        if self.node.connected && self.node.reservation.is_none() {
+            at(self.node.reserve_at);
+        }
+        if self.node.address.is_some() {
+            let rejoin = Duration::from_millis(u64::from(self.config.rejoin_interval_ms));
+            for m in self.memberships.values().filter(|m| m.pending.is_none()) {
+                at(Some(m.last_join.map_or(Instant::ZERO, |t| t + rejoin)));
+            }
+        }
+        for link in self.inbound.values() {
+            if matches!(link.kind, InboundKind::Piece(None)) {
+                at(Some(link.opened + HELLO_TIMEOUT));
+            }
+        }
+        if due != self.timer_at {
+            let wait = due.map_or(Duration::from_secs(3600), |d| d.saturating_since(now()));
+            self.timer = Delay::new(wait).fuse();
+            self.timer_at = due;
+        }
+    }
+
+    fn emit(&self, event: Event) {
+        (self.emit)(event);
+    }
+
+    fn next_link(&mut self) -> LinkId {
+        self.next_link += 1;
+        self.next_link
+    }
+
+    fn is_banned(&self, peer: &PeerId, now: Instant) -> bool {
+        self.banned.get(peer).is_some_and(|until| *until > now)
+    }
+
+    // ---- outputs -----------------------------------------------------------------------
+
+    /// Carries out everything the state machines asked for, until none asks more.
+    fn drain(&mut self) {
+        loop {
+            let mut effects = Vec::new();
+            for (name, m) in &mut self.memberships {
+                if let Some(p) = &mut m.pieces {
+                    effects.extend(std::iter::from_fn(|| p.pieces.poll_effect()).map(|e| (name.clone(), e)));
                 }
             }
-            Command::Ban(peer, reason) => {
-                if self.banned.insert(peer) {
-                    tracing::info!(%peer, %reason, "peer cut off");
-                    let _ = self.swarm.disconnect_peer_id(peer);
-                    for host in self.hosts.borrow().values() {
-                        host.peer_gone(peer);
+            let gossip: Vec<GossipEffect> = std::iter::from_fn(|| self.gossip.poll_effect()).collect();
+            if effects.is_empty() && gossip.is_empty() {
+                break;
+            }
+            for (swarm, effect) in effects {
+                self.on_piece_effect(&swarm, effect);
+            }
+            for effect in gossip {
+                self.on_gossip_effect(effect);
+            }
+        }
+        // What the engines handed over is queued now: measure the uplink with it (the
+        // engines count what they hand over from here on).
+        let queued: usize = self
+            .memberships
+            .values()
+            .filter_map(|m| m.pieces.as_ref())
+            .flat_map(|p| p.links.values())
+            .map(|(_, data)| data.queued())
+            .sum();
+        let (backlog, rate) = self.uplink.update(now(), queued);
+        for p in self.memberships.values_mut().filter_map(|m| m.pieces.as_mut()) {
+            p.pieces.set_uplink(backlog, rate);
+        }
+    }
+
+    fn on_piece_effect(&mut self, swarm: &str, effect: Effect<PeerId>) {
+        match effect {
+            Effect::Send { peer, frame, bulk } => {
+                let Some(p) = self.memberships.get_mut(swarm).and_then(|m| m.pieces.as_mut()) else { return };
+                let Some((control, data)) = p.links.get_mut(&peer) else { return };
+                let writer = if bulk { data } else { control };
+                if let Err(error) = writer.send(frame) {
+                    // A link this far behind (or gone) is started over; the engine asks
+                    // others meanwhile.
+                    tracing::debug!(%peer, ?error, "piece link cannot take more");
+                    self.restart_piece_links(swarm, peer);
+                }
+            }
+            Effect::Fetch { id, url, range, record_url } => self.start_fetch(swarm, id, url, range, record_url),
+            Effect::CancelFetch { id } => {
+                if let Some(controller) = self.fetches.remove(&(swarm.to_owned(), id)) {
+                    controller.abort();
+                }
+            }
+            Effect::Disconnect { peer, reason } => {
+                let duration = if reason.is_hostile() { BAN_HOSTILE } else { BAN_USELESS };
+                self.ban(peer, format!("{reason:?}"), duration, false);
+            }
+            Effect::Event(event) => self.emit(event),
+        }
+    }
+
+    fn on_gossip_effect(&mut self, effect: GossipEffect) {
+        match effect {
+            GossipEffect::Send(peer, frame) => {
+                let Some(writer) = self.gossip_links.get_mut(&peer) else { return };
+                if writer.send(frame).is_err() {
+                    tracing::debug!(%peer, "gossip link cannot take more");
+                    self.gossip_links.remove(&peer);
+                    self.gossip.peer_gone(&peer);
+                    self.reopen_gossip_link(peer);
+                }
+            }
+            GossipEffect::Disconnect(peer, reason) => self.ban(peer, reason, BAN_HOSTILE, true),
+            GossipEffect::Event(event) => self.emit(event),
+        }
+    }
+
+    fn start_fetch(
+        &mut self,
+        swarm: &str,
+        id: u64,
+        url: String,
+        range: Option<(u64, u64)>,
+        record_url: Option<String>,
+    ) {
+        let Ok(controller) = web_sys::AbortController::new() else {
+            if let Some(p) = self.memberships.get_mut(swarm).and_then(|m| m.pieces.as_mut()) {
+                p.pieces.fetch_done(id, Err("no AbortController".into()), None, now());
+            }
+            return;
+        };
+        let signal = controller.signal();
+        self.fetches.insert((swarm.to_owned(), id), controller);
+        let swarm = swarm.to_owned();
+        self.http.push(
+            async move {
+                // The record comes with the segment so what came over HTTP can be shared.
+                let record = async {
+                    match &record_url {
+                        Some(u) => http::get(u, None, &signal).await.ok(),
+                        None => None,
                     }
-                    self.gossip.peer_gone(peer);
+                };
+                let (body, record) = futures::join!(http::get(&url, range, &signal), record);
+                HttpDone { swarm, id, body, record }
+            }
+            .boxed_local(),
+        );
+    }
+
+    fn on_http(&mut self, done: HttpDone) {
+        if self.fetches.remove(&(done.swarm.clone(), done.id)).is_none() {
+            return; // cancelled meanwhile
+        }
+        if let Some(p) = self.memberships.get_mut(&done.swarm).and_then(|m| m.pieces.as_mut()) {
+            p.pieces.fetch_done(done.id, done.body, done.record, now());
+        }
+    }
+
+    fn on_timer(&mut self) {
+        let now = now();
+        for p in self.memberships.values_mut().filter_map(|m| m.pieces.as_mut()) {
+            if p.pieces.poll_timeout().is_some_and(|t| t <= now) {
+                p.pieces.handle_timeout(now);
+            }
+        }
+        let expired: Vec<LinkId> = self
+            .inbound
+            .iter()
+            .filter(|(_, l)| matches!(l.kind, InboundKind::Piece(None)) && l.opened + HELLO_TIMEOUT <= now)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in expired {
+            if let Some(link) = self.inbound.remove(&id) {
+                tracing::debug!(peer = %link.peer, "piece stream without Hello");
+                link.abort.abort();
+            }
+        }
+        self.banned.retain(|_, until| *until > now);
+        self.maintain_node(now);
+        if self.snapshot_due.is_some_and(|t| t <= now) {
+            self.refresh_snapshot();
+            self.snapshot_due = None;
+        }
+    }
+
+    // ---- links ---------------------------------------------------------------------
+
+    /// Opens our two links to `peer` in `swarm`, and lets the engine greet it.
+    fn open_piece_links(&mut self, swarm: &str, peer: PeerId) {
+        let now = now();
+        if self.is_banned(&peer, now)
+            || !self.direct.contains_key(&peer)
+            || self.foreign.contains(&(peer, PIECES_PROTOCOL))
+        {
+            return;
+        }
+        let Some(p) = self.memberships.get(swarm).and_then(|m| m.pieces.as_ref()) else { return };
+        if p.links.contains_key(&peer) {
+            return;
+        }
+        let hello =
+            Message::Hello { version: shoal_core::wire::PROTOCOL_VERSION, stream: p.pieces.stream_id }.to_frame();
+        // The engine's own Hello opens the control link; the data link carries one too, so
+        // the peer can tell which swarm it belongs to.
+        let control = self.spawn_writer(peer, swarm::PIECES, None);
+        let data = self.spawn_writer(peer, swarm::PIECES, Some(hello));
+        for link in [control.link, data.link] {
+            self.writers.insert(link, WriterOwner::Piece { swarm: swarm.to_owned(), peer });
+        }
+        let Some(p) = self.memberships.get_mut(swarm).and_then(|m| m.pieces.as_mut()) else { return };
+        p.dormant.remove(&peer);
+        p.links.insert(peer, (control, data));
+        p.pieces.peer_connected(peer, now);
+    }
+
+    fn spawn_writer(&mut self, peer: PeerId, protocol: libp2p::StreamProtocol, first: Option<Bytes>) -> Writer {
+        let link = self.next_link();
+        links::spawn_writer(
+            self.control.clone(),
+            peer,
+            protocol,
+            link,
+            first,
+            self.uplink.written.clone(),
+            self.inputs_tx.clone(),
+            Input::WriterEnded,
+        )
+    }
+
+    /// Drops our links to `peer` in `swarm` (their tasks close the streams) and the
+    /// engine's state of it.
+    fn close_piece_links(&mut self, swarm: &str, peer: PeerId) {
+        let Some(p) = self.memberships.get_mut(swarm).and_then(|m| m.pieces.as_mut()) else { return };
+        if let Some((control, data)) = p.links.remove(&peer) {
+            self.writers.remove(&control.link);
+            self.writers.remove(&data.link);
+        }
+        p.pieces.peer_gone(peer, now());
+    }
+
+    /// Our links to `peer` in `swarm` failed while the connection lives (it may have
+    /// run on a duplicate connection that was closed): open them again at once, within
+    /// [`MAX_REOPENS`].
+    fn restart_piece_links(&mut self, swarm: &str, peer: PeerId) {
+        self.close_piece_links(swarm, peer);
+        let now = now();
+        let Some(p) = self.memberships.get_mut(swarm).and_then(|m| m.pieces.as_mut()) else { return };
+        if !reopen_allowed(&mut p.reopens, peer, now) {
+            tracing::debug!(%peer, %swarm, "piece links keep failing; waiting for the peer");
+            p.dormant.insert(peer);
+            return;
+        }
+        self.open_piece_links(swarm, peer);
+    }
+
+    fn open_gossip_link(&mut self, peer: PeerId) {
+        if self.gossip_links.contains_key(&peer)
+            || self.foreign.contains(&(peer, GOSSIP_PROTOCOL))
+            || self.is_banned(&peer, now())
+        {
+            return;
+        }
+        let writer = self.spawn_writer(peer, swarm::GOSSIP, None);
+        self.writers.insert(writer.link, WriterOwner::Gossip { peer });
+        self.gossip_links.insert(peer, writer);
+        self.gossip.peer_connected(peer, now());
+    }
+
+    fn reopen_gossip_link(&mut self, peer: PeerId) {
+        if self.direct.contains_key(&peer) && reopen_allowed(&mut self.gossip_reopens, peer, now()) {
+            self.open_gossip_link(peer);
+        }
+    }
+
+    /// Every link to and from `peer`, and what the state machines know of it.
+    fn forget_peer(&mut self, peer: PeerId) {
+        let swarms: Vec<String> = self.memberships.keys().cloned().collect();
+        for swarm in swarms {
+            self.close_piece_links(&swarm, peer);
+            if let Some(p) = self.memberships.get_mut(&swarm).and_then(|m| m.pieces.as_mut()) {
+                p.dormant.remove(&peer);
+                p.reopens.remove(&peer);
+                p.greeted.remove(&peer);
+            }
+        }
+        if let Some(writer) = self.gossip_links.remove(&peer) {
+            self.writers.remove(&writer.link);
+        }
+        self.gossip.peer_gone(&peer);
+        self.gossip_reopens.remove(&peer);
+        self.inbound.retain(|_, link| {
+            let keep = link.peer != peer;
+            if !keep {
+                link.abort.abort();
+            }
+            keep
+        });
+    }
+
+    fn on_input(&mut self, input: Input) {
+        match input {
+            Input::Piece(link, input) => self.on_piece_input(link, input),
+            Input::Gossip(link, input) => {
+                let Some(peer) = self.inbound.get(&link).map(|l| l.peer) else { return };
+                match input {
+                    LinkInput::Frame(message) => self.gossip.on_message(peer, message, now()),
+                    LinkInput::Bad(error) => {
+                        self.inbound.remove(&link);
+                        self.gossip.on_bad_frame(peer, &error);
+                    }
+                    LinkInput::Closed(error) => {
+                        tracing::debug!(%peer, ?error, "gossip stream from the peer ended");
+                        self.inbound.remove(&link);
+                    }
+                }
+            }
+            Input::WriterEnded(link, result) => {
+                let Some(owner) = self.writers.remove(&link) else { return }; // we closed it
+                let error = result.err();
+                let unsupported = matches!(error, Some(OpenError::Unsupported));
+                match owner {
+                    WriterOwner::Piece { swarm, peer } => {
+                        tracing::debug!(%peer, %swarm, ?error, "piece link ended");
+                        if unsupported {
+                            self.foreign.insert((peer, PIECES_PROTOCOL));
+                            self.close_piece_links(&swarm, peer);
+                        } else {
+                            self.restart_piece_links(&swarm, peer);
+                        }
+                    }
+                    WriterOwner::Gossip { peer } => {
+                        tracing::debug!(%peer, ?error, "gossip link ended");
+                        self.gossip_links.remove(&peer);
+                        if unsupported {
+                            self.foreign.insert((peer, GOSSIP_PROTOCOL));
+                            self.gossip.peer_gone(&peer);
+                        } else {
+                            self.reopen_gossip_link(peer);
+                        }
+                    }
                 }
             }
         }
     }
 
-    fn join(&mut self, name: String, host: Option<Rc<SwarmHost>>) {
-        if let Some(host) = host {
-            // A direct connection already up may well be a member: offer it the stream.
-            for peer in self.direct.keys() {
-                host.peer_connected(*peer);
+    fn on_piece_input(&mut self, link: LinkId, input: LinkInput<Message>) {
+        let Some(InboundLink { peer, kind, .. }) = self.inbound.get(&link) else { return };
+        let peer = *peer;
+        let bound = match kind {
+            InboundKind::Piece(swarm) => swarm.clone(),
+            InboundKind::Gossip => return,
+        };
+        let message = match input {
+            LinkInput::Frame(message) => message,
+            LinkInput::Closed(error) => {
+                // The peer ended its link; if its side starts over, its new link greets us.
+                tracing::debug!(%peer, ?error, "piece stream from the peer ended");
+                self.inbound.remove(&link);
+                return;
             }
-            self.hosts.borrow_mut().entry(name.clone()).or_insert(host);
+            LinkInput::Bad(error) => {
+                self.inbound.remove(&link);
+                self.emit(Event::PeerBanned { peer: peer.to_string(), reason: format!("malformed message: {error}") });
+                self.ban(peer, format!("malformed message: {error}"), BAN_HOSTILE, false);
+                return;
+            }
+        };
+        let swarm = match bound {
+            Some(swarm) => swarm,
+            None => {
+                let Message::Hello { stream, .. } = &message else {
+                    tracing::debug!(%peer, "piece stream that does not start with Hello");
+                    if let Some(link) = self.inbound.remove(&link) {
+                        link.abort.abort();
+                    }
+                    return;
+                };
+                let found = self
+                    .memberships
+                    .iter()
+                    .find(|(_, m)| m.pieces.as_ref().is_some_and(|p| p.pieces.stream_id == *stream))
+                    .map(|(name, _)| name.clone());
+                let Some(swarm) = found else {
+                    tracing::debug!(%peer, "piece stream for a swarm we are not in");
+                    if let Some(link) = self.inbound.remove(&link) {
+                        link.abort.abort();
+                    }
+                    return;
+                };
+                if let Some(l) = self.inbound.get_mut(&link) {
+                    l.kind = InboundKind::Piece(Some(swarm.clone()));
+                }
+                self.on_greeting(&swarm, peer);
+                swarm
+            }
+        };
+        if let Some(p) = self.memberships.get_mut(&swarm).and_then(|m| m.pieces.as_mut()) {
+            p.pieces.on_message(peer, message, now());
         }
-        self.swarms.entry(name.clone()).or_default();
-        if self.node.address.is_some() {
+    }
+
+    /// `peer` opened a link to us in `swarm`. Our links to it open if they are not up;
+    /// a second greeting (its side started over and forgot what we hold) is answered
+    /// with ours.
+    fn on_greeting(&mut self, swarm: &str, peer: PeerId) {
+        let Some(p) = self.memberships.get_mut(swarm).and_then(|m| m.pieces.as_mut()) else { return };
+        let again = !p.greeted.insert(peer);
+        let linked = p.links.contains_key(&peer);
+        if !linked {
+            p.reopens.remove(&peer);
+            self.open_piece_links(swarm, peer);
+        } else if again {
+            let now = now();
+            p.pieces.peer_gone(peer, now);
+            p.pieces.peer_connected(peer, now);
+        }
+    }
+
+    fn on_inbound_stream(&mut self, inbound: streams::Inbound) {
+        let streams::Inbound { peer, protocol, stream, relayed } = inbound;
+        let now = now();
+        if protocol == swarm::BULK {
+            let emit = self.emit.clone();
+            wasm_bindgen_futures::spawn_local(serve_bulk(peer, stream, emit));
+            return;
+        }
+        let per_peer = self.inbound.values().filter(|l| l.peer == peer).count();
+        if relayed || self.is_banned(&peer, now) || per_peer >= MAX_INBOUND_PER_PEER {
+            tracing::debug!(%peer, %protocol, relayed, per_peer, "inbound stream refused");
+            return;
+        }
+        let link = self.next_link();
+        let (kind, abort) = if protocol == swarm::PIECES {
+            if !self.memberships.values().any(|m| m.pieces.is_some()) {
+                return;
+            }
+            let abort = links::spawn_reader(stream, Message::MAX_BODY, link, self.inputs_tx.clone(), Input::Piece);
+            (InboundKind::Piece(None), abort)
+        } else {
+            let limit = self.gossip.max_message_bytes() + shoal_core::gossip::FRAME_OVERHEAD;
+            let abort = links::spawn_reader(stream, limit, link, self.inputs_tx.clone(), Input::Gossip);
+            (InboundKind::Gossip, abort)
+        };
+        self.inbound.insert(link, InboundLink { peer, kind, abort, opened: now });
+    }
+
+    // ---- commands ------------------------------------------------------------------
+
+    fn pieces_of(&mut self, swarm: &str) -> Result<&mut Pieces<PeerId>, ShoalError> {
+        self.memberships
+            .get_mut(swarm)
+            .and_then(|m| m.pieces.as_mut())
+            .map(|p| &mut p.pieces)
+            .ok_or_else(|| ShoalError::NotJoined(swarm.to_owned()))
+    }
+
+    fn on_command(&mut self, command: Command) {
+        let now = now();
+        match command {
+            Command::Stop(_) => {}
+            Command::DialRelayed(peer, reply) => self.dial_relayed(peer, reply),
+            Command::Connect(addr, peer, reply) => self.connect(addr, peer, reply),
+            Command::Join(name, options) => self.join(name, options),
+            Command::Leave(name) => self.leave(&name),
+            Command::SetPlaylist { swarm, segments } => {
+                if let Ok(pieces) = self.pieces_of(&swarm) {
+                    pieces.set_playlist(segments, now);
+                }
+            }
+            Command::FetchSegment { swarm, id, url, deadline, reply } => match self.pieces_of(&swarm) {
+                Ok(pieces) => pieces.fetch_segment(id, url, deadline, reply, now),
+                Err(error) => {
+                    let _ = reply.send(Err(error));
+                }
+            },
+            Command::CancelSegment { swarm, id } => {
+                if let Ok(pieces) = self.pieces_of(&swarm) {
+                    pieces.cancel_segment(id, now);
+                }
+            }
+            Command::OfferSegment { swarm, id, data, reply } => {
+                let result = self.pieces_of(&swarm).and_then(|pieces| pieces.offer_segment(id, data, now));
+                let _ = reply.send(result);
+            }
+            Command::SetSwitches { upload, p2p_download } => {
+                for p in self.memberships.values_mut().filter_map(|m| m.pieces.as_mut()) {
+                    p.pieces.set_switches(upload, p2p_download, now);
+                }
+            }
+            Command::Subscribe { topic, validator, reply } => {
+                let _ = reply.send(self.gossip.subscribe(topic, validator));
+            }
+            Command::Unsubscribe(topic) => self.gossip.unsubscribe(&topic),
+            Command::Publish { topic, data, reply } => {
+                let _ = reply.send(self.gossip.publish(topic, data, now));
+            }
+        }
+    }
+
+    fn join(&mut self, name: String, options: Option<Box<PiecesOptions>>) {
+        let now = now();
+        let membership = self.memberships.entry(name.clone()).or_insert_with(|| Membership {
+            joined: false,
+            last_join: None,
+            pending: None,
+            size_hint: 1,
+            pieces: None,
+        });
+        if let (Some(options), None) = (options, &membership.pieces) {
+            let mut pieces = Pieces::new(*options, random_seed(), now);
+            pieces.set_swarm_size(membership.size_hint);
+            membership.pieces = Some(PieceSwarm {
+                pieces,
+                links: HashMap::new(),
+                dormant: HashSet::new(),
+                reopens: HashMap::new(),
+                greeted: HashSet::new(),
+            });
+        }
+        if self.node.address.is_some() && membership.pending.is_none() {
             self.send_join(&name);
         }
+    }
+
+    fn leave(&mut self, name: &str) {
+        let Some(mut membership) = self.memberships.remove(name) else { return };
+        if let Some(mut p) = membership.pieces.take() {
+            p.pieces.shutdown();
+            for (control, data) in p.links.into_values() {
+                self.writers.remove(&control.link);
+                self.writers.remove(&data.link);
+            }
+        }
+        self.fetches.retain(|(swarm, _), controller| {
+            let keep = swarm != name;
+            if !keep {
+                controller.abort();
+            }
+            keep
+        });
+        self.inbound.retain(|_, link| {
+            let keep = !matches!(&link.kind, InboundKind::Piece(Some(s)) if s == name);
+            if !keep {
+                link.abort.abort();
+            }
+            keep
+        });
+        if self.node.connected {
+            let request = MembershipRequest::Leave { swarm: name.to_owned() };
+            self.swarm.behaviour_mut().membership.send_request(&self.node.peer, request);
+        }
+    }
+
+    /// Cuts `peer` off for `duration`: every link, every state machine's memory of it,
+    /// every connection.
+    fn ban(&mut self, peer: PeerId, reason: String, duration: Duration, announce: bool) {
+        let until = now() + duration;
+        let known = self.banned.insert(peer, until).is_some_and(|t| t > now());
+        if known {
+            return;
+        }
+        tracing::info!(%peer, %reason, "peer cut off");
+        if announce {
+            self.emit(Event::PeerBanned { peer: peer.to_string(), reason });
+        }
+        self.forget_peer(peer);
+        let _ = self.swarm.disconnect_peer_id(peer);
     }
 
     /// Tells the node we are gone, so it stops handing us out, waiting briefly for its
     /// answers (a closing page may not give us longer).
     async fn stop(&mut self) {
-        for host in self.hosts.borrow().values() {
-            host.shutdown();
-        }
+        let names: Vec<String> = self.memberships.keys().cloned().collect();
         let mut pending = HashSet::new();
-        if self.node.connected {
-            for name in self.swarms.keys() {
+        for name in &names {
+            if let Some(mut p) = self.memberships.get_mut(name).and_then(|m| m.pieces.take()) {
+                p.pieces.shutdown();
+            }
+            if self.node.connected {
                 let request = MembershipRequest::Leave { swarm: name.clone() };
                 pending.insert(self.swarm.behaviour_mut().membership.send_request(&self.node.peer, request));
             }
+        }
+        for (_, controller) in self.fetches.drain() {
+            controller.abort();
         }
         let mut deadline = Delay::new(Duration::from_millis(500)).fuse();
         while !pending.is_empty() {
@@ -542,7 +1058,7 @@ impl Runtime {
 
     fn dial_relayed(&mut self, peer: PeerId, reply: Reply<()>) {
         if !self.node.connected {
-            let _ = reply.send(Err("not connected to the signalling node".into()));
+            let _ = reply.send(Err(ShoalError::DialFailed("not connected to the signalling node".into())));
             return;
         }
         let addr = self.node.circuit_addr().with(Protocol::P2p(peer));
@@ -553,7 +1069,7 @@ impl Runtime {
                 self.dial_replies.insert(id, reply);
             }
             Err(e) => {
-                let _ = reply.send(Err(e.to_string()));
+                let _ = reply.send(Err(ShoalError::DialFailed(e.to_string())));
             }
         }
     }
@@ -565,39 +1081,32 @@ impl Runtime {
             let _ = reply.send(Ok(()));
             return;
         }
-        if self.banned.contains(&peer) {
-            let _ = reply.send(Err(format!("{peer} is banned")));
+        if self.is_banned(&peer, now()) {
+            let _ = reply.send(Err(ShoalError::DialFailed(format!("{peer} is banned"))));
             return;
         }
         if self.direct.len() >= self.config.max_peers {
-            let _ = reply.send(Err(format!("already connected to maxPeers ({}) peers", self.config.max_peers)));
+            let message = format!("already connected to maxPeers ({}) peers", self.config.max_peers);
+            let _ = reply.send(Err(ShoalError::DialFailed(message)));
             return;
         }
         let opts = DialOpts::peer_id(peer).addresses(vec![addr]).condition(PeerCondition::Always).build();
         let id = opts.connection_id();
         match self.swarm.dial(opts) {
             Ok(()) => {
-                self.dials.insert(id, peer);
+                self.dials.insert(id, Dial { swarm: None });
                 self.dial_replies.insert(id, reply);
             }
             Err(e) => {
-                let _ = reply.send(Err(e.to_string()));
+                let _ = reply.send(Err(ShoalError::DialFailed(e.to_string())));
             }
         }
     }
 
-    /// Periodic work: reconnect to the node, refresh memberships, reopen streams.
-    fn maintain(&mut self) {
-        let now = Instant::now();
-        // A stream dies with its connection, and when two peers dialled each other at
-        // once the connection it ran on may be the duplicate that was closed: offer every
-        // connected peer again (a no-op where the streams are up).
-        for peer in self.direct.keys().filter(|p| !self.banned.contains(p)) {
-            for host in self.hosts.borrow().values() {
-                host.peer_connected(*peer);
-            }
-            self.gossip.peer_connected(*peer);
-        }
+    // ---- the node ------------------------------------------------------------------
+
+    /// Reconnects to the node, renews a refused reservation, refreshes memberships.
+    fn maintain_node(&mut self, now: Instant) {
         if !self.node.connected && !self.node.dialing && now >= self.node.next_attempt {
             self.node.dialing = true;
             let opts = DialOpts::peer_id(self.node.peer)
@@ -606,17 +1115,21 @@ impl Runtime {
                 .build();
             if let Err(e) = self.swarm.dial(opts) {
                 tracing::debug!(error = %e, "node dial refused");
-                self.node.lost();
+                self.node.lost(now);
             }
+        }
+        if self.node.connected && self.node.reservation.is_none() && self.node.reserve_at.is_some_and(|t| t <= now) {
+            self.node.reserve_at = None;
+            self.reserve();
         }
         if self.node.address.is_none() {
             return;
         }
         let rejoin = Duration::from_millis(u64::from(self.config.rejoin_interval_ms));
         let due: Vec<String> = self
-            .swarms
+            .memberships
             .iter()
-            .filter(|(_, m)| m.pending.is_none() && m.last_join.is_none_or(|t| now - t >= rejoin))
+            .filter(|(_, m)| m.pending.is_none() && m.last_join.is_none_or(|t| now.saturating_since(t) >= rejoin))
             .map(|(name, _)| name.clone())
             .collect();
         for name in due {
@@ -624,23 +1137,34 @@ impl Runtime {
         }
     }
 
+    fn reserve(&mut self) {
+        match self.swarm.listen_on(self.node.circuit_addr()) {
+            Ok(id) => self.node.reservation = Some(id),
+            Err(e) => {
+                self.emit(Event::Refused { what: "relay reservation".into(), reason: e.to_string() });
+                self.node.reserve_at = Some(now() + self.node.backoff);
+            }
+        }
+    }
+
     fn send_join(&mut self, name: &str) {
         let request = MembershipRequest::Join { swarm: name.to_owned(), token: None };
         let id = self.swarm.behaviour_mut().membership.send_request(&self.node.peer, request);
-        if let Some(m) = self.swarms.get_mut(name) {
+        if let Some(m) = self.memberships.get_mut(name) {
             m.pending = Some(id);
-            m.last_join = Some(Instant::now());
+            m.last_join = Some(now());
         }
     }
 
     fn on_swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
+        let now = now();
         match event {
             SwarmEvent::ConnectionEstablished { peer_id, connection_id, endpoint, .. } => {
-                self.dials.remove(&connection_id);
+                let dial = self.dials.remove(&connection_id);
                 if let Some(reply) = self.dial_replies.remove(&connection_id) {
                     let _ = reply.send(Ok(()));
                 }
-                self.on_connection_established(peer_id, connection_id, &endpoint)
+                self.on_connection_established(peer_id, connection_id, &endpoint, dial)
             }
             SwarmEvent::ConnectionClosed { peer_id, connection_id, num_established, cause, .. } => {
                 self.relayed.remove(&connection_id);
@@ -648,13 +1172,13 @@ impl Runtime {
                 if peer_id == self.node.peer {
                     if num_established == 0 {
                         tracing::info!(%reason, "lost the signalling node");
-                        self.node.lost();
-                        for m in self.swarms.values_mut() {
+                        self.node.lost(now);
+                        for m in self.memberships.values_mut() {
                             m.joined = false;
                             m.pending = None;
                             m.last_join = None;
                         }
-                        (self.emit)(Event::NodeDisconnected { node: peer_id.to_string(), reason });
+                        self.emit(Event::NodeDisconnected { node: peer_id.to_string(), reason });
                     }
                     return;
                 }
@@ -662,18 +1186,18 @@ impl Runtime {
             }
             SwarmEvent::OutgoingConnectionError { peer_id: Some(peer), error, connection_id } => {
                 let ours = self.dials.remove(&connection_id).is_some();
+                let text = error_chain(&error);
                 if let Some(reply) = self.dial_replies.remove(&connection_id) {
-                    let _ = reply.send(Err(error_chain(&error)));
+                    let _ = reply.send(Err(ShoalError::DialFailed(text.clone())));
                 }
                 if peer == self.node.peer {
                     tracing::info!(%error, "cannot reach the signalling node");
                     if !self.node.connected {
-                        self.node.lost();
+                        self.node.lost(now);
                     }
                 } else if ours {
-                    let error = error_chain(&error);
-                    tracing::debug!(%peer, %error, "dial failed");
-                    (self.emit)(Event::DialFailed { peer: peer.to_string(), error });
+                    tracing::debug!(%peer, error = %text, "dial failed");
+                    self.emit(Event::DialFailed { peer: peer.to_string(), error: text });
                 }
             }
             SwarmEvent::IncomingConnectionError { error, send_back_addr, .. } => {
@@ -685,12 +1209,19 @@ impl Runtime {
                         Some(Protocol::P2p(peer)) => peer.to_string(),
                         _ => String::new(),
                     };
-                    (self.emit)(Event::InboundFailed { peer, error });
+                    self.emit(Event::InboundFailed { peer, error });
                 }
             }
-            SwarmEvent::ListenerClosed { listener_id, .. } if Some(listener_id) == self.node.reservation => {
+            SwarmEvent::ListenerClosed { listener_id, reason, .. } if Some(listener_id) == self.node.reservation => {
                 self.node.reservation = None;
                 self.node.address = None;
+                if self.node.connected {
+                    // Refused or dropped while the node is up: ask again, later.
+                    if let Err(error) = &reason {
+                        self.emit(Event::Refused { what: "relay reservation".into(), reason: error.to_string() });
+                    }
+                    self.node.reserve_at = Some(now + self.node.backoff);
+                }
             }
             SwarmEvent::Behaviour(BehaviourEvent::Relay(relay::client::Event::ReservationReqAccepted {
                 renewal: false,
@@ -700,12 +1231,19 @@ impl Runtime {
                 let me = *self.swarm.local_peer_id();
                 self.node.address =
                     Some(self.node.circuit_addr().with(Protocol::WebRTC).with(Protocol::P2p(me)).to_string());
-                let names: Vec<String> = self.swarms.keys().cloned().collect();
+                let names: Vec<String> = self.memberships.keys().cloned().collect();
                 for name in names {
                     self.send_join(&name);
                 }
             }
+            SwarmEvent::Behaviour(BehaviourEvent::Webrtc(shoal_webrtc::BehaviourEvent::InboundSignalingRefused {
+                peer,
+                reason,
+            })) => {
+                self.emit(Event::InboundFailed { peer: peer.to_string(), error: reason.to_owned() });
+            }
             SwarmEvent::Behaviour(BehaviourEvent::Membership(event)) => self.on_membership(event),
+            SwarmEvent::Behaviour(BehaviourEvent::Streams(inbound)) => self.on_inbound_stream(inbound),
             SwarmEvent::Behaviour(BehaviourEvent::Ping(ping::Event { peer, result, connection })) => match result {
                 Ok(rtt) => {
                     self.rtt.insert(peer, rtt);
@@ -719,7 +1257,13 @@ impl Runtime {
         }
     }
 
-    fn on_connection_established(&mut self, peer: PeerId, id: ConnectionId, endpoint: &ConnectedPoint) {
+    fn on_connection_established(
+        &mut self,
+        peer: PeerId,
+        id: ConnectionId,
+        endpoint: &ConnectedPoint,
+        dial: Option<Dial>,
+    ) {
         let remote_addr = endpoint.get_remote_address().clone();
         if peer == self.node.peer {
             if !self.node.connected {
@@ -727,15 +1271,12 @@ impl Runtime {
                 self.node.dialing = false;
                 self.node.backoff = NODE_BACKOFF_MIN;
                 self.node.connections_made += 1;
-                match self.swarm.listen_on(self.node.circuit_addr()) {
-                    Ok(id) => self.node.reservation = Some(id),
-                    Err(e) => (self.emit)(Event::Error { message: format!("relay reservation: {e}") }),
-                }
-                (self.emit)(Event::NodeConnected { node: peer.to_string(), addr: remote_addr.to_string() });
+                self.reserve();
+                self.emit(Event::NodeConnected { node: peer.to_string(), addr: remote_addr.to_string() });
             }
             return;
         }
-        if self.banned.contains(&peer) {
+        if self.is_banned(&peer, now()) {
             self.swarm.close_connection(id);
             return;
         }
@@ -747,19 +1288,29 @@ impl Runtime {
         let dialer = endpoint.is_dialer();
         let connections = self.direct.entry(peer).or_default();
         connections.push(DirectConnection { id, dialer, remote_addr: remote_addr.clone() });
-        if connections.len() == 1 {
-            (self.emit)(Event::PeerConnected { peer: peer.to_string(), remote_addr: remote_addr.to_string(), dialer });
-            for host in self.hosts.borrow().values() {
-                host.peer_connected(peer);
-            }
-            self.gossip.peer_connected(peer);
-        } else {
+        if connections.len() > 1 {
             self.deduplicate(peer);
+            return;
+        }
+        self.emit(Event::PeerConnected { peer: peer.to_string(), remote_addr: remote_addr.to_string(), dialer });
+        self.open_gossip_link(peer);
+        // We greet in the swarm whose member list named the peer; a peer the page asked
+        // for may share any of ours. A peer that dialled us greets first, naming its swarm.
+        match dial {
+            Some(Dial { swarm: Some(swarm) }) => self.open_piece_links(&swarm, peer),
+            Some(Dial { swarm: None }) => {
+                let swarms: Vec<String> = self.memberships.keys().cloned().collect();
+                for swarm in swarms {
+                    self.open_piece_links(&swarm, peer);
+                }
+            }
+            None => {}
         }
     }
 
     /// Both peers dialled each other at once. Both sides keep the connection that the
-    /// peer with the smaller PeerId dialled, so they agree without talking.
+    /// peer with the smaller PeerId dialled, so they agree without talking. Links on the
+    /// one closed end, and are reopened on the one kept.
     fn deduplicate(&mut self, peer: PeerId) {
         let local = *self.swarm.local_peer_id();
         let we_keep_our_dial = local < peer;
@@ -775,15 +1326,14 @@ impl Runtime {
     fn on_direct_closed(&mut self, peer: PeerId, id: ConnectionId, reason: String) {
         let Some(connections) = self.direct.get_mut(&peer) else { return };
         connections.retain(|c| c.id != id);
-        if connections.is_empty() {
-            self.direct.remove(&peer);
-            self.rtt.remove(&peer);
-            for host in self.hosts.borrow().values() {
-                host.peer_disconnected(peer);
-            }
-            self.gossip.peer_gone(peer);
-            (self.emit)(Event::PeerDisconnected { peer: peer.to_string(), reason });
+        if !connections.is_empty() {
+            return;
         }
+        self.direct.remove(&peer);
+        self.rtt.remove(&peer);
+        self.forget_peer(peer);
+        self.foreign.retain(|(p, _)| *p != peer);
+        self.emit(Event::PeerDisconnected { peer: peer.to_string(), reason });
     }
 
     fn on_membership(&mut self, event: request_response::Event<MembershipRequest, MembershipResponse>) {
@@ -792,7 +1342,7 @@ impl Runtime {
                 message: request_response::Message::Response { request_id, response },
                 ..
             } => {
-                let Some((name, membership)) = self.swarms.iter_mut().find(|(_, m)| m.pending == Some(request_id))
+                let Some((name, membership)) = self.memberships.iter_mut().find(|(_, m)| m.pending == Some(request_id))
                 else {
                     return;
                 };
@@ -803,23 +1353,22 @@ impl Runtime {
                         let first = !membership.joined;
                         membership.joined = true;
                         membership.size_hint = if size > 0 { size as usize } else { members.len() + 1 };
-                        let size = membership.size_hint;
+                        if let Some(p) = &mut membership.pieces {
+                            p.pieces.set_swarm_size(membership.size_hint);
+                        }
                         if first {
-                            (self.emit)(Event::Joined { swarm: name.clone(), members: members.len() });
+                            self.emit(Event::Joined { swarm: name.clone(), members: members.len() });
                         }
-                        if let Some(host) = self.hosts.borrow().get(&name) {
-                            host.set_swarm_size(size);
-                        }
-                        self.dial_members(members);
+                        self.dial_members(&name, members);
                     }
                     MembershipResponse::Refused { reason } => {
-                        (self.emit)(Event::Error { message: format!("node refused to admit us to {name}: {reason}") });
+                        self.emit(Event::Refused { what: format!("join {name}"), reason: reason.to_string() });
                     }
                     MembershipResponse::Left => {}
                 }
             }
             request_response::Event::OutboundFailure { request_id, error, .. } => {
-                if let Some(m) = self.swarms.values_mut().find(|m| m.pending == Some(request_id)) {
+                if let Some(m) = self.memberships.values_mut().find(|m| m.pending == Some(request_id)) {
                     m.pending = None;
                 }
                 tracing::debug!(%error, "membership request failed");
@@ -828,14 +1377,28 @@ impl Runtime {
         }
     }
 
-    fn dial_members(&mut self, members: Vec<shoal_proto::Member>) {
+    fn dial_members(&mut self, swarm: &str, members: Vec<shoal_proto::Member>) {
         let local = *self.swarm.local_peer_id();
+        let now = now();
         for member in members {
-            if self.direct.len() >= self.config.max_peers {
-                return;
-            }
             let Ok(peer) = member.peer.parse::<PeerId>() else { continue };
-            if peer == local || self.direct.contains_key(&peer) || self.banned.contains(&peer) {
+            if peer == local || self.is_banned(&peer, now) {
+                continue;
+            }
+            if self.direct.contains_key(&peer) {
+                // Connected already (through another swarm, or it dialled us): make sure
+                // we talk pieces in this one too.
+                if self
+                    .memberships
+                    .get(swarm)
+                    .and_then(|m| m.pieces.as_ref())
+                    .is_some_and(|p| !p.dormant.contains(&peer))
+                {
+                    self.open_piece_links(swarm, peer);
+                }
+                continue;
+            }
+            if self.direct.len() >= self.config.max_peers {
                 continue;
             }
             let addrs: Vec<Multiaddr> = member
@@ -858,7 +1421,7 @@ impl Runtime {
             // `DisconnectedAndNotDialing` refuses when a dial or a relayed connection
             // (the peer dialling us) is already under way: that is not an error.
             if self.swarm.dial(opts).is_ok() {
-                self.dials.insert(id, peer);
+                self.dials.insert(id, Dial { swarm: Some(swarm.to_owned()) });
             }
         }
     }
@@ -867,13 +1430,14 @@ impl Runtime {
         let mut snapshot = self.snapshot.borrow_mut();
         snapshot.node_connected = self.node.connected;
         snapshot.address = self.node.address.clone();
-        snapshot.joined = !self.swarms.is_empty() && self.swarms.values().all(|m| m.joined);
-        snapshot.swarms = self.swarms.keys().cloned().collect();
+        snapshot.joined = !self.memberships.is_empty() && self.memberships.values().all(|m| m.joined);
+        snapshot.swarms = self.memberships.keys().cloned().collect();
         snapshot.relayed_connections = self.relayed.len();
         snapshot.peer_connections_created = shoal_webrtc::peer_connections_created();
         snapshot.node_reconnects = self.node.connections_made.saturating_sub(1);
-        snapshot.banned_peers = self.banned.len();
-        snapshot.gossip = self.gossip.stats();
+        let now = now();
+        snapshot.banned_peers = self.banned.values().filter(|until| **until > now).count();
+        snapshot.gossip = self.gossip.stats().clone();
         snapshot.connections = self
             .direct
             .iter()
@@ -887,6 +1451,35 @@ impl Runtime {
                 })
             })
             .collect();
+        snapshot.pieces = self
+            .memberships
+            .iter()
+            .filter_map(|(name, m)| m.pieces.as_ref().map(|p| (name.clone(), p.pieces.stats())))
+            .collect();
+    }
+}
+
+/// Counts a reopen of links to `peer`; false once past [`MAX_REOPENS`] in the window.
+fn reopen_allowed(reopens: &mut HashMap<PeerId, (u32, Instant)>, peer: PeerId, now: Instant) -> bool {
+    let (count, since) = reopens.entry(peer).or_insert((0, now));
+    if now.saturating_since(*since) > REOPEN_WINDOW {
+        *count = 0;
+        *since = now;
+    }
+    *count += 1;
+    *count <= MAX_REOPENS
+}
+
+async fn serve_bulk(peer: PeerId, mut stream: libp2p::Stream, emit: EventSink) {
+    let started = now_ms();
+    match bulk::receive(&mut stream).await {
+        Ok(v) => emit(Event::BulkReceived {
+            peer: peer.to_string(),
+            bytes: v.bytes,
+            intact: v.intact,
+            ms: now_ms() - started,
+        }),
+        Err(e) => emit(Event::Error { message: format!("bulk transfer from {peer}: {e}") }),
     }
 }
 

@@ -1,10 +1,10 @@
-//! Raw libp2p streams for Shoal's own protocols (pieces, bulk, diagnostics).
+//! Raw libp2p streams for Shoal's own protocols (pieces, gossip, bulk, diagnostics).
 //!
 //! Like `libp2p-stream`, but fit for a swarm where peers open several streams at once:
-//! inbound streams are handed over on an unbounded queue (libp2p-stream's queue holds one
-//! and drops the rest), and outbound streams go over the peer's direct WebRTC connection
+//! inbound streams reach the runtime as swarm events (libp2p-stream's queue holds one and
+//! drops the rest), and outbound streams go over the peer's direct WebRTC connection
 //! when there is one (never over a relayed circuit, which only carries signalling and is
-//! capped at a few KB) unless asked otherwise.
+//! capped at a few KB) unless asked otherwise. Open requests wait on a bounded queue.
 
 use std::{
     collections::{HashMap, VecDeque},
@@ -46,6 +46,25 @@ pub(crate) enum OpenError {
 
 type OpenReply = oneshot::Sender<Result<Stream, OpenError>>;
 
+/// Why an inbound direct connection was refused.
+#[derive(Debug, thiserror::Error)]
+#[error("already connected to maxPeers ({0}) peers")]
+struct TooManyPeers(usize);
+
+/// Open requests waiting for the swarm (each writer opens one stream).
+const OPEN_QUEUE: usize = 64;
+
+/// An inbound stream, as a swarm event.
+#[derive(Debug)]
+pub(crate) struct Inbound {
+    pub peer: PeerId,
+    pub protocol: StreamProtocol,
+    pub stream: Stream,
+    /// It came over a relayed circuit (signalling diagnostics only; pieces and gossip
+    /// are accepted over direct connections alone).
+    pub relayed: bool,
+}
+
 struct OpenRequest {
     peer: PeerId,
     protocol: StreamProtocol,
@@ -57,7 +76,7 @@ struct OpenRequest {
 /// Opens outbound streams; cheap to clone.
 #[derive(Clone)]
 pub(crate) struct Control {
-    requests: mpsc::UnboundedSender<OpenRequest>,
+    requests: mpsc::Sender<OpenRequest>,
 }
 
 impl Control {
@@ -74,50 +93,55 @@ impl Control {
         relayed_ok: bool,
     ) -> Result<Stream, OpenError> {
         let (reply, stream) = oneshot::channel();
-        self.requests
-            .unbounded_send(OpenRequest { peer, protocol, relayed_ok, reply })
+        let mut requests = self.requests.clone();
+        futures::SinkExt::send(&mut requests, OpenRequest { peer, protocol, relayed_ok, reply })
+            .await
             .map_err(|_| OpenError::Stopped)?;
         stream.await.map_err(|_| OpenError::Stopped)?
     }
 }
 
-/// Inbound streams of every accepted protocol.
-pub(crate) type Incoming = mpsc::UnboundedReceiver<(PeerId, StreamProtocol, Stream)>;
-
 /// See the module docs.
 pub(crate) struct Behaviour {
     protocols: Vec<StreamProtocol>,
-    inbound: mpsc::UnboundedSender<(PeerId, StreamProtocol, Stream)>,
-    requests: mpsc::UnboundedReceiver<OpenRequest>,
+    requests: mpsc::Receiver<OpenRequest>,
     /// Connections by peer, with whether each is relayed.
     connections: HashMap<PeerId, Vec<(ConnectionId, bool)>>,
     /// Open requests handed to a handler, by id, with the connection each went to.
     waiting: HashMap<u64, (ConnectionId, OpenReply)>,
     next_id: u64,
-    queued: VecDeque<ToSwarm<Infallible, HandlerIn>>,
+    queued: VecDeque<ToSwarm<Inbound, HandlerIn>>,
+    /// Most peers with a direct connection; inbound ones past it are refused.
+    max_direct: usize,
 }
 
 impl Behaviour {
-    /// A behaviour accepting `protocols`, with its control and inbound queue.
-    pub(crate) fn new(protocols: Vec<StreamProtocol>) -> (Self, Control, Incoming) {
-        let (inbound, incoming) = mpsc::unbounded();
-        let (requests_tx, requests) = mpsc::unbounded();
+    /// A behaviour accepting `protocols` and at most `max_direct` directly connected
+    /// peers (the page's `maxPeers`: our own dials stop there, inbound ones are refused),
+    /// with its control.
+    pub(crate) fn new(protocols: Vec<StreamProtocol>, max_direct: usize) -> (Self, Control) {
+        let (requests_tx, requests) = mpsc::channel(OPEN_QUEUE);
         let behaviour = Self {
             protocols,
-            inbound,
             requests,
             connections: HashMap::new(),
             waiting: HashMap::new(),
             next_id: 0,
             queued: VecDeque::new(),
+            max_direct,
         };
-        (behaviour, Control { requests: requests_tx }, incoming)
+        (behaviour, Control { requests: requests_tx })
     }
 
     fn on_request(&mut self, request: OpenRequest) {
         let candidates = self.connections.get(&request.peer);
+        // A direct connection if there is one; else, when allowed, the newest relayed one
+        // (a diagnostic dial just opened it; older ones may be closing).
         let connection = candidates.and_then(|c| {
-            c.iter().find(|(_, relayed)| !relayed).or_else(|| c.iter().find(|_| request.relayed_ok)).map(|(id, _)| *id)
+            c.iter()
+                .find(|(_, relayed)| !relayed)
+                .or_else(|| c.iter().rev().find(|_| request.relayed_ok))
+                .map(|(id, _)| *id)
         });
         let Some(connection) = connection else {
             let _ = request.reply.send(Err(OpenError::NotConnected(request.peer)));
@@ -133,22 +157,36 @@ impl Behaviour {
         });
     }
 
+    fn is_relayed(&self, peer: &PeerId, connection: ConnectionId) -> bool {
+        self.connections.get(peer).and_then(|c| c.iter().find(|(id, _)| *id == connection)).is_none_or(|(_, r)| *r)
+    }
+
+    fn direct_peers(&self) -> usize {
+        self.connections.values().filter(|c| c.iter().any(|(_, relayed)| !relayed)).count()
+    }
+
     fn on_established(
         &mut self,
         peer: PeerId,
         connection: ConnectionId,
         remote: &Multiaddr,
         local: Option<&Multiaddr>,
-    ) {
+    ) -> Result<(), ConnectionDenied> {
         let relayed = shoal_webrtc::addr::is_relayed(remote) && !shoal_webrtc::addr::is_webrtc(remote)
             || local.is_some_and(shoal_webrtc::addr::is_relayed);
+        let inbound_direct = local.is_some() && !relayed && shoal_webrtc::addr::is_webrtc(remote);
+        let known = self.connections.get(&peer).is_some_and(|c| c.iter().any(|(_, r)| !r));
+        if inbound_direct && !known && self.direct_peers() >= self.max_direct {
+            return Err(ConnectionDenied::new(TooManyPeers(self.max_direct)));
+        }
         self.connections.entry(peer).or_default().push((connection, relayed));
+        Ok(())
     }
 }
 
 impl NetworkBehaviour for Behaviour {
     type ConnectionHandler = Handler;
-    type ToSwarm = Infallible;
+    type ToSwarm = Inbound;
 
     fn handle_established_inbound_connection(
         &mut self,
@@ -157,8 +195,8 @@ impl NetworkBehaviour for Behaviour {
         local_addr: &Multiaddr,
         remote_addr: &Multiaddr,
     ) -> Result<THandler<Self>, ConnectionDenied> {
-        self.on_established(peer, connection_id, remote_addr, Some(local_addr));
-        Ok(Handler::new(peer, self.protocols.clone(), self.inbound.clone()))
+        self.on_established(peer, connection_id, remote_addr, Some(local_addr))?;
+        Ok(Handler::new(self.protocols.clone()))
     }
 
     fn handle_established_outbound_connection(
@@ -169,8 +207,8 @@ impl NetworkBehaviour for Behaviour {
         _role_override: Endpoint,
         _port_use: PortUse,
     ) -> Result<THandler<Self>, ConnectionDenied> {
-        self.on_established(peer, connection_id, addr, None);
-        Ok(Handler::new(peer, self.protocols.clone(), self.inbound.clone()))
+        let _ = self.on_established(peer, connection_id, addr, None);
+        Ok(Handler::new(self.protocols.clone()))
     }
 
     fn on_swarm_event(&mut self, event: FromSwarm) {
@@ -187,10 +225,17 @@ impl NetworkBehaviour for Behaviour {
         }
     }
 
-    fn on_connection_handler_event(&mut self, _peer: PeerId, _connection: ConnectionId, event: THandlerOutEvent<Self>) {
-        let HandlerOut { id, result } = event;
-        if let Some((_, reply)) = self.waiting.remove(&id) {
-            let _ = reply.send(result);
+    fn on_connection_handler_event(&mut self, peer: PeerId, connection: ConnectionId, event: THandlerOutEvent<Self>) {
+        match event {
+            HandlerOut::Opened { id, result } => {
+                if let Some((_, reply)) = self.waiting.remove(&id) {
+                    let _ = reply.send(result);
+                }
+            }
+            HandlerOut::Inbound { protocol, stream } => {
+                let relayed = self.is_relayed(&peer, connection);
+                self.queued.push_back(ToSwarm::GenerateEvent(Inbound { peer, protocol, stream, relayed }));
+            }
         }
     }
 
@@ -212,29 +257,25 @@ pub(crate) struct HandlerIn {
     protocol: StreamProtocol,
 }
 
-/// The outcome of request `id`.
+/// What a connection's handler reports.
 #[derive(Debug)]
-pub(crate) struct HandlerOut {
-    id: u64,
-    result: Result<Stream, OpenError>,
+pub(crate) enum HandlerOut {
+    /// The outcome of open request `id`.
+    Opened { id: u64, result: Result<Stream, OpenError> },
+    /// The remote opened a stream.
+    Inbound { protocol: StreamProtocol, stream: Stream },
 }
 
 /// Accepts the protocols on one connection and opens the streams asked for.
 pub(crate) struct Handler {
-    peer: PeerId,
     protocols: Vec<StreamProtocol>,
-    inbound: mpsc::UnboundedSender<(PeerId, StreamProtocol, Stream)>,
     to_open: VecDeque<HandlerIn>,
     events: VecDeque<HandlerOut>,
 }
 
 impl Handler {
-    fn new(
-        peer: PeerId,
-        protocols: Vec<StreamProtocol>,
-        inbound: mpsc::UnboundedSender<(PeerId, StreamProtocol, Stream)>,
-    ) -> Self {
-        Self { peer, protocols, inbound, to_open: VecDeque::new(), events: VecDeque::new() }
+    fn new(protocols: Vec<StreamProtocol>) -> Self {
+        Self { protocols, to_open: VecDeque::new(), events: VecDeque::new() }
     }
 }
 
@@ -271,10 +312,10 @@ impl ConnectionHandler for Handler {
             ConnectionEvent::FullyNegotiatedInbound(FullyNegotiatedInbound {
                 protocol: (stream, protocol), ..
             }) => {
-                let _ = self.inbound.unbounded_send((self.peer, protocol, stream));
+                self.events.push_back(HandlerOut::Inbound { protocol, stream });
             }
             ConnectionEvent::FullyNegotiatedOutbound(FullyNegotiatedOutbound { protocol: (stream, _), info: id }) => {
-                self.events.push_back(HandlerOut { id, result: Ok(stream) });
+                self.events.push_back(HandlerOut::Opened { id, result: Ok(stream) });
             }
             ConnectionEvent::DialUpgradeError(DialUpgradeError { info: id, error }) => {
                 let error = match error {
@@ -283,7 +324,7 @@ impl ConnectionHandler for Handler {
                     StreamUpgradeError::Io(e) => OpenError::Io(e.to_string()),
                     StreamUpgradeError::Apply(never) => match never {},
                 };
-                self.events.push_back(HandlerOut { id, result: Err(error) });
+                self.events.push_back(HandlerOut::Opened { id, result: Err(error) });
             }
             _ => {}
         }

@@ -134,10 +134,9 @@ impl Config {
         if !(self.seeders_per_segment.is_finite() && self.seeders_per_segment > 0.0) {
             return Err(ConfigError::Seeders);
         }
-        if !(self.early_copies.is_finite() && self.early_copies >= 0.0)
-            || !(0.0..=1.0).contains(&self.max_early_fraction)
-            || !(0.0..=1.0).contains(&self.late_http_target)
-        {
+        let fractions_ok =
+            (0.0..=1.0).contains(&self.max_early_fraction) && (0.0..=1.0).contains(&self.late_http_target);
+        if !(self.early_copies.is_finite() && self.early_copies >= 0.0 && fractions_ok) {
             return Err(ConfigError::Fraction);
         }
         Ok(())

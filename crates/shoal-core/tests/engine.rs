@@ -309,7 +309,10 @@ fn upload_off_means_no_announcements_and_busy_answers() {
     let now = net.now;
     net.engine(1).handle_message(2, Message::Request { id: 77, segment: seg, chunk: 0, with_record: false }, now);
     let answers: Vec<Output<u32>> = std::iter::from_fn(|| net.engine(1).poll_output()).collect();
-    assert!(answers.contains(&Output::Send { peer: 2, message: Message::Busy { id: 77, retry_ms: 50 } }), "{answers:?}");
+    assert!(
+        answers.contains(&Output::Send { peer: 2, message: Message::Busy { id: 77, retry_ms: 50 } }),
+        "{answers:?}"
+    );
 }
 
 #[test]

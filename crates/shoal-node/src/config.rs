@@ -173,7 +173,10 @@ impl Config {
             return Err("--federate is not implemented yet: this node would run alone".into());
         }
         if self.max_pending_per_ip == 0 || self.handshake_timeout_secs == 0 || self.http_header_timeout_secs == 0 {
-            return Err("--max-pending-per-ip, --handshake-timeout-secs and --http-header-timeout-secs must be at least 1".into());
+            return Err(
+                "--max-pending-per-ip, --handshake-timeout-secs and --http-header-timeout-secs must be at least 1"
+                    .into(),
+            );
         }
         if self.max_circuit_secs == 0 || self.max_circuit_bytes < 16 * 1024 {
             return Err("a circuit needs at least 1 s and 16 KiB to carry a WebRTC handshake".into());

@@ -19,8 +19,8 @@ use libp2p::{
     core::{ConnectedPoint, Endpoint, transport::PortUse},
     multiaddr::Protocol,
     swarm::{
-        ConnectionClosed, ConnectionDenied, ConnectionId, FromSwarm, ListenFailure,
-        NetworkBehaviour, THandler, THandlerInEvent, THandlerOutEvent, ToSwarm, behaviour::ConnectionEstablished, dummy,
+        ConnectionClosed, ConnectionDenied, ConnectionId, FromSwarm, ListenFailure, NetworkBehaviour, THandler,
+        THandlerInEvent, THandlerOutEvent, ToSwarm, behaviour::ConnectionEstablished, dummy,
     },
 };
 
@@ -157,7 +157,7 @@ impl NetworkBehaviour for Behaviour {
                 endpoint: ConnectedPoint::Listener { send_back_addr, .. },
                 ..
             }) => {
-                if let Some(ip) = ip_of(&send_back_addr) {
+                if let Some(ip) = ip_of(send_back_addr) {
                     increment(&mut self.established_by_ip, ip);
                     self.established.insert(connection_id, ip);
                 }
@@ -221,9 +221,19 @@ mod tests {
         let mut limits = Behaviour::new(10, 3);
         let local = addr("10.0.0.1");
         for i in 0..3 {
-            limits.handle_pending_inbound_connection(ConnectionId::new_unchecked(i), &local, &addr("192.0.2.8")).unwrap();
+            limits
+                .handle_pending_inbound_connection(ConnectionId::new_unchecked(i), &local, &addr("192.0.2.8"))
+                .unwrap();
         }
-        assert!(limits.handle_pending_inbound_connection(ConnectionId::new_unchecked(9), &local, &addr("192.0.2.8")).is_err());
-        assert!(limits.handle_pending_inbound_connection(ConnectionId::new_unchecked(10), &local, &addr("192.0.2.9")).is_ok());
+        assert!(
+            limits
+                .handle_pending_inbound_connection(ConnectionId::new_unchecked(9), &local, &addr("192.0.2.8"))
+                .is_err()
+        );
+        assert!(
+            limits
+                .handle_pending_inbound_connection(ConnectionId::new_unchecked(10), &local, &addr("192.0.2.9"))
+                .is_ok()
+        );
     }
 }

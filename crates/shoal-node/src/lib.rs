@@ -119,8 +119,10 @@ impl Node {
         }
 
         let metrics = Arc::new(Metrics::default());
-        let refusals =
-            http::HttpRefusals { total: metrics.http_refused_total.clone(), per_ip: metrics.http_refused_per_ip.clone() };
+        let refusals = http::HttpRefusals {
+            total: metrics.http_refused_total.clone(),
+            per_ip: metrics.http_refused_per_ip.clone(),
+        };
         let http_limits = http::HttpLimits {
             max_connections: config.http_max_connections,
             max_connections_per_ip: config.http_max_connections_per_ip,

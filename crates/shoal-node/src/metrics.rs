@@ -55,7 +55,11 @@ impl Metrics {
         r.register("relay_circuit_requests", "Circuit requests by outcome", self.circuit_requests.clone());
         r.register("connection_errors", "Failed incoming or outgoing connections", self.connection_errors.clone());
         r.register("refusals", "Requests and connections refused, by reason", self.refusals.clone());
-        r.register("http_refused_full", "HTTP connections closed at once: the server was full", self.http_refused_total.clone());
+        r.register(
+            "http_refused_full",
+            "HTTP connections closed at once: the server was full",
+            self.http_refused_total.clone(),
+        );
         r.register(
             "http_refused_per_ip",
             "HTTP connections closed at once: their address held too many",

@@ -11,7 +11,7 @@ use bytes::Bytes;
 use rand::{Rng, SeedableRng, seq::SliceRandom};
 use rand_chacha::ChaCha8Rng;
 use shoal_core::{
-    Delivery, Engine, Output, Instant, Message, Misbehaviour, Publisher, SegmentId, SegmentInfo, SegmentRecord,
+    Delivery, Engine, Instant, Message, Misbehaviour, Output, Publisher, SegmentId, SegmentInfo, SegmentRecord,
     SignedRecord, StreamId,
 };
 
@@ -95,11 +95,22 @@ enum Event {
     Join(ViewerId),
     Churn,
     Connect(ViewerId, ViewerId),
-    Deliver { from: ViewerId, to: ViewerId, message: Message },
-    Http { viewer: ViewerId, id: u64, body: Bytes },
+    Deliver {
+        from: ViewerId,
+        to: ViewerId,
+        message: Message,
+    },
+    Http {
+        viewer: ViewerId,
+        id: u64,
+        body: Bytes,
+    },
     /// Bulk bytes reach a viewer's access link: they queue there, in arrival order, for
     /// the downlink (HTTP bodies at the origin's per-request rate).
-    Downlink { to: ViewerId, inbound: Inbound },
+    Downlink {
+        to: ViewerId,
+        inbound: Inbound,
+    },
     Wake(ViewerId, Instant),
     Playlist(ViewerId),
     PlayerTick(ViewerId),
@@ -712,7 +723,11 @@ impl World {
                 Output::Send { peer, message } => self.send(id, peer, message),
                 Output::HttpFetch { id: request, segment, range } => {
                     if self.trace_viewer == Some(id) {
-                        eprintln!("viewer t={:.3} http-start #{request} seg={} range={range:?}", self.now.as_secs_f64(), segment.0);
+                        eprintln!(
+                            "viewer t={:.3} http-start #{request} seg={} range={range:?}",
+                            self.now.as_secs_f64(),
+                            segment.0
+                        );
                     }
                     self.http_fetch(id, request, segment, range)
                 }
@@ -907,8 +922,7 @@ impl World {
         }
         let needed = (report.segments_delivered * self.segment_size) as f64;
         report.offload_bound = if needed > 0.0 { (capacity / needed).min(report.offload_ceiling) } else { 0.0 };
-        report.offload_vs_bound =
-            if report.offload_bound > 0.0 { report.offload / report.offload_bound } else { 0.0 };
+        report.offload_vs_bound = if report.offload_bound > 0.0 { report.offload / report.offload_bound } else { 0.0 };
         report.upload_utilisation = if capacity > 0.0 { uploaded as f64 / capacity } else { 0.0 };
         report.upload_bitrate_ratio = up_sum / counted.max(1) as f64 / self.scenario.bitrate_bps as f64;
         report.origin_egress_bytes = self.origin.egress;

@@ -138,6 +138,9 @@ pub enum WriteRefused {
 /// Received payload waiting to be read.
 pub trait Payload: From<Bytes> {
     fn len(&self) -> usize;
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
     /// Copies bytes `start..start + out.len()` into `out`.
     fn copy_to(&self, start: usize, out: &mut [u8]);
 }

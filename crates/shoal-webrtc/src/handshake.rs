@@ -193,9 +193,9 @@ impl Handshake {
             Role::Dialer => {
                 self.phase = Phase::CreatingOffer;
                 {
-self.outputs.push_back(Output::CreateLocalDescription);
-                Ok(())
-            }
+                    self.outputs.push_back(Output::CreateLocalDescription);
+                    Ok(())
+                }
             }
             Role::Listener => {
                 self.phase = Phase::AwaitingOffer;
@@ -211,16 +211,16 @@ self.outputs.push_back(Output::CreateLocalDescription);
             (Role::Dialer, Phase::CreatingOffer) => {
                 self.phase = Phase::AwaitingAnswer;
                 {
-self.outputs.push_back(Output::Send(SignalingMessage::Offer(sdp)));
-                Ok(())
-            }
+                    self.outputs.push_back(Output::Send(SignalingMessage::Offer(sdp)));
+                    Ok(())
+                }
             }
             (Role::Listener, Phase::CreatingAnswer) => {
                 self.phase = Phase::Connecting;
                 {
-self.outputs.push_back(Output::Send(SignalingMessage::Answer(sdp)));
-                Ok(())
-            }
+                    self.outputs.push_back(Output::Send(SignalingMessage::Answer(sdp)));
+                    Ok(())
+                }
             }
             (_, phase) => self.fail(HandshakeError::Unexpected { message: "local description", phase }),
         }
@@ -233,9 +233,9 @@ self.outputs.push_back(Output::Send(SignalingMessage::Answer(sdp)));
             return Ok(());
         }
         {
-self.outputs.push_back(Output::Send(SignalingMessage::Candidate(candidate)));
-                Ok(())
-            }
+            self.outputs.push_back(Output::Send(SignalingMessage::Candidate(candidate)));
+            Ok(())
+        }
     }
 
     /// A message arrived on the signalling stream.
@@ -258,9 +258,9 @@ self.outputs.push_back(Output::Send(SignalingMessage::Candidate(candidate)));
                 }
                 if self.remote_description_set {
                     return {
-self.outputs.push_back(Output::AddRemoteCandidate(candidate));
-                Ok(())
-            };
+                        self.outputs.push_back(Output::AddRemoteCandidate(candidate));
+                        Ok(())
+                    };
                 }
                 if self.queued_candidates.len() == MAX_QUEUED_CANDIDATES {
                     return self.fail(HandshakeError::TooManyCandidates(MAX_QUEUED_CANDIDATES));
@@ -283,9 +283,9 @@ self.outputs.push_back(Output::AddRemoteCandidate(candidate));
                 self.remote_fingerprint = Some(fingerprint);
                 self.phase = Phase::ApplyingRemoteDescription;
                 {
-self.outputs.push_back(Output::SetRemoteDescription { kind, sdp });
-                Ok(())
-            }
+                    self.outputs.push_back(Output::SetRemoteDescription { kind, sdp });
+                    Ok(())
+                }
             }
             Err(e) => self.fail(e.into()),
         }
@@ -329,17 +329,15 @@ self.outputs.push_back(Output::SetRemoteDescription { kind, sdp });
                 }
                 self.phase = Phase::Connected;
                 {
-self.outputs.push_back(Output::Connected);
-                Ok(())
-            }
+                    self.outputs.push_back(Output::Connected);
+                    Ok(())
+                }
             }
             PeerConnectionState::Failed | PeerConnectionState::Closed => {
                 let phase = self.phase;
                 self.fail(HandshakeError::ConnectionFailed(state, phase))
             }
-            PeerConnectionState::New | PeerConnectionState::Connecting | PeerConnectionState::Disconnected => {
-                Ok(())
-            }
+            PeerConnectionState::New | PeerConnectionState::Connecting | PeerConnectionState::Disconnected => Ok(()),
         }
     }
 
@@ -466,7 +464,8 @@ mod tests {
         let mut dialer = dialer_awaiting_answer();
         run(&mut dialer, |h| h.on_message(SignalingMessage::Answer(answer_sdp()))).unwrap();
         run(&mut dialer, |h| h.on_remote_description_set()).unwrap();
-        let err = run(&mut dialer, |h| h.on_connection_state(PeerConnectionState::Connected, Some([7; 32]))).unwrap_err();
+        let err =
+            run(&mut dialer, |h| h.on_connection_state(PeerConnectionState::Connected, Some([7; 32]))).unwrap_err();
         assert_eq!(err, HandshakeError::FingerprintMismatch);
         assert_eq!(dialer.phase(), Phase::Failed);
     }
@@ -516,7 +515,10 @@ mod tests {
     #[test]
     fn signaling_close_is_fatal_only_before_descriptions() {
         let mut dialer = dialer_awaiting_answer();
-        assert_eq!(run(&mut dialer, |h| h.on_signaling_closed()).unwrap_err(), HandshakeError::SignalingClosed(Phase::AwaitingAnswer));
+        assert_eq!(
+            run(&mut dialer, |h| h.on_signaling_closed()).unwrap_err(),
+            HandshakeError::SignalingClosed(Phase::AwaitingAnswer)
+        );
 
         let mut dialer = dialer_awaiting_answer();
         run(&mut dialer, |h| h.on_message(SignalingMessage::Answer(answer_sdp()))).unwrap();
@@ -524,7 +526,10 @@ mod tests {
         assert!(run(&mut dialer, |h| h.on_signaling_closed()).unwrap().is_empty());
         // Our own late candidates are no longer sent anywhere.
         assert!(run(&mut dialer, |h| h.on_local_candidate(Some(candidate(3)))).unwrap().is_empty());
-        assert_eq!(run(&mut dialer, |h| h.on_connection_state(PeerConnectionState::Connected, None)).unwrap(), vec![Output::Connected]);
+        assert_eq!(
+            run(&mut dialer, |h| h.on_connection_state(PeerConnectionState::Connected, None)).unwrap(),
+            vec![Output::Connected]
+        );
     }
 
     #[test]

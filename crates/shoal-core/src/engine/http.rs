@@ -221,8 +221,7 @@ impl Http {
     /// byte plus the slowest recent throughput (no better than the estimates).
     pub fn worst_time(&self, bytes: u64) -> Duration {
         let latency = self.recent_latency.iter().copied().max().unwrap_or(self.latency).max(self.latency);
-        let throughput =
-            self.recent_throughput.iter().copied().fold(self.throughput, f64::min).max(1.0);
+        let throughput = self.recent_throughput.iter().copied().fold(self.throughput, f64::min).max(1.0);
         latency + Duration::from_secs_f64(bytes as f64 / throughput)
     }
 }

@@ -329,6 +329,11 @@ impl<P: PeerKey> Engine<P> {
         self.peers.len()
     }
 
+    /// The time of the latest input.
+    pub fn now(&self) -> Instant {
+        self.now
+    }
+
     /// Whether the signed record of a segment is known.
     pub fn has_record(&self, id: SegmentId) -> bool {
         self.segments.get(id).is_some_and(|s| s.record.is_some())

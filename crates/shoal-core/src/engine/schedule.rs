@@ -126,10 +126,14 @@ impl<P: PeerKey> Engine<P> {
     /// fetching at the last moment, see [`Engine::learn_from_delivery`]).
     pub(super) fn early_fraction(&self) -> f64 {
         // One copy per 32 members (a chunk then reaches everyone in about five
-        // doublings), at least one in all, at most `early_copies`.
+        // doublings), at most `early_copies`; the viewers seeding the segment whole hold
+        // `seeders_per_segment` of them already. A swarm of 32 or fewer thus fetches no
+        // early shares: its seeder reaches everyone in a few doublings, and a copy more
+        // would cost a large share of its offload (one copy in six for six viewers).
+        // Where uplinks cannot carry that, lateness raises `early_extra`.
         let size = self.swarm_size.max(1) as f64;
-        let copies = (size / 32.0).clamp(1.0, self.config.early_copies.max(1.0));
-        let spread = if self.config.early_copies > 0.0 { copies / size } else { 0.0 };
+        let copies = (size / 32.0).min(self.config.early_copies) - self.config.seeders_per_segment;
+        let spread = copies.max(0.0) / size;
         (spread + self.early_extra).min(1.0)
     }
 
@@ -404,9 +408,8 @@ impl<P: PeerKey> Engine<P> {
             Some(deadline) => Some(self.http_start(segment, *deadline)),
             None => {
                 let newest = self.wants.last_key_value().map(|(id, _)| *id);
-                let ahead = newest.is_some_and(|n| {
-                    segment > n && segment.0 - n.0 <= u64::from(self.config.prefetch_ahead)
-                });
+                let ahead =
+                    newest.is_some_and(|n| segment > n && segment.0 - n.0 <= u64::from(self.config.prefetch_ahead));
                 if !ahead || !self.in_window(segment) {
                     return;
                 }
@@ -429,7 +432,7 @@ impl<P: PeerKey> Engine<P> {
         }
         let chunk_bytes = f64::from(record.record.chunk_size);
         let window = p.request_window(chunk_bytes, self.config.max_inflight_per_peer);
-        let mut inflight = self.requests.inflight(&peer);
+        let inflight = self.requests.inflight(&peer);
         let whole = p.have.contains(segment);
         let mut wanted: Vec<u32> = entry
             .missing()
@@ -443,7 +446,7 @@ impl<P: PeerKey> Engine<P> {
             .collect();
         wanted.shuffle(&mut self.rng);
         let rate = p.effective_rate();
-        for chunk in wanted {
+        for (inflight, chunk) in (inflight..).zip(wanted) {
             if inflight >= window || self.requests.len() >= self.config.max_inflight_total {
                 break;
             }
@@ -452,7 +455,6 @@ impl<P: PeerKey> Engine<P> {
                 break;
             }
             self.request(peer, segment, chunk, false);
-            inflight += 1;
         }
     }
 

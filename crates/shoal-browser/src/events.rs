@@ -1,0 +1,187 @@
+//! What the runtime tells JavaScript: events as they happen, and the statistics
+//! `stats()` reads. Plain serde values; the page sees them as plain objects.
+
+use std::collections::HashMap;
+
+use serde::Serialize;
+
+/// Events delivered to JavaScript, as plain objects with a `type`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "type", rename_all = "kebab-case")]
+pub enum Event {
+    /// The link to the signalling node is up.
+    NodeConnected {
+        node: String,
+        addr: String,
+    },
+    /// The link to the signalling node dropped (it is redialled with backoff).
+    NodeDisconnected {
+        node: String,
+        reason: String,
+    },
+    /// The node admitted us to a swarm for the first time.
+    Joined {
+        swarm: String,
+        members: usize,
+    },
+    /// The node refused a join or our relay reservation; the page is not reachable by
+    /// other peers until it succeeds (retried with backoff).
+    Refused {
+        what: String,
+        reason: String,
+    },
+    /// A direct connection to a peer is up.
+    PeerConnected {
+        peer: String,
+        #[serde(rename = "remoteAddr")]
+        remote_addr: String,
+        dialer: bool,
+    },
+    PeerDisconnected {
+        peer: String,
+        reason: String,
+    },
+    DialFailed {
+        peer: String,
+        error: String,
+    },
+    /// A peer's attempt to connect to us failed (bad signalling, handshake timeout...).
+    InboundFailed {
+        peer: String,
+        error: String,
+    },
+    /// A peer was cut off: for misbehaving (corrupt data, forged or stale record, bad
+    /// messages), or for announcing what it never serves.
+    PeerBanned {
+        peer: String,
+        reason: String,
+    },
+    /// A segment was delivered to the player; `fromPeers`/`fromHttp` count the bytes
+    /// that crossed the network for it (0 and 0 when it was already held).
+    SegmentLoaded {
+        swarm: String,
+        segment: u64,
+        bytes: u64,
+        #[serde(rename = "fromPeers")]
+        from_peers: u64,
+        #[serde(rename = "fromHttp")]
+        from_http: u64,
+    },
+    ChunkDown {
+        swarm: String,
+        peer: String,
+        segment: u64,
+        bytes: u64,
+    },
+    ChunkUp {
+        swarm: String,
+        peer: String,
+        segment: u64,
+        bytes: u64,
+    },
+    Gossip {
+        topic: String,
+        from: String,
+        #[serde(with = "bytes_as_array")]
+        data: Vec<u8>,
+    },
+    GossipRejected {
+        topic: String,
+        from: String,
+        reason: String,
+    },
+    BulkReceived {
+        peer: String,
+        bytes: u64,
+        intact: bool,
+        ms: f64,
+    },
+    Error {
+        message: String,
+    },
+}
+
+/// Gossip payloads reach JavaScript as arrays of numbers (turned into `Uint8Array` by the
+/// JS wrapper); serde-wasm-bindgen has no byte-buffer type in its JSON-compatible mode.
+mod bytes_as_array {
+    pub(super) fn serialize<S: serde::Serializer>(bytes: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        serde::Serialize::serialize(bytes, s)
+    }
+}
+
+/// One direct connection, as `stats()` reports it.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ConnectionInfo {
+    pub peer: String,
+    pub remote_addr: String,
+    /// True for browser-to-browser WebRTC; relayed connections are never listed.
+    pub direct: bool,
+    pub dialer: bool,
+    /// Last ping round trip, in milliseconds.
+    pub rtt_ms: Option<f64>,
+}
+
+/// Gossip counters.
+#[derive(Debug, Default, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GossipStats {
+    pub published: u64,
+    pub received: u64,
+    pub rejected_oversize: u64,
+    pub rejected_invalid: u64,
+    /// Dropped past a neighbour's rate limit, or stamped too far from our clock.
+    pub rate_limited: u64,
+    pub expired: u64,
+    pub duplicates: u64,
+}
+
+/// Bytes received from and sent to one peer.
+#[derive(Debug, Default, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PeerTraffic {
+    pub down: u64,
+    pub up: u64,
+}
+
+/// Piece counters of one swarm.
+#[derive(Debug, Default, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SwarmStats {
+    pub bytes_from_peers: u64,
+    pub bytes_from_http: u64,
+    pub bytes_uploaded: u64,
+    pub segments_loaded: u64,
+    pub segments_failed: u64,
+    pub chunks_rejected: u64,
+    pub peers_banned: u64,
+    /// HTTP fetches: early shares of new segments / seeding a segment nobody had / due
+    /// soon / duplicates of late fetches.
+    pub http_early: u64,
+    pub http_seeds: u64,
+    pub http_urgent: u64,
+    pub http_hedges: u64,
+    pub cached_bytes: u64,
+    pub peers: usize,
+    /// Per peer: bytes received from it and sent to it.
+    pub per_peer: HashMap<String, PeerTraffic>,
+}
+
+/// What `stats()` returns (with `wasmMemoryBytes` added by the API).
+#[derive(Debug, Default, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Snapshot {
+    pub node_connected: bool,
+    /// Where other browsers reach this peer (`<node>/p2p-circuit/webrtc/p2p/<me>`), while
+    /// it holds a relay reservation on its node.
+    pub address: Option<String>,
+    pub joined: bool,
+    pub swarms: Vec<String>,
+    pub connections: Vec<ConnectionInfo>,
+    pub relayed_connections: usize,
+    pub peer_connections_created: u32,
+    pub node_reconnects: u32,
+    pub banned_peers: usize,
+    pub gossip: GossipStats,
+    pub pieces: HashMap<String, SwarmStats>,
+}

@@ -1,0 +1,284 @@
+//! `Pieces` (one swarm's piece exchange in the page) driven natively: viewers with
+//! integer names, frames carried as the bytes the runtime would write, HTTP answered
+//! from an in-memory origin.
+#![allow(clippy::unwrap_used)] // a panic in a test is a failed test
+
+use std::{collections::BTreeMap, sync::Arc, time::Duration};
+
+use bytes::Bytes;
+use futures::channel::oneshot;
+use shoal_browser::{
+    error::ShoalError,
+    events::Event,
+    pieces::{Effect, Pieces, PiecesOptions, record_url},
+};
+use shoal_core::{
+    Config as EngineConfig, Delivery, Instant, Message, Misbehaviour, Publisher, SegmentId, SegmentRecord,
+    SignedRecord, StreamId, codec::Frame, wire::FrameDecoder,
+};
+
+const CHUNK: u32 = 16 * 1024;
+const SWARM: &str = "https://example.test/live.m3u8";
+
+type Answer = oneshot::Receiver<Result<Delivery, ShoalError>>;
+
+struct Origin {
+    segments: BTreeMap<String, Bytes>,
+    records: BTreeMap<String, Bytes>,
+}
+
+struct World {
+    now: Instant,
+    viewers: BTreeMap<u32, Pieces<u32>>,
+    /// One decoder per (from, to, bulk) link: frames cross as bytes, as in the page.
+    links: BTreeMap<(u32, u32, bool), FrameDecoder>,
+    origin: Origin,
+    /// HTTP fetches each viewer made: (viewer, url, record url).
+    fetched: Vec<(u32, String, Option<String>)>,
+    events: Vec<(u32, Event)>,
+    disconnects: Vec<(u32, u32, Misbehaviour)>,
+}
+
+fn engine_config() -> EngineConfig {
+    // VOD (no freshness anchors needed) and no early seeding: what happens is what the
+    // test asks for.
+    EngineConfig { live: false, early_copies: 0.0, ..EngineConfig::default() }
+}
+
+fn options(corrupt_uploads: bool) -> PiecesOptions {
+    PiecesOptions {
+        name: SWARM.into(),
+        publisher: Publisher::from_secret([9; 32]).public_key(),
+        engine: engine_config(),
+        record_suffix: ".shoal".into(),
+        corrupt_uploads,
+    }
+}
+
+fn url(n: u64) -> String {
+    format!("https://example.test/seg{n}.ts?token=abc")
+}
+
+impl World {
+    fn new(segments: u64, size: usize) -> Self {
+        let publisher = Publisher::from_secret([9; 32]);
+        let stream = StreamId::from_name(SWARM);
+        let mut origin = Origin { segments: BTreeMap::new(), records: BTreeMap::new() };
+        for n in 0..segments {
+            let data: Vec<u8> = (0..size).map(|i| (i as u64 * 7 + n) as u8).collect();
+            let record: Arc<SignedRecord> =
+                Arc::new(publisher.sign(SegmentRecord::for_data(stream, SegmentId(n), &data, CHUNK)));
+            origin.records.insert(record_url(&url(n), ".shoal"), Message::Record { record }.to_frame());
+            origin.segments.insert(url(n), Bytes::from(data));
+        }
+        Self {
+            now: Instant::from_micros(5_000_000),
+            viewers: BTreeMap::new(),
+            links: BTreeMap::new(),
+            origin,
+            fetched: Vec::new(),
+            events: Vec::new(),
+            disconnects: Vec::new(),
+        }
+    }
+
+    fn add(&mut self, id: u32, corrupt_uploads: bool) {
+        let mut pieces = Pieces::new(options(corrupt_uploads), u64::from(id), self.now);
+        pieces.set_playlist((0..4).map(|n| (n, url(n))).collect(), self.now);
+        self.viewers.insert(id, pieces);
+    }
+
+    fn connect(&mut self, a: u32, b: u32) {
+        let now = self.now;
+        self.viewers.get_mut(&a).unwrap().peer_connected(b, now);
+        self.viewers.get_mut(&b).unwrap().peer_connected(a, now);
+        self.pump();
+    }
+
+    fn fetch(&mut self, viewer: u32, n: u64, due_in: Duration) -> Answer {
+        let (reply, answer) = oneshot::channel();
+        let now = self.now;
+        self.viewers.get_mut(&viewer).unwrap().fetch_segment(n, url(n), now + due_in, reply, now);
+        self.pump();
+        answer
+    }
+
+    fn advance(&mut self, by: Duration) {
+        let end = self.now + by;
+        loop {
+            let next = self.viewers.values().filter_map(|v| v.poll_timeout()).min();
+            match next {
+                Some(t) if t <= end => {
+                    self.now = t.max(self.now);
+                    let now = self.now;
+                    for v in self.viewers.values_mut() {
+                        if v.poll_timeout().is_some_and(|t| t <= now) {
+                            v.handle_timeout(now);
+                        }
+                    }
+                    self.pump();
+                }
+                _ => break,
+            }
+        }
+        self.now = end;
+    }
+
+    /// Carries out every effect until none is left: frames arrive at once, HTTP
+    /// answers at once.
+    fn pump(&mut self) {
+        loop {
+            let mut work = Vec::new();
+            for (id, viewer) in &mut self.viewers {
+                while let Some(effect) = viewer.poll_effect() {
+                    work.push((*id, effect));
+                }
+            }
+            if work.is_empty() {
+                return;
+            }
+            let now = self.now;
+            for (from, effect) in work {
+                match effect {
+                    Effect::Send { peer, frame, bulk } => {
+                        let decoder = self.links.entry((from, peer, bulk)).or_default();
+                        decoder.extend(&frame);
+                        while let Some(message) = decoder.next_frame().unwrap() {
+                            if let Some(to) = self.viewers.get_mut(&peer) {
+                                to.on_message(from, message, now);
+                            }
+                        }
+                    }
+                    Effect::Fetch { id, url, range, record_url } => {
+                        self.fetched.push((from, url.clone(), record_url.clone()));
+                        let body = self.origin.segments.get(&url).cloned().ok_or_else(|| "404".to_owned());
+                        let body = body.map(|b| match range {
+                            Some((start, end)) => b.slice(start as usize..end as usize),
+                            None => b,
+                        });
+                        let record = record_url.and_then(|u| self.origin.records.get(&u).cloned());
+                        self.viewers.get_mut(&from).unwrap().fetch_done(id, body, record, now);
+                    }
+                    Effect::CancelFetch { .. } => {}
+                    Effect::Disconnect { peer, reason } => {
+                        self.disconnects.push((from, peer, reason));
+                        self.viewers.get_mut(&from).unwrap().peer_gone(peer, now);
+                        if let Some(other) = self.viewers.get_mut(&peer) {
+                            other.peer_gone(from, now);
+                        }
+                    }
+                    Effect::Event(event) => self.events.push((from, event)),
+                }
+            }
+        }
+    }
+}
+
+fn answer(mut answer: Answer) -> Result<Delivery, ShoalError> {
+    answer.try_recv().unwrap().expect("no answer yet")
+}
+
+#[test]
+fn a_due_segment_comes_over_http_with_its_record_and_is_then_shared() {
+    let mut world = World::new(4, 100_000);
+    world.add(1, false);
+    world.add(2, false);
+    world.connect(1, 2);
+
+    // Due at once: HTTP, and the record beside it (the query stays at the end).
+    let first = world.fetch(1, 0, Duration::from_millis(100));
+    let delivery = answer(first).unwrap();
+    assert_eq!(delivery.size, 100_000);
+    assert_eq!(delivery.from_http, 100_000);
+    assert_eq!(delivery.concat(), world.origin.segments[&url(0)].to_vec());
+    let (_, fetched_url, record) = world.fetched.iter().find(|(v, _, _)| *v == 1).unwrap();
+    assert_eq!(fetched_url, &url(0));
+    assert_eq!(record.as_deref(), Some("https://example.test/seg0.ts.shoal?token=abc"));
+
+    // Due later: from the neighbour, every byte checked, nothing over HTTP.
+    let second = world.fetch(2, 0, Duration::from_secs(10));
+    world.advance(Duration::from_secs(2));
+    let delivery = answer(second).unwrap();
+    assert_eq!(delivery.from_peers, 100_000);
+    assert_eq!(delivery.from_http, 0);
+    assert_eq!(delivery.concat(), world.origin.segments[&url(0)].to_vec());
+    assert!(world.fetched.iter().all(|(v, _, _)| *v != 2), "viewer 2 used HTTP: {:?}", world.fetched);
+    let stats = world.viewers[&2].stats();
+    assert_eq!(stats.bytes_from_peers, 100_000);
+    assert_eq!(stats.per_peer["1"].down, 100_000);
+    assert_eq!(world.viewers[&1].stats().per_peer["2"].up, 100_000);
+    assert!(world.events.iter().any(|(v, e)| *v == 2 && matches!(e, Event::SegmentLoaded { from_peers: 100_000, .. })));
+}
+
+#[test]
+fn a_corrupting_uploader_is_cut_off_and_the_segment_still_arrives() {
+    let mut world = World::new(4, 100_000);
+    world.add(1, true);
+    world.add(2, false);
+    world.connect(1, 2);
+    answer(world.fetch(1, 0, Duration::from_millis(100))).unwrap();
+
+    let wanted = world.fetch(2, 0, Duration::from_secs(3));
+    world.advance(Duration::from_secs(4));
+    let delivery = answer(wanted).unwrap();
+    assert_eq!(delivery.concat(), world.origin.segments[&url(0)].to_vec(), "corrupt bytes reached the player");
+    assert!(world.disconnects.contains(&(2, 1, Misbehaviour::CorruptChunk)), "{:?}", world.disconnects);
+    assert!(world.events.iter().any(|(v, e)| *v == 2 && matches!(e, Event::PeerBanned { peer, .. } if peer == "1")));
+    assert!(!world.viewers[&2].knows(&1));
+    assert!(world.viewers[&2].stats().chunks_rejected >= 1);
+}
+
+#[test]
+fn a_segment_the_origin_lacks_fails_every_waiting_fetch() {
+    let mut world = World::new(1, 50_000);
+    world.add(1, false);
+    let (reply, missing) = oneshot::channel();
+    let now = world.now;
+    world.viewers.get_mut(&1).unwrap().fetch_segment(7, url(7), now, reply, now);
+    world.pump();
+    world.advance(Duration::from_secs(30));
+    assert!(matches!(answer(missing), Err(ShoalError::SegmentUnavailable(_))));
+    assert_eq!(world.viewers[&1].stats().segments_failed, 1);
+}
+
+#[test]
+fn a_page_asking_in_a_loop_is_bounded_and_shutdown_answers_everyone() {
+    let mut world = World::new(1, 50_000);
+    world.add(1, false);
+    // Nobody holds segment 0 and it is due in a minute: the fetches wait.
+    let answers: Vec<Answer> = (0..20).map(|_| world.fetch(1, 0, Duration::from_secs(60))).collect();
+    world.viewers.get_mut(&1).unwrap().shutdown();
+    let mut stopped = 0;
+    let mut refused = 0;
+    for a in answers {
+        match answer(a) {
+            Err(ShoalError::Overloaded(_)) => refused += 1,
+            Err(ShoalError::Stopped) => stopped += 1,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!((stopped, refused), (16, 4));
+}
+
+#[test]
+fn bad_bytes_offered_by_the_page_are_refused() {
+    let mut world = World::new(1, 50_000);
+    world.add(1, false);
+    answer(world.fetch(1, 0, Duration::from_millis(100))).unwrap();
+    let now = world.now;
+    let viewer = world.viewers.get_mut(&1).unwrap();
+    // Segment 0's record is known now: wrong bytes for it are refused, right ones kept.
+    let error = viewer.offer_segment(0, Bytes::from(vec![0u8; 50_000]), now);
+    assert!(matches!(error, Err(ShoalError::Integrity(_))), "{error:?}");
+    // Without a record nothing can be checked, so nothing is kept.
+    let error = viewer.offer_segment(3, Bytes::from(vec![0u8; 50_000]), now);
+    assert!(matches!(error, Err(ShoalError::Integrity(_))), "{error:?}");
+    let good = world.origin.segments[&url(0)].clone();
+    world.viewers.get_mut(&1).unwrap().offer_segment(0, good, now).unwrap();
+}
+
+#[test]
+fn record_urls_keep_the_query_last() {
+    assert_eq!(record_url("https://a/b.ts", ".shoal"), "https://a/b.ts.shoal");
+    assert_eq!(record_url("https://a/b.ts?x=1&y=2", ".sig"), "https://a/b.ts.sig?x=1&y=2");
+}
