@@ -105,6 +105,24 @@ pub struct Config {
     #[arg(long, env = "SHOAL_MAX_CONNECTIONS", default_value_t = 20_000)]
     pub max_connections: u32,
 
+    /// Most `/webrtc-direct` handshakes in progress at once (see README, "Known issues":
+    /// each failed one leaks a descriptor in libp2p-webrtc 0.10).
+    #[arg(long, env = "SHOAL_MAX_WEBRTC_HANDSHAKES", default_value_t = 64)]
+    pub max_webrtc_handshakes: usize,
+
+    /// New `/webrtc-direct` handshakes per second, on average.
+    #[arg(long, env = "SHOAL_WEBRTC_HANDSHAKES_PER_SEC", default_value_t = 20.0)]
+    pub webrtc_handshakes_per_sec: f64,
+
+    /// New `/webrtc-direct` handshakes at once, past the average.
+    #[arg(long, env = "SHOAL_WEBRTC_HANDSHAKE_BURST", default_value_t = 100.0)]
+    pub webrtc_handshake_burst: f64,
+
+    /// Failed `/webrtc-direct` handshakes (each leaks a descriptor upstream) after which
+    /// the node exits for its supervisor to restart it. 0: half the open-files limit.
+    #[arg(long, env = "SHOAL_WEBRTC_LEAK_BUDGET", default_value_t = 0)]
+    pub webrtc_leak_budget: u64,
+
     /// Most members of one swarm from one network (IPv4 /24, IPv6 /64).
     #[arg(long, env = "SHOAL_MAX_MEMBERS_PER_NETWORK", default_value_t = 64)]
     pub max_members_per_network: usize,
@@ -175,6 +193,15 @@ impl Config {
         if self.max_pending_per_ip == 0 || self.handshake_timeout_secs == 0 || self.http_header_timeout_secs == 0 {
             return Err(
                 "--max-pending-per-ip, --handshake-timeout-secs and --http-header-timeout-secs must be at least 1"
+                    .into(),
+            );
+        }
+        if self.max_webrtc_handshakes == 0
+            || !(self.webrtc_handshakes_per_sec.is_finite() && self.webrtc_handshakes_per_sec > 0.0)
+            || !(self.webrtc_handshake_burst.is_finite() && self.webrtc_handshake_burst >= 1.0)
+        {
+            return Err(
+                "--max-webrtc-handshakes, --webrtc-handshakes-per-sec and --webrtc-handshake-burst must be at least 1"
                     .into(),
             );
         }

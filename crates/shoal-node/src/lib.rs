@@ -18,6 +18,7 @@ pub mod membership;
 mod metrics;
 pub mod publish;
 mod relay_server;
+mod webrtc_gate;
 
 use std::{
     collections::HashMap,
@@ -65,12 +66,17 @@ pub enum NodeError {
     Config(String),
     #[error("setting up transports: {0}")]
     Transport(String),
+    /// See `webrtc_gate`: a supervisor should restart the node.
+    #[error("{0} WebRTC handshakes failed and leaked a descriptor each (libp2p-webrtc 0.10); restart to reclaim them")]
+    LeakBudgetSpent(u64),
 }
 
 #[derive(NetworkBehaviour)]
 struct Behaviour {
     limits: connection_limits::Behaviour,
     ip_limits: ip_limits::Behaviour,
+    // After every behaviour that may deny a pending connection (see its docs).
+    webrtc_gate: webrtc_gate::Behaviour,
     relay: relay_server::Relay,
     identify: identify::Behaviour,
     ping: ping::Behaviour,
@@ -90,6 +96,8 @@ pub struct Node {
     /// The address each connected peer reached us from (for the Sybil limits).
     peer_ips: HashMap<PeerId, IpAddr>,
     rng: rand::rngs::StdRng,
+    /// Set once the WebRTC leak budget is spent (see `webrtc_gate`): `run` then ends.
+    leaked: Option<u64>,
 }
 
 impl Node {
@@ -100,8 +108,9 @@ impl Node {
         let (keypair, certificate) = identity::load_or_create(&config.data_dir)?;
         let peer_id = keypair.public().to_peer_id();
 
+        let metrics = Arc::new(Metrics::default());
         let transport = build_transport(&keypair, certificate, Duration::from_secs(config.handshake_timeout_secs))?;
-        let behaviour = build_behaviour(&keypair, &config);
+        let behaviour = build_behaviour(&keypair, &config, &metrics);
         let swarm_config = libp2p::swarm::Config::with_tokio_executor()
             .with_idle_connection_timeout(Duration::from_secs(config.idle_timeout_secs));
         let mut swarm = Swarm::new(transport, behaviour, peer_id, swarm_config);
@@ -118,7 +127,6 @@ impl Node {
             listen(&mut swarm, ws)?;
         }
 
-        let metrics = Arc::new(Metrics::default());
         let refusals = http::HttpRefusals {
             total: metrics.http_refused_total.clone(),
             per_ip: metrics.http_refused_per_ip.clone(),
@@ -175,6 +183,7 @@ impl Node {
             listen_addrs: Vec::new(),
             peer_ips: HashMap::new(),
             rng: rand::rngs::StdRng::from_entropy(),
+            leaked: None,
         })
     }
 
@@ -194,7 +203,12 @@ impl Node {
         tokio::pin!(shutdown);
         loop {
             tokio::select! {
-                event = self.swarm.select_next_some() => self.on_event(event),
+                event = self.swarm.select_next_some() => {
+                    self.on_event(event);
+                    if let Some(failed) = self.leaked {
+                        return Err(NodeError::LeakBudgetSpent(failed));
+                    }
+                }
                 result = &mut http => {
                     return result.map_err(|source| NodeError::Io { context: "HTTP server".into(), source });
                 }
@@ -244,6 +258,8 @@ impl Node {
                     libp2p::swarm::ListenError::Denied { cause } => {
                         if cause.downcast_ref::<ip_limits::TooManyFromIp>().is_some() {
                             "connections_per_ip"
+                        } else if cause.downcast_ref::<webrtc_gate::GateClosed>().is_some() {
+                            "webrtc_handshakes"
                         } else {
                             "connection_limit"
                         }
@@ -260,6 +276,13 @@ impl Node {
             }
             SwarmEvent::Behaviour(BehaviourEvent::Membership(event)) => self.on_membership(event),
             SwarmEvent::Behaviour(BehaviourEvent::Relay(event)) => self.on_relay(event),
+            SwarmEvent::Behaviour(BehaviourEvent::WebrtcGate(webrtc_gate::Event::LeakBudgetSpent { failed })) => {
+                tracing::error!(
+                    failed,
+                    "{failed} WebRTC handshakes failed, each leaking a descriptor in libp2p-webrtc; exiting for a restart"
+                );
+                self.leaked = Some(failed);
+            }
             SwarmEvent::Behaviour(BehaviourEvent::Ping(ping::Event { peer, connection, result: Err(error) })) => {
                 // A browser tab that vanished sends nothing; don't keep handing it out.
                 tracing::debug!(%peer, %error, "ping failed; closing connection");
@@ -465,7 +488,7 @@ fn build_transport(
     Ok(webrtc.or_transport(ws).map(|either, _| either.into_inner()).boxed())
 }
 
-fn build_behaviour(keypair: &Keypair, config: &Config) -> Behaviour {
+fn build_behaviour(keypair: &Keypair, config: &Config, metrics: &Metrics) -> Behaviour {
     let peer_id = keypair.public().to_peer_id();
     let relay_config = relay_server::config(
         relay::Config {
@@ -498,6 +521,18 @@ fn build_behaviour(keypair: &Keypair, config: &Config) -> Behaviour {
                 .with_max_established_per_peer(Some(4)),
         ),
         ip_limits: ip_limits::Behaviour::new(config.max_connections_per_ip, config.max_pending_per_ip),
+        webrtc_gate: webrtc_gate::Behaviour::new(
+            webrtc_gate::GateConfig {
+                max_in_flight: config.max_webrtc_handshakes,
+                rate: config.webrtc_handshakes_per_sec,
+                burst: config.webrtc_handshake_burst,
+                leak_budget: match config.webrtc_leak_budget {
+                    0 => webrtc_gate::default_leak_budget(),
+                    n => n,
+                },
+            },
+            metrics.webrtc_handshakes_failed.clone(),
+        ),
         relay: relay_server::Relay::new(peer_id, relay_config),
         identify: identify::Behaviour::new(identify::Config::new("/shoal/1".into(), keypair.public())),
         ping: ping::Behaviour::new(

@@ -39,6 +39,8 @@ pub struct Metrics {
     pub refusals: Family<ReasonLabels, Counter>,
     pub http_refused_total: Counter,
     pub http_refused_per_ip: Counter,
+    /// Inbound `/webrtc-direct` handshakes that failed (each leaks upstream).
+    pub webrtc_handshakes_failed: Counter,
 }
 
 impl Metrics {
@@ -59,6 +61,11 @@ impl Metrics {
             "http_refused_full",
             "HTTP connections closed at once: the server was full",
             self.http_refused_total.clone(),
+        );
+        r.register(
+            "webrtc_handshakes_failed",
+            "Inbound /webrtc-direct handshakes that failed (each leaks a descriptor in libp2p-webrtc 0.10)",
+            self.webrtc_handshakes_failed.clone(),
         );
         r.register(
             "http_refused_per_ip",
