@@ -470,6 +470,13 @@ async fn fetch_well_known(url: Option<&str>) -> Result<Vec<String>, ShoalError> 
     Ok(doc.multiaddrs)
 }
 
+/// Diagnostics: the 32-byte stream id a swarm's piece streams name in their `Hello`
+/// (tests use it to play a misbehaving peer).
+#[wasm_bindgen(js_name = debugStreamId)]
+pub fn debug_stream_id(swarm: &str) -> Vec<u8> {
+    shoal_core::StreamId::from_name(swarm).0.to_vec()
+}
+
 /// Whether this browser can make peer connections (some embedded views and hardened
 /// profiles remove `RTCPeerConnection`).
 fn has_webrtc() -> bool {
