@@ -7,6 +7,13 @@ cargo build --release -p shoal-node
 cargo build -p shoal-browser --target wasm32-unknown-unknown --profile wasm-release
 wasm-bindgen --target web --out-dir pkg --out-name shoal \
   target/wasm32-unknown-unknown/wasm-release/shoal_browser.wasm
+# Binaryen's -O1 takes ~2% off the gzipped wasm (measured: -Os and -Oz make the raw file
+# smaller but the gzipped one larger, so they are not used). The features are those
+# Rust 1.95 emits for wasm32-unknown-unknown.
+node_modules/binaryen/bin/wasm-opt -O1 --strip-producers \
+  --enable-bulk-memory --enable-sign-ext --enable-mutable-globals \
+  --enable-nontrapping-float-to-int --enable-reference-types --enable-multivalue \
+  pkg/shoal_bg.wasm -o pkg/shoal_bg.wasm
 # The hand-written JS layer and types of the npm package (sources in web/src/).
 cp web/src/index.js web/src/index.d.ts web/src/hls.js web/src/hls.d.ts pkg/
 # The demo page loads hls.js from here (no CDN: the demo works offline).

@@ -6,13 +6,14 @@
 //! Plain data owned by the runtime, like [`crate::pieces::Pieces`]: method calls in,
 //! [`GossipEffect`]s out. Natively testable (validators are closures).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 
 use bytes::Bytes;
 use libp2p_identity::{Keypair, PeerId, PublicKey};
 use shoal_core::{
     Instant,
     gossip::{Gossip, GossipConfig, GossipMessage, GossipOutput, Publication, PublishError, Received, Verdict},
+    vecmap::VecMap,
 };
 
 use crate::{
@@ -38,7 +39,7 @@ pub struct Gossiping {
     gossip: Gossip<PeerId>,
     keypair: Keypair,
     origin: Bytes,
-    validators: HashMap<String, Option<Validator>>,
+    validators: VecMap<String, Option<Validator>>,
     stats: GossipStats,
     seqno: u64,
     effects: VecDeque<GossipEffect>,
@@ -72,7 +73,7 @@ impl Gossiping {
             origin: Bytes::from(keypair.public().to_peer_id().to_bytes()),
             keypair,
             gossip: Gossip::new(config, seed, clock_offset_ms),
-            validators: HashMap::new(),
+            validators: VecMap::new(),
             stats: GossipStats::default(),
             seqno: 0,
             effects: VecDeque::new(),
@@ -207,7 +208,7 @@ impl Gossiping {
 
 /// The page's half of checking a new publication: the origin's signature, then the
 /// page's validator for the topic.
-fn check(publication: &Publication, validators: &HashMap<String, Option<Validator>>) -> Verdict {
+fn check(publication: &Publication, validators: &VecMap<String, Option<Validator>>) -> Verdict {
     let Some(key) = public_key_of(&publication.origin) else {
         return Verdict::Reject("origin is not a PeerId with an inline key".into());
     };

@@ -6,18 +6,17 @@
 //! fetches to make, peers to cut off, events). Nothing here touches the browser, so the
 //! tests drive it natively, with integer peers.
 
-use std::{
-    collections::{HashMap, HashSet, VecDeque},
-    fmt::Display,
-    sync::Arc,
-    time::Duration,
-};
+use std::{collections::VecDeque, fmt::Display, sync::Arc, time::Duration};
 
 use bytes::Bytes;
 use futures::channel::oneshot;
 use shoal_core::{
     Config as EngineConfig, Delivery, Engine, Event as EngineEvent, Instant, Message, Misbehaviour, Output,
-    PublisherKey, SegmentId, SegmentInfo, SignedRecord, StreamId, codec::Frame, engine::PeerKey, wire::FrameDecoder,
+    PublisherKey, SegmentId, SegmentInfo, SignedRecord, StreamId,
+    codec::Frame,
+    engine::PeerKey,
+    vecmap::{VecMap, VecSet},
+    wire::FrameDecoder,
 };
 
 use crate::{
@@ -78,12 +77,12 @@ pub struct Pieces<P: PeerKey> {
     engine: Engine<P>,
     record_suffix: String,
     corrupt_uploads: bool,
-    urls: HashMap<SegmentId, String>,
-    pending: HashMap<SegmentId, Vec<Reply>>,
-    traffic: HashMap<P, PeerTraffic>,
+    urls: VecMap<SegmentId, String>,
+    pending: VecMap<SegmentId, Vec<Reply>>,
+    traffic: VecMap<P, PeerTraffic>,
     segments_failed: u64,
     /// Peers the engine knows.
-    peers: HashSet<P>,
+    peers: VecSet<P>,
     effects: VecDeque<Effect<P>>,
 }
 
@@ -100,11 +99,11 @@ impl<P: PeerKey + Display> Pieces<P> {
             stream_id,
             record_suffix: options.record_suffix,
             corrupt_uploads: options.corrupt_uploads,
-            urls: HashMap::new(),
-            pending: HashMap::new(),
-            traffic: HashMap::new(),
+            urls: VecMap::new(),
+            pending: VecMap::new(),
+            traffic: VecMap::new(),
             segments_failed: 0,
-            peers: HashSet::new(),
+            peers: VecSet::new(),
             effects: VecDeque::new(),
         }
     }
@@ -138,7 +137,7 @@ impl<P: PeerKey + Display> Pieces<P> {
     /// A decoded message from `peer`.
     pub fn on_message(&mut self, peer: P, message: Message, now: Instant) {
         if let Message::Data { data, .. } = &message {
-            self.traffic.entry(peer).or_default().down += data.len() as u64;
+            self.traffic.get_or_default(peer).down += data.len() as u64;
         }
         self.engine.handle_message(peer, message, now);
     }
@@ -173,7 +172,7 @@ impl<P: PeerKey + Display> Pieces<P> {
     /// The player needs segment `id` (at `url`) by `deadline`; `reply` gets it.
     pub fn fetch_segment(&mut self, id: u64, url: String, deadline: Instant, reply: Reply, now: Instant) {
         let segment = SegmentId(id);
-        let waiting = self.pending.entry(segment).or_default();
+        let waiting = self.pending.get_or_default(segment);
         if waiting.len() >= MAX_PENDING_PER_SEGMENT {
             let _ = reply.send(Err(ShoalError::Overloaded("fetches of one segment")));
             return;
@@ -325,7 +324,7 @@ impl<P: PeerKey + Display> Pieces<P> {
 
     fn send(&mut self, peer: P, mut message: Message) {
         if let Message::Data { id, segment, chunk, data } = &message {
-            self.traffic.entry(peer).or_default().up += data.len() as u64;
+            self.traffic.get_or_default(peer).up += data.len() as u64;
             if self.corrupt_uploads {
                 let mut bad = data.to_vec();
                 if let Some(b) = bad.first_mut() {

@@ -17,7 +17,7 @@
 
 use std::{
     cell::{Cell, RefCell},
-    collections::{HashMap, HashSet},
+    collections::HashSet,
     rc::Rc,
     time::Duration,
 };
@@ -43,7 +43,12 @@ use libp2p::{
         dial_opts::{DialOpts, PeerCondition},
     },
 };
-use shoal_core::{Instant, Message, codec::Frame, gossip::GossipMessage};
+use shoal_core::{
+    Instant, Message,
+    codec::Frame,
+    gossip::GossipMessage,
+    vecmap::{VecMap, VecSet},
+};
 use shoal_proto::{MembershipRequest, MembershipResponse};
 
 use crate::{
@@ -197,22 +202,22 @@ pub(crate) fn start(config: Config, nodes: Vec<Multiaddr>, emit: EventSink) -> R
         commands,
         inputs_tx,
         inputs,
-        memberships: HashMap::new(),
+        memberships: VecMap::new(),
         gossip,
-        gossip_links: HashMap::new(),
-        gossip_reopens: HashMap::new(),
-        foreign: HashSet::new(),
-        inbound: HashMap::new(),
-        writers: HashMap::new(),
+        gossip_links: VecMap::new(),
+        gossip_reopens: VecMap::new(),
+        foreign: VecSet::new(),
+        inbound: VecMap::new(),
+        writers: VecMap::new(),
         next_link: 0,
-        direct: HashMap::new(),
-        relayed: HashSet::new(),
-        dials: HashMap::new(),
-        dial_replies: HashMap::new(),
-        rtt: HashMap::new(),
-        banned: HashMap::new(),
+        direct: VecMap::new(),
+        relayed: VecSet::new(),
+        dials: VecMap::new(),
+        dial_replies: VecMap::new(),
+        rtt: VecMap::new(),
+        banned: VecMap::new(),
         http: FuturesUnordered::new(),
-        fetches: HashMap::new(),
+        fetches: VecMap::new(),
         uplink: Uplink::new(),
         timer: Delay::new(Duration::ZERO).fuse(),
         timer_at: Some(Instant::ZERO),
@@ -288,13 +293,13 @@ struct PieceSwarm {
     pieces: Pieces<PeerId>,
     /// Our two outbound links to each member: control (announcements, requests) and
     /// data (chunks, records), so announcements never wait behind megabytes.
-    links: HashMap<PeerId, (Writer, Writer)>,
+    links: VecMap<PeerId, (Writer, Writer)>,
     /// Peers whose links kept failing: left alone until they greet us.
-    dormant: HashSet<PeerId>,
-    reopens: HashMap<PeerId, (u32, Instant)>,
+    dormant: VecSet<PeerId>,
+    reopens: VecMap<PeerId, (u32, Instant)>,
     /// Peers that greeted us on some link already (a second greeting means their side
     /// started over: we greet again).
-    greeted: HashSet<PeerId>,
+    greeted: VecSet<PeerId>,
 }
 
 /// One of our outbound links, by owner.
@@ -380,26 +385,26 @@ struct Runtime {
     commands: mpsc::Receiver<Command>,
     inputs_tx: mpsc::Sender<Input>,
     inputs: mpsc::Receiver<Input>,
-    memberships: HashMap<String, Membership>,
+    memberships: VecMap<String, Membership>,
     gossip: Gossiping,
-    gossip_links: HashMap<PeerId, Writer>,
-    gossip_reopens: HashMap<PeerId, (u32, Instant)>,
+    gossip_links: VecMap<PeerId, Writer>,
+    gossip_reopens: VecMap<PeerId, (u32, Instant)>,
     /// Connected peers that speak neither pieces nor gossip (not Shoal pages), by
     /// protocol: not asked again until they reconnect.
-    foreign: HashSet<(PeerId, bool)>,
-    inbound: HashMap<LinkId, InboundLink>,
-    writers: HashMap<LinkId, WriterOwner>,
+    foreign: VecSet<(PeerId, bool)>,
+    inbound: VecMap<LinkId, InboundLink>,
+    writers: VecMap<LinkId, WriterOwner>,
     next_link: LinkId,
-    direct: HashMap<PeerId, Vec<DirectConnection>>,
-    relayed: HashSet<ConnectionId>,
-    dials: HashMap<ConnectionId, Dial>,
+    direct: VecMap<PeerId, Vec<DirectConnection>>,
+    relayed: VecSet<ConnectionId>,
+    dials: VecMap<ConnectionId, Dial>,
     /// Dials a JavaScript call waits on (`connect`, diagnostics).
-    dial_replies: HashMap<ConnectionId, Reply<()>>,
-    rtt: HashMap<PeerId, Duration>,
+    dial_replies: VecMap<ConnectionId, Reply<()>>,
+    rtt: VecMap<PeerId, Duration>,
     /// Banned peers, until when.
-    banned: HashMap<PeerId, Instant>,
+    banned: VecMap<PeerId, Instant>,
     http: FuturesUnordered<LocalBoxFuture<'static, HttpDone>>,
-    fetches: HashMap<(String, u64), web_sys::AbortController>,
+    fetches: VecMap<(String, u64), web_sys::AbortController>,
     uplink: Uplink,
     timer: Fuse<Delay>,
     timer_at: Option<Instant>,
@@ -495,7 +500,7 @@ impl Runtime {
     fn drain(&mut self) {
         loop {
             let mut effects = Vec::new();
-            for (name, m) in &mut self.memberships {
+            for (name, m) in self.memberships.iter_mut() {
                 if let Some(p) = &mut m.pieces {
                     effects.extend(std::iter::from_fn(|| p.pieces.poll_effect()).map(|e| (name.clone(), e)));
                 }
@@ -954,7 +959,7 @@ impl Runtime {
 
     fn join(&mut self, name: String, options: Option<Box<PiecesOptions>>) {
         let now = now();
-        let membership = self.memberships.entry(name.clone()).or_insert_with(|| Membership {
+        let membership = self.memberships.get_or_insert_with(name.clone(), || Membership {
             joined: false,
             last_join: None,
             pending: None,
@@ -966,10 +971,10 @@ impl Runtime {
             pieces.set_swarm_size(membership.size_hint);
             membership.pieces = Some(PieceSwarm {
                 pieces,
-                links: HashMap::new(),
-                dormant: HashSet::new(),
-                reopens: HashMap::new(),
-                greeted: HashSet::new(),
+                links: VecMap::new(),
+                dormant: VecSet::new(),
+                reopens: VecMap::new(),
+                greeted: VecSet::new(),
             });
         }
         if self.node.address.is_some() && membership.pending.is_none() {
@@ -1286,7 +1291,7 @@ impl Runtime {
             return;
         }
         let dialer = endpoint.is_dialer();
-        let connections = self.direct.entry(peer).or_default();
+        let connections = self.direct.get_or_default(peer);
         connections.push(DirectConnection { id, dialer, remote_addr: remote_addr.clone() });
         if connections.len() > 1 {
             self.deduplicate(peer);
@@ -1460,8 +1465,8 @@ impl Runtime {
 }
 
 /// Counts a reopen of links to `peer`; false once past [`MAX_REOPENS`] in the window.
-fn reopen_allowed(reopens: &mut HashMap<PeerId, (u32, Instant)>, peer: PeerId, now: Instant) -> bool {
-    let (count, since) = reopens.entry(peer).or_insert((0, now));
+fn reopen_allowed(reopens: &mut VecMap<PeerId, (u32, Instant)>, peer: PeerId, now: Instant) -> bool {
+    let (count, since) = reopens.get_or_insert_with(peer, || (0, now));
     if now.saturating_since(*since) > REOPEN_WINDOW {
         *count = 0;
         *since = now;

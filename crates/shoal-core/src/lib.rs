@@ -21,6 +21,7 @@ pub mod engine;
 pub mod gossip;
 pub mod integrity;
 pub mod time;
+pub mod vecmap;
 pub mod wire;
 
 pub use config::Config;

@@ -17,9 +17,9 @@
 //! time (VOD, or a publisher that does not stamp): they pass only while no anchor has a
 //! time either.
 
-use std::{collections::BTreeMap, time::Duration};
+use std::time::Duration;
 
-use crate::integrity::SegmentId;
+use crate::{integrity::SegmentId, vecmap::VecMap};
 
 /// How much earlier than a lower segment's record a record may claim to be published.
 pub(crate) const SLACK: Duration = Duration::from_secs(60);
@@ -40,7 +40,7 @@ pub(crate) enum Stale {
 #[derive(Debug, Default)]
 pub(crate) struct Freshness {
     /// Publication times of trusted records, by segment.
-    anchors: BTreeMap<SegmentId, u64>,
+    anchors: VecMap<SegmentId, u64>,
 }
 
 impl Freshness {

@@ -2,9 +2,9 @@
 //! to HTTP when what is missing could only just still arrive over HTTP before its
 //! deadline, at this viewer's measured origin speed.
 
-use std::{collections::BTreeMap, time::Duration};
+use std::time::Duration;
 
-use crate::{integrity::SegmentId, time::Instant};
+use crate::{integrity::SegmentId, time::Instant, vecmap::VecMap};
 
 /// Time to first byte assumed before anything is measured.
 const INITIAL_LATENCY: Duration = Duration::from_millis(100);
@@ -74,7 +74,7 @@ pub(crate) struct Settled {
 
 #[derive(Debug)]
 pub(crate) struct Http {
-    pub inflight: BTreeMap<u64, Fetch>,
+    pub inflight: VecMap<u64, Fetch>,
     next_id: u64,
     /// Smoothed time to first byte, and throughput after it.
     latency: Duration,
@@ -93,7 +93,7 @@ const RECENT: usize = 32;
 impl Default for Http {
     fn default() -> Self {
         Self {
-            inflight: BTreeMap::new(),
+            inflight: VecMap::new(),
             next_id: 0,
             latency: INITIAL_LATENCY,
             throughput: INITIAL_THROUGHPUT,

@@ -45,7 +45,7 @@ mod schedule;
 mod segment;
 mod upload;
 
-use std::{collections::BTreeMap, fmt::Debug, hash::Hash, sync::Arc, time::Duration};
+use std::{fmt::Debug, hash::Hash, sync::Arc, time::Duration};
 
 use bytes::Bytes;
 use rand::{Rng, SeedableRng};
@@ -66,6 +66,7 @@ use crate::{
     config::Config,
     integrity::{IntegrityError, PublisherKey, SegmentId, SignedRecord, StreamId},
     time::Instant,
+    vecmap::VecMap,
     wire::{Message, PROTOCOL_VERSION},
 };
 
@@ -232,15 +233,15 @@ pub struct Engine<P: PeerKey> {
     publisher: PublisherKey,
     rng: ChaCha8Rng,
     now: Instant,
-    peers: BTreeMap<P, Peer>,
+    peers: VecMap<P, Peer>,
     segments: Segments,
-    wants: BTreeMap<SegmentId, Instant>,
+    wants: VecMap<SegmentId, Instant>,
     requests: Requests<P>,
     http: Http,
     uploads: Uploads<P>,
     freshness: Freshness,
     /// Trusted records of segments we hold no entry for (yet): attached when we do.
-    records: BTreeMap<SegmentId, Arc<SignedRecord>>,
+    records: VecMap<SegmentId, Arc<SignedRecord>>,
     /// The playlist's first and last segment, once known.
     playlist: Option<(SegmentId, SegmentId)>,
     outputs: std::collections::VecDeque<Output<P>>,
@@ -261,7 +262,7 @@ pub struct Engine<P: PeerKey> {
     /// Most inputs concern one segment (an announcement, a chunk): re-planning every
     /// wanted segment against every neighbour after each would cost a swarm of
     /// thousands most of its time.
-    replan: std::collections::BTreeSet<SegmentId>,
+    replan: VecMap<SegmentId, ()>,
     replan_all: bool,
     /// (peer, segment) pairs where only that peer's offer changed (it announced chunks,
     /// or a request slot of it freed): asking it alone is enough.
@@ -281,13 +282,13 @@ impl<P: PeerKey> Engine<P> {
             publisher,
             rng: ChaCha8Rng::seed_from_u64(seed),
             now,
-            peers: BTreeMap::new(),
+            peers: VecMap::new(),
             segments: Segments::default(),
-            wants: BTreeMap::new(),
+            wants: VecMap::new(),
             requests: Requests::default(),
             http: Http::default(),
             freshness: Freshness::default(),
-            records: BTreeMap::new(),
+            records: VecMap::new(),
             playlist: None,
             outputs: std::collections::VecDeque::new(),
             swarm_size: 1,
@@ -297,7 +298,7 @@ impl<P: PeerKey> Engine<P> {
             early_extra: 0.0,
             started: now,
             dirty: Vec::new(),
-            replan: std::collections::BTreeSet::new(),
+            replan: VecMap::new(),
             replan_all: true,
             ask: Vec::new(),
             stats: Stats::default(),
@@ -363,14 +364,14 @@ impl<P: PeerKey> Engine<P> {
     /// Marks `segment` for re-planning at the end of this input.
     fn replan(&mut self, segment: SegmentId) {
         if !self.replan_all {
-            self.replan.insert(segment);
+            self.replan.insert(segment, ());
         }
     }
 
     /// `peer` now offers (more of) `segment`: ask it for what we miss, at the end of
     /// this input.
     fn ask(&mut self, peer: P, segment: SegmentId) {
-        if !self.replan_all && !self.replan.contains(&segment) {
+        if !self.replan_all && !self.replan.contains_key(&segment) {
             self.ask.push((peer, segment));
         }
     }
@@ -501,7 +502,7 @@ impl<P: PeerKey> Engine<P> {
         let mut have = SegmentSet::new();
         let mut fetching = SegmentSet::new();
         if self.config.upload_enabled {
-            for (id, segment) in &self.segments.map {
+            for (id, segment) in self.segments.map.iter() {
                 if segment.complete() {
                     have.insert(*id);
                 } else if !segment.http.is_empty() && segment.record.is_none() {
@@ -543,7 +544,7 @@ impl<P: PeerKey> Engine<P> {
                 peer.restrict(low, top);
             }
             if self.config.live {
-                self.records = self.records.split_off(&low);
+                self.records.remove_below(&low);
                 let stale: Vec<SegmentId> = self
                     .segments
                     .map

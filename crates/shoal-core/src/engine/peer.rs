@@ -1,12 +1,13 @@
 //! What we know of one neighbour: what it holds and fetches (only inside our window),
 //! how fast it delivers to us, and whether it keeps its word.
 
-use std::{collections::BTreeMap, time::Duration};
+use std::time::Duration;
 
 use crate::{
     availability::{ChunkSet, SegmentSet},
     integrity::SegmentId,
     time::Instant,
+    vecmap::VecMap,
 };
 
 /// Most segments a neighbour may describe chunk by chunk at once (a live window holds
@@ -33,9 +34,9 @@ pub(crate) struct Peer {
     /// Segments it fetches from the origin (it defers our requests until they arrive).
     pub fetching: SegmentSet,
     /// Chunks it holds of segments it is still fetching.
-    pub partial: BTreeMap<SegmentId, ChunkSet>,
+    pub partial: VecMap<SegmentId, ChunkSet>,
     /// Chunks it fetches from the origin now (it defers our requests until they arrive).
-    pub incoming: BTreeMap<SegmentId, ChunkSet>,
+    pub incoming: VecMap<SegmentId, ChunkSet>,
     /// Bytes per second it delivered to us, exponentially weighted; 0 until measured.
     pub rate: f64,
     /// Not asked anything before this (after a timeout or `Busy`).
@@ -55,8 +56,8 @@ impl Peer {
             hello: false,
             have: SegmentSet::new(),
             fetching: SegmentSet::new(),
-            partial: BTreeMap::new(),
-            incoming: BTreeMap::new(),
+            partial: VecMap::new(),
+            incoming: VecMap::new(),
             rate: 0.0,
             cooldown_until: Instant::ZERO,
             busy_streak: 0,

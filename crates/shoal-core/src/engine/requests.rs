@@ -3,10 +3,8 @@
 //! requests have run out of time. Nothing else records a request, so nothing can drift
 //! out of step with it.
 
-use std::collections::BTreeMap;
-
 use super::PeerKey;
-use crate::{integrity::SegmentId, time::Instant};
+use crate::{integrity::SegmentId, time::Instant, vecmap::VecMap};
 
 /// One chunk asked of one peer.
 #[derive(Debug, Clone)]
@@ -24,15 +22,15 @@ pub(crate) struct Request<P> {
 /// See the module docs.
 #[derive(Debug)]
 pub(crate) struct Requests<P> {
-    by_id: BTreeMap<u32, Request<P>>,
-    by_chunk: BTreeMap<(SegmentId, u32), u32>,
-    per_peer: BTreeMap<P, usize>,
+    by_id: VecMap<u32, Request<P>>,
+    by_chunk: VecMap<(SegmentId, u32), u32>,
+    per_peer: VecMap<P, usize>,
     next_id: u32,
 }
 
 impl<P: PeerKey> Default for Requests<P> {
     fn default() -> Self {
-        Self { by_id: BTreeMap::new(), by_chunk: BTreeMap::new(), per_peer: BTreeMap::new(), next_id: 0 }
+        Self { by_id: VecMap::new(), by_chunk: VecMap::new(), per_peer: VecMap::new(), next_id: 0 }
     }
 }
 
@@ -47,7 +45,7 @@ impl<P: PeerKey> Requests<P> {
         let id = self.next_id;
         self.next_id = self.next_id.wrapping_add(1);
         self.by_chunk.insert((request.segment, request.chunk), id);
-        *self.per_peer.entry(request.peer).or_default() += 1;
+        *self.per_peer.get_or_default(request.peer) += 1;
         self.by_id.insert(id, request);
         id
     }

@@ -39,24 +39,24 @@ impl<P: PeerKey> Engine<P> {
         let marked = std::mem::take(&mut self.replan);
         let asks = std::mem::take(&mut self.ask);
         let wanted: Vec<(SegmentId, Instant)> =
-            self.wants.iter().filter(|(s, _)| all || marked.contains(s)).map(|(s, d)| (*s, *d)).collect();
+            self.wants.iter().filter(|(s, _)| all || marked.contains_key(s)).map(|(s, d)| (*s, *d)).collect();
         for (segment, deadline) in wanted {
             self.advance(segment, Some(deadline));
         }
         if !all {
             for (peer, segment) in asks {
-                if !marked.contains(&segment) {
+                if !marked.contains_key(&segment) {
                     self.ask_peer(peer, segment);
                 }
             }
         }
-        let prefetch = if all || marked.iter().any(|s| !self.wants.contains_key(s)) {
+        let prefetch = if all || marked.keys().any(|s| !self.wants.contains_key(s)) {
             self.prefetch_candidates()
         } else {
             Vec::new()
         };
         for segment in prefetch {
-            if all || marked.contains(&segment) {
+            if all || marked.contains_key(&segment) {
                 self.ensure_segment(segment);
                 self.advance(segment, None);
             }
@@ -839,7 +839,7 @@ impl<P: PeerKey> Engine<P> {
             consider(t);
         }
         let mut waiting_on_peers = false;
-        for (segment, deadline) in &self.wants {
+        for (segment, deadline) in self.wants.iter() {
             let Some(entry) = self.segments.get(*segment) else { continue };
             if entry.complete() {
                 continue;

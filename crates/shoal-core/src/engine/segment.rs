@@ -2,7 +2,9 @@
 //! exist only for segments the player wants, we prefetch, or we hold — never because a
 //! neighbour mentioned one — and there are never more than [`MAX_SEGMENTS`].
 
-use std::{collections::BTreeMap, sync::Arc};
+use std::sync::Arc;
+
+use crate::vecmap::VecMap;
 
 use bytes::Bytes;
 
@@ -139,7 +141,7 @@ impl Segment {
 /// See the module docs.
 #[derive(Debug, Default)]
 pub(crate) struct Segments {
-    pub map: BTreeMap<SegmentId, Segment>,
+    pub map: VecMap<SegmentId, Segment>,
     /// Bytes of chunk data held, in all.
     pub cached_bytes: u64,
 }
