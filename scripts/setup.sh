@@ -54,3 +54,15 @@ if [ ! -f "$media/stream.m3u8" ]; then
     "$media/stream.m3u8.tmp"
   mv "$media/stream.m3u8.tmp" "$media/stream.m3u8"
 fi
+
+# The same content as fMP4/CMAF (an init segment, then .m4s media segments): remuxed
+# from the MPEG-TS rendition, no re-encoding. The demo's default stream.
+if [ ! -f "$media/fmp4/stream.m3u8" ]; then
+  step "remuxing the demo stream to fMP4"
+  mkdir -p "$media/fmp4"
+  ffmpeg -hide_banner -loglevel error -y -i "$media/stream.m3u8" -c copy -bsf:a aac_adtstoasc \
+    -f hls -hls_time 2 -hls_playlist_type vod -hls_segment_type fmp4 \
+    -hls_fmp4_init_filename init.mp4 -hls_segment_filename "$media/fmp4/seg%03d.m4s" \
+    "$media/fmp4/stream.m3u8.tmp"
+  mv "$media/fmp4/stream.m3u8.tmp" "$media/fmp4/stream.m3u8"
+fi

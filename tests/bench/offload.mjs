@@ -5,7 +5,7 @@
 // (PSS of every Chromium process, and per tab the JS heap and the wasm heap).
 //
 // Run: scripts/bench.sh offload   (inside the test network namespace)
-// Env: BENCH_TABS="4 8 12", BENCH_WARMUP_S=20, BENCH_MEASURE_S=40
+// Env: BENCH_TABS="4 8 12", BENCH_WARMUP_S=20, BENCH_MEASURE_S=40, BENCH_FORMAT=fmp4|ts
 
 import { readFileSync, readdirSync } from 'node:fs';
 import { startNode } from '../e2e/harness.mjs';
@@ -14,6 +14,7 @@ import { describe, launchBrowser, measurePlayback, openViewers } from '../e2e/vi
 const TABS = (process.env.BENCH_TABS ?? '4 8 12').split(/\s+/).filter(Boolean).map(Number);
 const WARMUP = Number(process.env.BENCH_WARMUP_S ?? 20) * 1000;
 const MEASURE = Number(process.env.BENCH_MEASURE_S ?? 40) * 1000;
+const FORMAT = process.env.BENCH_FORMAT ?? 'fmp4';
 const CLOCK_TICKS = 100; // USER_HZ on Linux
 
 /** Every process descended from this one (the browser and its children). */
@@ -97,12 +98,12 @@ async function run(tabs, query) {
 }
 
 const mb = (n) => `${(n / 1e6).toFixed(1)} MB`;
-console.log(`warm-up ${WARMUP / 1000} s, measured ${MEASURE / 1000} s; demo stream: 2 s segments, 3 segments behind live`);
+console.log(`warm-up ${WARMUP / 1000} s, measured ${MEASURE / 1000} s; demo stream (${FORMAT}): 2 s segments, 3 segments behind live`);
 const rows = [];
 for (const tabs of TABS) {
-  const shoal = await run(tabs, '');
+  const shoal = await run(tabs, `format=${FORMAT}`);
   console.log(`shoal     ${describe(shoal)}, dropped frames ${shoal.droppedFrames}, CPU ${shoal.cpuCores.toFixed(2)} cores, PSS ${mb(shoal.pss)}`);
-  const plain = await run(tabs, 'shoal=0');
+  const plain = await run(tabs, `format=${FORMAT}&shoal=0`);
   console.log(`http-only ${describe(plain)}, dropped frames ${plain.droppedFrames}, CPU ${plain.cpuCores.toFixed(2)} cores, PSS ${mb(plain.pss)}`);
   rows.push({ tabs, shoal, plain });
 }
@@ -114,6 +115,12 @@ for (const { tabs, shoal, plain } of rows) {
   console.log(`| ${tabs} | ${(100 * shoal.offload).toFixed(1)} % | ${(100 * shoal.ceiling).toFixed(1)} % | ${(shoal.offload / shoal.ceiling).toFixed(3)} | ` +
     `${shoal.stalls} / ${plain.stalls} | ${shoal.waiting} / ${plain.waiting} | ${shoal.droppedFrames} / ${plain.droppedFrames} | ` +
     `${shoal.latency.toFixed(1)} / ${plain.latency.toFixed(1)} | ${originRatio.toFixed(3)} | ${shoal.cpuCores.toFixed(2)} / ${plain.cpuCores.toFixed(2)} |`);
+}
+console.log('\n| tabs | start-up median ms (Shoal / plain hls.js) | ratio | start-up max ms (Shoal / plain) |');
+console.log('|---|---|---|---|');
+for (const { tabs, shoal, plain } of rows) {
+  console.log(`| ${tabs} | ${shoal.startup.median.toFixed(0)} / ${plain.startup.median.toFixed(0)} | ` +
+    `${(shoal.startup.median / plain.startup.median).toFixed(2)} | ${shoal.startup.max.toFixed(0)} / ${plain.startup.max.toFixed(0)} |`);
 }
 console.log('\n| tabs | browser PSS Shoal | browser PSS HTTP-only | extra per tab | JS heap per tab (Shoal / HTTP-only) | wasm heap per tab |');
 console.log('|---|---|---|---|---|---|');

@@ -21,7 +21,14 @@ test('fragment deadlines leave hls.js its measured buffering time', async (t) =>
         MANIFEST_LOADING: 'manifestLoading', MEDIA_ATTACHED: 'mediaAttached',
         LEVEL_LOADED: 'levelLoaded', FRAG_BUFFERED: 'fragBuffered',
       };
-      static DefaultConfig = { loader: class { constructor() { this.stats = {}; } destroy() {} abort() {} } };
+      // hls.js's loaders carry a LoadStats from construction.
+      static DefaultConfig = {
+        loader: class {
+          constructor() { this.stats = { aborted: false, loaded: 0, total: 0, loading: { start: 0, first: 0, end: 0 } }; }
+          destroy() {}
+          abort() {}
+        },
+      };
       handlers = {};
       media = { currentTime: 10, paused: false, playbackRate: 1 };
       on(event, fn) { this.handlers[event] = fn; }
@@ -59,6 +66,15 @@ test('fragment deadlines leave hls.js its measured buffering time', async (t) =>
     out.due = slack(10.5); // less time left than the allowance: due now
     await loadAndBuffer(12, 4500); // a throttled background tab: capped
     out.capped = integration.processingMs;
+
+    // hls.js keeps the loader's stats object (frag.stats) from construction and its ABR
+    // reads it after the load: a peer delivery fills that same object.
+    const loader = new fLoader({});
+    const statsAtConstruction = loader.stats;
+    await new Promise((resolve) => loader.load({ frag: { sn: 13, start: 20 }, url: '/seg13.ts' }, {}, { onSuccess: resolve }));
+    out.sameStats = loader.stats === statsAtConstruction;
+    out.loaded = statsAtConstruction.loaded;
+    out.timed = statsAtConstruction.loading.end >= statsAtConstruction.loading.start && statsAtConstruction.loading.start > 0;
     return out;
   });
 
@@ -75,4 +91,7 @@ test('fragment deadlines leave hls.js its measured buffering time', async (t) =>
   assert.ok(result.afterFast > result.afterSlow + 800, `slack recovers: ${result.afterFast} vs ${result.afterSlow}`);
   assert.ok(Math.abs(result.due) < 50, `a fragment closer than the allowance is due now: ${result.due}`);
   assert.equal(result.capped, 4000, 'one very slow buffering raises the allowance to 4 s at most');
+  assert.ok(result.sameStats, 'the loader keeps the stats object hls.js holds');
+  assert.equal(result.loaded, 8, 'a peer delivery is counted in it');
+  assert.ok(result.timed, 'with its load times');
 });

@@ -14,7 +14,7 @@ const MiB = 1024 * 1024;
 const PIECES = '/shoal/pieces/2';
 
 /** Victim-side view of its Shoal peer. */
-const victimStats = (page) => page.evaluate(() => window.shoalDemo.shoal.stats());
+const victimStats = (page) => page.evaluate(() => window.shoalDemo.shoal?.stats() ?? { pieces: {} });
 
 test('a playing viewer survives hostile neighbours, cuts off those that break the protocol, and never stalls', async (t) => {
   const { node, browser } = await startNodeAndBrowser(t);

@@ -26,10 +26,14 @@ export function readTab(page) {
     const c = demo.counters();
     const video = document.getElementById('video');
     return {
-      started: demo.playback.started,
+      // Playing, and (unless the tab plays without Shoal) Shoal attached: the demo
+      // creates Shoal only after the first fragment is buffered.
+      started: demo.playback.started && demo.ready,
+      startedAt: demo.playback.startedAt,
       waiting: demo.playback.waiting,
       stalls: demo.playback.stalls.length,
       fatal: demo.playback.errors.filter((e) => e.fatal).map((e) => e.details),
+      errors: demo.playback.errors.map((e) => e.details),
       fromPeers: c.fromPeers,
       fromHttp: c.fromHttp,
       uploaded: c.uploaded,
@@ -79,18 +83,26 @@ export async function measurePlayback(pages, { warmup, measure, onMeasureStart =
     waiting: after.reduce((n, t) => n + t.waiting, 0),
     stalls: after.reduce((n, t) => n + t.stalls, 0),
     fatal: after.flatMap((t) => t.fatal),
+    errors: after.flatMap((t) => t.errors),
     fallbacks: after.reduce((n, t) => n + t.fallbacks, 0),
     droppedFrames: after.reduce((n, t) => n + t.droppedFrames, 0) - before.reduce((n, t) => n + t.droppedFrames, 0),
     latency: after.reduce((n, t) => n + (t.latency ?? 0), 0) / pages.length,
+    // Navigation to first frame, per tab (the demo's `playing` time on the page's clock).
+    startup: quantiles(after.map((t) => t.startedAt)),
     perTab: after,
   };
+}
+
+function quantiles(values) {
+  const sorted = [...values].sort((a, b) => a - b);
+  return { median: sorted[Math.floor((sorted.length - 1) / 2)] ?? 0, max: sorted.at(-1) ?? 0 };
 }
 
 export function describe(result) {
   return `${result.tabs} tabs: offload ${(100 * result.offload).toFixed(1)} % (ceiling ${(100 * result.ceiling).toFixed(1)} %), ` +
     `${(result.fromPeers / 1e6).toFixed(2)} MB from peers, ${(result.fromHttp / 1e6).toFixed(2)} MB over HTTP, ` +
     `waiting ${result.waiting}, stalls ${result.stalls}, fatal ${result.fatal.length}, fallbacks ${result.fallbacks}, ` +
-    `latency ${result.latency.toFixed(1)} s`;
+    `latency ${result.latency.toFixed(1)} s, start-up median ${result.startup.median.toFixed(0)} ms (max ${result.startup.max.toFixed(0)})`;
 }
 
 export { launchBrowser };

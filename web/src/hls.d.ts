@@ -14,10 +14,21 @@ export interface ShoalHlsOptions {
   urgentWindowMs?: number;
 }
 
-/** hls.js integration: fetch segments through Shoal, with HTTP fallback. */
+/**
+ * hls.js integration: fetch segments through Shoal, with HTTP fallback. Until Shoal is
+ * ready, every fragment comes through hls.js's own loader.
+ */
 export class ShoalHls {
-  constructor(shoal: Shoal, options?: ShoalHlsOptions);
-  readonly shoal: Shoal;
+  /**
+   * @param shoal a started `Shoal`, a promise of one, or a function returning one (or a
+   *   promise of one) that is called once hls.js has buffered its first fragment, so
+   *   that Shoal's download and connection never compete with the start of playback.
+   */
+  constructor(shoal: Shoal | Promise<Shoal> | (() => Shoal | Promise<Shoal>) | null, options?: ShoalHlsOptions);
+  /** The Shoal in use; null until it is ready (and if it failed to start). */
+  readonly shoal: Shoal | null;
+  /** Why Shoal failed to start, if it did; playback goes on over HTTP. */
+  readonly error: unknown;
   readonly options: ShoalHlsOptions;
   /** Bytes received per source, and segments that fell back to hls.js's own loader. */
   readonly segments: { fromPeers: number; fromHttp: number; fallbacks: number };

@@ -1,9 +1,11 @@
 // hls.js integration: a fragment loader that asks Shoal for each media segment, with
 // the deadline at which playback reaches it. Shoal fetches from other viewers when there
 // is time and over HTTP when not; if Shoal fails, hls.js's own loader takes over, so
-// playback never waits on peers.
+// playback never waits on peers. Until Shoal is ready (its wasm still downloading, its
+// node not yet reached) every fragment goes through hls.js's own loader: the player is
+// created at once and the start never waits for Shoal.
 //
-//   const integration = new ShoalHls(shoal, { publisherKey });
+//   const integration = new ShoalHls(() => Shoal.create(), { publisherKey });
 //   const hls = new Hls({ ...integration.config(Hls) });
 //   integration.attach(hls);
 
@@ -28,16 +30,30 @@ const MAX_PROCESSING_MS = 4000;
 
 export class ShoalHls {
   #deliveredAt;
+  #factory;
+  #levels;
 
   /**
-   * @param shoal a started `Shoal`
+   * @param shoal a started `Shoal`; a promise of one; or a function returning one (or a
+   *   promise of one), called once hls.js has buffered its first fragment, so that the
+   *   wasm download and the node connection never compete with the first fragments.
+   *   Until it is ready, fragments come over HTTP through hls.js's own loader.
    * @param options `publisherKey` (required to exchange segments), `swarmId` (string, or
    *   function of the level playlist URL; default: that URL without query), `live`,
    *   `recordSuffix`, `urgentWindowMs`
    */
   constructor(shoal, options = {}) {
-    this.shoal = shoal;
+    this.shoal = null;
+    /** Why Shoal could not be started, if it could not (playback goes on over HTTP). */
+    this.error = null;
     this.options = options;
+    this.#factory = null;
+    // The latest playlist of each rendition (by playlist URL), handed to Shoal when it
+    // becomes ready.
+    this.#levels = new Map();
+    if (typeof shoal === 'function') this.#factory = shoal;
+    else if (shoal && typeof shoal.then === 'function') this.#adopt(shoal);
+    else this.shoal = shoal ?? null;
     this.hls = null;
     this.joined = new Set();
     this.segments = { fromPeers: 0, fromHttp: 0, fallbacks: 0 };
@@ -59,6 +75,8 @@ export class ShoalHls {
       constructor(config) {
         this.http = new HttpLoader(config);
         this.context = null;
+        // One stats object whoever loads: hls.js keeps a reference to it (`frag.stats`)
+        // from the loader's construction, and its ABR reads it after the load.
         this.stats = this.http.stats;
         this.request = null;
         this.usingHttp = false;
@@ -88,8 +106,20 @@ export class ShoalHls {
 
       #httpLoad(context, config, callbacks) {
         this.usingHttp = true;
-        this.stats = this.http.stats;
-        this.http.load(context, config, callbacks);
+        // hls.js destroys a loader from inside the callbacks it gave it, and hls.js 1.7's
+        // loaders report `onAbort` from abort() even when the load is over, which turns
+        // every finished HTTP load into INTERNAL_ABORTED: once the inner loader has
+        // answered, there is nothing left for our abort() to stop.
+        const settled = (callback) => callback && ((...args) => {
+          this.usingHttp = false;
+          callback(...args);
+        });
+        this.http.load(context, config, {
+          ...callbacks,
+          onSuccess: settled(callbacks.onSuccess),
+          onError: settled(callbacks.onError),
+          onTimeout: settled(callbacks.onTimeout),
+        });
       }
 
       getResponseHeader(name) {
@@ -100,26 +130,19 @@ export class ShoalHls {
         const frag = context.frag;
         // hls.js sets rangeStart/rangeEnd to 0 when the fragment is a whole file.
         const byteRange = (context.rangeStart ?? 0) > 0 || (context.rangeEnd ?? 0) > 0;
-        if (!frag || typeof frag.sn !== 'number' || byteRange || !integration.options.publisherKey) {
+        const shoal = integration.shoal;
+        // Init segments (`sn` is "initSegment") and byte ranges stay on HTTP.
+        if (!shoal || !frag || typeof frag.sn !== 'number' || byteRange || !integration.options.publisherKey) {
           return this.#httpLoad(context, config, callbacks);
         }
         const swarm = integration.swarmFor(frag.baseurl ?? context.url);
         integration.ensureJoined(swarm);
         this.context = context;
         const start = performance.now();
-        const stats = (this.stats = {
-          aborted: false,
-          loaded: 0,
-          retry: 0,
-          total: 0,
-          chunkCount: 0,
-          bwEstimate: 0,
-          loading: { start, first: 0, end: 0 },
-          parsing: { start: 0, end: 0 },
-          buffering: { start: 0, first: 0, end: 0 },
-        });
+        const stats = this.stats;
+        stats.loading.start = start;
         const request = (this.request = { swarm, id: frag.sn, aborted: false });
-        integration.shoal.fetchSegment(swarm, frag.sn, context.url, integration.deadlineFor(frag)).then(
+        shoal.fetchSegment(swarm, frag.sn, context.url, integration.deadlineFor(frag)).then(
           (result) => {
             if (request.aborted) return;
             this.request = null;
@@ -130,15 +153,21 @@ export class ShoalHls {
             integration.#delivered(frag.sn, end);
             integration.segments.fromPeers += result.fromPeers;
             integration.segments.fromHttp += result.fromHttp;
-            const data = result.data.buffer.slice(result.data.byteOffset, result.data.byteOffset + result.data.byteLength);
+            // fetchSegment's array owns its whole buffer: hand that over, no copy.
+            const bytes = result.data;
+            const whole = bytes.byteOffset === 0 && bytes.byteLength === bytes.buffer.byteLength;
+            const data = whole ? bytes.buffer : bytes.buffer.slice(bytes.byteOffset, bytes.byteOffset + bytes.byteLength);
             callbacks.onSuccess({ url: context.url, data }, stats, context, null);
           },
           () => {
             if (request.aborted) return;
             this.request = null;
             // Shoal gave up (origin failed on every attempt): hls.js's own loader and
-            // retry policy take over.
+            // retry policy take over, on the same stats object (which it refuses to
+            // reuse once `loading.start` is set).
             integration.segments.fallbacks += 1;
+            stats.loading.start = stats.loading.first = stats.loading.end = 0;
+            stats.loaded = stats.total = 0;
             this.#httpLoad(context, config, callbacks);
           },
         );
@@ -156,6 +185,11 @@ export class ShoalHls {
     hls.on(Events.MANIFEST_LOADING, () => { this.startFrom = null; });
     hls.on(Events.MEDIA_ATTACHED, () => { this.startFrom = null; });
     hls.on(Events.FRAG_BUFFERED, (_event, data) => {
+      if (this.#factory) {
+        const factory = this.#factory;
+        this.#factory = null;
+        this.#adopt(Promise.resolve().then(factory));
+      }
       const at = this.#deliveredAt.get(data.frag?.sn);
       if (at === undefined) return;
       this.#deliveredAt.delete(data.frag.sn);
@@ -165,14 +199,32 @@ export class ShoalHls {
     hls.on(Events.LEVEL_LOADED, (_event, data) => {
       const details = data.details;
       if (!this.options.publisherKey || !details?.fragments?.length) return;
+      const playlist = details.fragments.filter((f) => typeof f.sn === 'number').map((f) => ({ id: f.sn, url: f.url }));
+      this.#levels.set(details.url, playlist);
+      if (!this.shoal) return;
       const swarm = this.swarmFor(details.url);
       this.ensureJoined(swarm);
-      this.shoal.setPlaylist(
-        swarm,
-        details.fragments.filter((f) => typeof f.sn === 'number').map((f) => ({ id: f.sn, url: f.url })),
-      );
+      this.shoal.setPlaylist(swarm, playlist);
     });
     return this;
+  }
+
+  /** Uses the Shoal `pending` resolves to from now on; HTTP only if it fails. */
+  #adopt(pending) {
+    pending.then(
+      (shoal) => {
+        this.shoal = shoal;
+        for (const [url, playlist] of this.#levels) {
+          const swarm = this.swarmFor(url);
+          this.ensureJoined(swarm);
+          shoal.setPlaylist(swarm, playlist);
+        }
+      },
+      (error) => {
+        this.error = error;
+        console.warn('Shoal could not start; playing over HTTP only:', error);
+      },
+    );
   }
 
   /**
@@ -187,7 +239,7 @@ export class ShoalHls {
   }
 
   ensureJoined(swarm) {
-    if (this.joined.has(swarm)) return;
+    if (!this.shoal || this.joined.has(swarm)) return;
     const { publisherKey, live, recordSuffix, urgentWindowMs } = this.options;
     this.shoal.join(swarm, { publisherKey, live, recordSuffix, urgentWindowMs });
     this.joined.add(swarm);

@@ -41,7 +41,7 @@ use libp2p::{
     swarm::{NetworkBehaviour, SwarmEvent},
     tcp, websocket, yamux,
 };
-use prometheus_client::registry::Registry;
+use prometheus_client::{metrics::counter::Counter, registry::Registry};
 use rand::SeedableRng;
 use shoal_proto::{MembershipRequest, MembershipResponse, WELL_KNOWN_VERSION, WellKnown};
 use thiserror::Error;
@@ -141,14 +141,17 @@ impl Node {
         metrics.register(&mut registry);
         let mut extra_routes = axum::Router::new();
         if let Some(dir) = &config.demo_media {
-            let demo = Arc::new(demo::DemoStream::load(dir, &config.data_dir.join("demo-publisher.key"))?);
-            registry.register(
-                "shoal_demo_origin_egress_bytes",
-                "Segment bytes the demo origin served",
-                demo.egress.clone(),
-            );
-            tracing::info!(segments_dir = %dir.display(), publisher = %demo.public_key_hex(), "serving the demo live stream at /demo/live/stream.m3u8");
-            extra_routes = demo.router();
+            // The MPEG-TS rendition in `dir`, the fMP4 one in `dir/fmp4` when present.
+            let egress = Counter::default();
+            registry.register("shoal_demo_origin_egress_bytes", "Segment bytes the demo origin served", egress.clone());
+            let key = config.data_dir.join("demo-publisher.key");
+            let fmp4 = dir.join("fmp4");
+            let dirs = std::iter::once(dir.clone()).chain(fmp4.join("stream.m3u8").exists().then_some(fmp4));
+            for dir in dirs {
+                let demo = Arc::new(demo::DemoStream::load(&dir, &key, egress.clone())?);
+                tracing::info!(segments_dir = %dir.display(), publisher = %demo.public_key_hex(), "serving a demo live stream at {}", demo.playlist_path());
+                extra_routes = extra_routes.merge(demo.router());
+            }
         }
         let well_known = Arc::new(RwLock::new(WellKnown {
             version: WELL_KNOWN_VERSION,
