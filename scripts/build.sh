@@ -19,3 +19,5 @@ cp web/src/index.js web/src/index.d.ts web/src/hls.js web/src/hls.d.ts pkg/
 # The demo page loads hls.js from here (no CDN: the demo works offline).
 mkdir -p web/vendor
 cp node_modules/hls.js/dist/hls.min.js web/vendor/hls.min.js
+# The oldest hls.js the package's peerDependencies admit (`?hls=oldest`), for the tests.
+cp node_modules/hls.js-oldest/dist/hls.min.js web/vendor/hls-oldest.min.js

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every test of the repository:
 #   1. native unit, property and integration tests (cargo test, whole workspace), and
-#      clippy of the browser crates for wasm32;
+#      clippy of the browser crates for wasm32, and the hostile-input engine test built
+#      for wasm32 and run in Node (wasm-bindgen-test-runner);
 #   2. end-to-end tests: a real signalling node, real headless Chromium, real WebRTC,
 #      inside a private network namespace (scripts/netns) so no traffic leaves it.
 # Installs what is missing first (scripts/setup.sh). Ends with "N passed, N failed".
@@ -23,6 +24,12 @@ echo "== cargo clippy (wasm32)"
 cargo clippy --release -p shoal-browser -p shoal-webrtc --target wasm32-unknown-unknown -- -D warnings
 clippy_status=$?
 
+# The engine under hostile input, built for wasm32 (32-bit usize) and run in Node.
+echo "== cargo test (wasm32: the engine under hostile input)"
+CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER=wasm-bindgen-test-runner \
+  cargo test --release -p shoal-core --target wasm32-unknown-unknown --test hostile_engine 2>&1 | tee "$log/wasm32.txt"
+wasm32_status=${PIPESTATUS[0]}
+
 echo "== end-to-end (Chromium, network namespace)"
 ./scripts/netns node --test --test-concurrency=1 --test-timeout=900000 \
   --test-reporter=spec --test-reporter-destination=stdout \
@@ -30,13 +37,14 @@ echo "== end-to-end (Chromium, network namespace)"
   tests/e2e/*.test.mjs
 e2e_status=$?
 
-read -r cargo_pass cargo_fail < <(awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } } END { print p + 0, f + 0 }' "$log/cargo.txt")
+read -r cargo_pass cargo_fail < <(awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } } END { print p + 0, f + 0 }' "$log/cargo.txt" "$log/wasm32.txt")
 e2e_pass=$(awk '/^# pass / { print $3 }' "$log/e2e.tap" | tail -1)
 e2e_fail=$(awk '/^# fail / { print $3 }' "$log/e2e.tap" | tail -1)
 e2e_pass=${e2e_pass:-0}
 e2e_fail=${e2e_fail:-0}
 # A runner that crashed counts as a failure even if it reported nothing.
 [ "$cargo_status" -ne 0 ] && [ "$cargo_fail" -eq 0 ] && cargo_fail=1
+[ "$wasm32_status" -ne 0 ] && [ "$cargo_fail" -eq 0 ] && cargo_fail=1
 [ "$e2e_status" -ne 0 ] && [ "$e2e_fail" -eq 0 ] && e2e_fail=1
 # The wasm32 lint counts as one native check.
 if [ "$clippy_status" -eq 0 ]; then cargo_pass=$((cargo_pass + 1)); else cargo_fail=$((cargo_fail + 1)); fi

@@ -25,6 +25,20 @@ test(`${TABS} tabs play the fMP4 live stream for 60 s: offload >= 80 % after war
   assert.ok(result.offload >= 0.8, describe(result));
 });
 
+test('the oldest hls.js the package admits (peerDependencies) plays fMP4 through Shoal and shares', async (t) => {
+  const { node, browser } = await startNodeAndBrowser(t);
+  const { pages } = await openViewers(browser, node, { tabs: 3, query: 'hls=oldest' });
+  const result = await measurePlayback(pages, { warmup: 10000, measure: 15000 });
+  console.log(describe(result));
+  const versions = await Promise.all(pages.map((p) => p.evaluate(() => window.shoalDemo.hlsVersion)));
+  assert.deepEqual(versions, ['1.5.0', '1.5.0', '1.5.0']);
+  assert.equal(result.waiting, 0);
+  assert.equal(result.stalls, 0);
+  assert.deepEqual(result.fatal, []);
+  assert.ok(!result.errors.includes('aborted'), `no aborted loads: ${result.errors}`);
+  assert.ok(result.offload >= 0.5, describe(result));
+});
+
 test('with P2P switched off the same harness reports 0 % offload and no stall', async (t) => {
   const { node, browser } = await startNodeAndBrowser(t);
   const { pages } = await openViewers(browser, node, { tabs: 3, query: 'p2p=0' });

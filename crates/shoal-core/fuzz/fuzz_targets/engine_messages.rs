@@ -32,7 +32,7 @@ fuzz_target!(|ops: Vec<Op>| {
             Op::Bytes(p, bytes) => {
                 let decoder = decoders.entry(p).or_default();
                 decoder.extend(&bytes);
-                while let Ok(Some(message)) = decoder.next_message() {
+                while let Ok(Some(message)) = decoder.next_frame() {
                     engine.handle_message(p, message, now);
                 }
             }
@@ -44,6 +44,6 @@ fuzz_target!(|ops: Vec<Op>| {
             Op::HttpDone(id, body) => engine.http_complete(u64::from(id), Bytes::from(body), now),
             Op::HttpFailed(id) => engine.http_failed(u64::from(id), now),
         }
-        while engine.poll_action().is_some() {}
+        while engine.poll_output().is_some() {}
     }
 });

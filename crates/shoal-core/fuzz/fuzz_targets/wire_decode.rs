@@ -13,13 +13,13 @@ fuzz_target!(|input: (Vec<u8>, u8)| {
     for piece in bytes.chunks(cut) {
         decoder.extend(piece);
         loop {
-            match decoder.next_message() {
+            match decoder.next_frame() {
                 Ok(Some(message)) => {
                     let mut again = BytesMut::new();
                     message.encode(&mut again);
                     let mut check = FrameDecoder::new();
                     check.extend(&again);
-                    assert_eq!(check.next_message().ok().flatten().as_ref(), Some(&message));
+                    assert_eq!(check.next_frame().ok().flatten().as_ref(), Some(&message));
                 }
                 Ok(None) => break,
                 Err(_) => return,
