@@ -21,8 +21,8 @@ let portBase = 20000 + (process.pid % 1000) * 10;
 /** Fresh ports per node so tests in one process never collide. */
 export function allocatePorts() {
   const base = portBase;
-  portBase += 3;
-  return { webrtc: base, ws: base + 1, http: base + 2 };
+  portBase += 4;
+  return { webrtc: base, ws: base + 1, http: base + 2, stun: base + 3 };
 }
 
 /** Polls `check` until it returns a truthy value, or throws `message` after `timeout` ms. */
@@ -54,6 +54,7 @@ export async function startNode({ ports = allocatePorts(), dataDir, extraArgs = 
     '--webrtc-listen', `${TEST_IP}:${ports.webrtc}`,
     '--ws-listen', `${TEST_IP}:${ports.ws}`,
     '--http-listen', `0.0.0.0:${ports.http}`,
+    '--stun-listen', `${TEST_IP}:${ports.stun}`,
     '--data-dir', dir,
     '--static-dir', ROOT,
     '--demo-media', join(ROOT, 'target/demo-media'),
@@ -110,17 +111,34 @@ export async function startNode({ ports = allocatePorts(), dataDir, extraArgs = 
   return node;
 }
 
-export const CHROMIUM_ARGS = [
+/** Switches of a headless test browser that change nothing a viewer's browser does. */
+const BROWSER_ARGS = [
   '--headless=new', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
   '--disable-background-networking', '--disable-component-update', '--disable-sync',
-  '--allow-loopback-in-peer-connection', '--disable-features=WebRtcHideLocalIpsWithMdns',
-  '--use-fake-ui-for-media-stream', '--autoplay-policy=no-user-gesture-required',
+  '--autoplay-policy=no-user-gesture-required',
   // Background tabs must keep their timers: every tab here is a viewer.
   '--disable-background-timer-throttling', '--disable-renderer-backgrounding', '--disable-backgrounding-occluded-windows',
 ];
 
-export async function launchBrowser() {
-  return chromium.launch({ executablePath: process.env.CHROMIUM ?? '/usr/bin/chromium', args: CHROMIUM_ARGS });
+/**
+ * Switches that loosen WebRTC privacy, which no viewer has: host candidates as plain
+ * addresses instead of mDNS names, loopback candidates allowed, media permission
+ * granted (which also exposes host addresses). Tests that are about WebRTC privacy
+ * launch without them (`launchBrowser({ privacyDefaults: true })`), as does every test
+ * with SHOAL_BROWSER_DEFAULTS=1.
+ */
+const LOOSE_PRIVACY_ARGS = [
+  '--allow-loopback-in-peer-connection', '--disable-features=WebRtcHideLocalIpsWithMdns',
+  '--use-fake-ui-for-media-stream',
+];
+
+export const CHROMIUM_ARGS = [...BROWSER_ARGS, ...LOOSE_PRIVACY_ARGS];
+
+export async function launchBrowser({ privacyDefaults = process.env.SHOAL_BROWSER_DEFAULTS === '1' } = {}) {
+  const args = privacyDefaults ? BROWSER_ARGS : CHROMIUM_ARGS;
+  const browser = await chromium.launch({ executablePath: process.env.CHROMIUM ?? '/usr/bin/chromium', args });
+  browser.privacyDefaults = privacyDefaults;
+  return browser;
 }
 
 /** A signalling node and a browser for test `t`, both shut down when it ends. */
@@ -148,7 +166,9 @@ export async function openHarness(context, node) {
 
 export async function newContext(browser, node) {
   const context = await browser.newContext();
-  await context.grantPermissions(['camera', 'microphone'], { origin: node.url });
+  // A page with camera/microphone permission gets plain host candidates: a viewer's
+  // video page has none.
+  if (!browser.privacyDefaults) await context.grantPermissions(['camera', 'microphone'], { origin: node.url });
   return context;
 }
 

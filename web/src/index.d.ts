@@ -4,8 +4,17 @@ export interface ShoalConfig {
   nodes?: string[];
   /** Where to read node addresses when `nodes` is empty (default: `/.well-known/shoal.json`). */
   wellKnownUrl?: string;
-  /** STUN/TURN servers for connections between browsers. */
+  /**
+   * STUN/TURN servers for connections between browsers. Default: those the node's
+   * well-known document names (its own STUN server, and TURN with fresh credentials if
+   * the operator runs one); none when `nodes` is given instead of a well-known URL.
+   */
   iceServers?: { urls: string | string[]; username?: string; credential?: string }[];
+  /**
+   * `'relay'`: connect to other pages only through TURN relays, so that no peer learns
+   * this viewer's IP address (needs a TURN server). Default `'all'`.
+   */
+  iceTransportPolicy?: 'all' | 'relay';
   /** Most direct peer connections held (default 24). */
   maxPeers?: number;
   /** Deadline of one WebRTC handshake (default 10000 ms). */

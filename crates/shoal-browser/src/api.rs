@@ -71,8 +71,22 @@ impl ShoalPeer {
             return Err(ShoalError::Unsupported);
         }
 
+        let mut config = config;
         let nodes = if config.nodes.is_empty() {
-            fetch_well_known(config.well_known_url.as_deref()).await?
+            let doc = fetch_well_known(config.well_known_url.as_deref()).await?;
+            // The node's STUN/TURN servers, unless the page names its own.
+            if config.ice_servers.is_empty() {
+                config.ice_servers = doc
+                    .ice_servers
+                    .into_iter()
+                    .map(|s| crate::config::IceServer {
+                        urls: crate::config::OneOrMany::Many(s.urls),
+                        username: s.username,
+                        credential: s.credential,
+                    })
+                    .collect();
+            }
+            doc.multiaddrs
         } else {
             config.nodes.clone()
         };
@@ -448,7 +462,7 @@ impl RawStream {
     }
 }
 
-async fn fetch_well_known(url: Option<&str>) -> Result<Vec<String>, ShoalError> {
+async fn fetch_well_known(url: Option<&str>) -> Result<WellKnown, ShoalError> {
     let window = web_sys::window().ok_or(ShoalError::NoWindow)?;
     let url = match url {
         Some(url) => url.to_owned(),
@@ -467,7 +481,7 @@ async fn fetch_well_known(url: Option<&str>) -> Result<Vec<String>, ShoalError> 
     let json = JsFuture::from(response.json().map_err(fetched)?).await.map_err(fetched)?;
     let doc: WellKnown = serde_wasm_bindgen::from_value(json)
         .map_err(|e| ShoalError::NoNode(format!("{url} is not a Shoal well-known document: {e}")))?;
-    Ok(doc.multiaddrs)
+    Ok(doc)
 }
 
 /// Diagnostics: the 32-byte stream id a swarm's piece streams name in their `Hello`

@@ -14,9 +14,15 @@ pub struct Config {
     /// `/.well-known/shoal.json`.
     #[serde(default)]
     pub well_known_url: Option<String>,
-    /// STUN/TURN servers for browser-to-browser connections.
+    /// STUN/TURN servers for browser-to-browser connections. Empty (the default): the
+    /// ones the node's well-known document names (its own STUN server, TURN if the
+    /// operator runs one); none when `nodes` is given instead.
     #[serde(default)]
     pub ice_servers: Vec<IceServer>,
+    /// `"all"` (default) or `"relay"`: connect to other pages only through TURN relays,
+    /// so that no peer learns this viewer's address (needs a TURN server).
+    #[serde(default)]
+    pub ice_transport_policy: IceTransportPolicy,
     /// Most direct peer connections to hold (Chromium allows 500 RTCPeerConnections per
     /// page over its lifetime; the transport budgets 400 of them).
     #[serde(default = "defaults::max_peers")]
@@ -94,6 +100,14 @@ pub struct IceServer {
     pub username: Option<String>,
     #[serde(default)]
     pub credential: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum IceTransportPolicy {
+    #[default]
+    All,
+    Relay,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -176,6 +176,19 @@ const REOPEN_WINDOW: Duration = Duration::from_secs(30);
 /// Bans: proven hostile (corrupt data, forgery) / merely useless or incompatible.
 const BAN_HOSTILE: Duration = Duration::from_secs(3600);
 const BAN_USELESS: Duration = Duration::from_secs(60);
+/// Members of the last join answer that we are still not connected to (a dial that lost
+/// a race with theirs, a handshake that failed) are dialled again after this, doubling,
+/// at most [`MAX_REDIALS`] times per answer: sooner than the next join.
+const REDIAL_AFTER: Duration = Duration::from_secs(2);
+const MAX_REDIALS: u32 = 3;
+/// A join whose request failed (the node link dropped it) is sent again after this,
+/// not at the next rejoin.
+const JOIN_RETRY: Duration = Duration::from_secs(2);
+/// The first rejoins come sooner (this, doubling, up to the configured interval): two
+/// pages that join at nearly the same moment are in neither's answer, and would
+/// otherwise stay apart until the next rejoin. Pages joining over a few seconds are
+/// common (a video page opened by many viewers at a live event's start).
+const FIRST_REJOIN: Duration = Duration::from_secs(3);
 
 /// Builds the swarm and starts the loop.
 pub(crate) fn start(config: Config, nodes: Vec<Multiaddr>, emit: EventSink) -> Result<Handle, ShoalError> {
@@ -283,9 +296,17 @@ impl NodeLink {
 struct Membership {
     joined: bool,
     last_join: Option<Instant>,
+    /// Join answers received (the first rejoins come sooner: see [`FIRST_REJOIN`]).
+    answers: u32,
+    /// Set when a join request failed: send it again then.
+    join_retry: Option<Instant>,
     pending: Option<OutboundRequestId>,
     size_hint: usize,
     pieces: Option<PieceSwarm>,
+    /// The last join answer's members, and when to dial those still unconnected again
+    /// (with the redials done so far).
+    sample: Vec<shoal_proto::Member>,
+    redial: Option<(Instant, u32)>,
 }
 
 /// A membership's piece exchange and our links to its members.
@@ -300,6 +321,15 @@ struct PieceSwarm {
     /// Peers that greeted us on some link already (a second greeting means their side
     /// started over: we greet again).
     greeted: VecSet<PeerId>,
+}
+
+/// How long after a join answer the next join goes out: [`FIRST_REJOIN`] after the
+/// first, doubling, up to `interval`.
+fn rejoin_after(interval: Duration, answers: u32) -> Duration {
+    if answers == 0 {
+        return interval;
+    }
+    FIRST_REJOIN.saturating_mul(1 << (answers - 1).min(8)).min(interval)
 }
 
 /// One of our outbound links, by owner.
@@ -466,7 +496,9 @@ impl Runtime {
         if self.node.address.is_some() {
             let rejoin = Duration::from_millis(u64::from(self.config.rejoin_interval_ms));
             for m in self.memberships.values().filter(|m| m.pending.is_none()) {
-                at(Some(m.last_join.map_or(Instant::ZERO, |t| t + rejoin)));
+                at(Some(m.last_join.map_or(Instant::ZERO, |t| t + rejoin_after(rejoin, m.answers))));
+                at(m.join_retry);
+                at(m.redial.map(|(t, _)| t));
             }
         }
         for link in self.inbound.values() {
@@ -962,9 +994,13 @@ impl Runtime {
         let membership = self.memberships.get_or_insert_with(name.clone(), || Membership {
             joined: false,
             last_join: None,
+            answers: 0,
+            join_retry: None,
             pending: None,
             size_hint: 1,
             pieces: None,
+            sample: Vec::new(),
+            redial: None,
         });
         if let (Some(options), None) = (options, &membership.pieces) {
             let mut pieces = Pieces::new(*options, random_seed(), now);
@@ -1134,11 +1170,46 @@ impl Runtime {
         let due: Vec<String> = self
             .memberships
             .iter()
-            .filter(|(_, m)| m.pending.is_none() && m.last_join.is_none_or(|t| now.saturating_since(t) >= rejoin))
+            .filter(|(_, m)| {
+                m.pending.is_none()
+                    && (m.last_join.is_none_or(|t| now.saturating_since(t) >= rejoin_after(rejoin, m.answers))
+                        || m.join_retry.is_some_and(|t| t <= now))
+            })
             .map(|(name, _)| name.clone())
             .collect();
         for name in due {
             self.send_join(&name);
+        }
+        self.redial_members(now);
+    }
+
+    /// Dials again the members of each last join answer we are still not connected to.
+    fn redial_members(&mut self, now: Instant) {
+        let due: Vec<(String, Vec<shoal_proto::Member>)> = self
+            .memberships
+            .iter_mut()
+            .filter(|(_, m)| m.redial.is_some_and(|(at, _)| at <= now))
+            .map(|(name, m)| {
+                let (_, done) = m.redial.take().unwrap_or((now, MAX_REDIALS));
+                if done + 1 < MAX_REDIALS {
+                    m.redial = Some((now + REDIAL_AFTER * 2u32.pow(done + 1), done + 1));
+                }
+                (name.clone(), m.sample.clone())
+            })
+            .collect();
+        for (name, sample) in due {
+            let missing: Vec<shoal_proto::Member> = sample
+                .into_iter()
+                .filter(|m| m.peer.parse::<PeerId>().is_ok_and(|p| !self.direct.contains_key(&p)))
+                .collect();
+            if missing.is_empty() {
+                if let Some(m) = self.memberships.get_mut(&name) {
+                    m.redial = None;
+                }
+                continue;
+            }
+            tracing::debug!(swarm = %name, missing = missing.len(), "dialling unconnected members again");
+            self.dial_members(&name, missing);
         }
     }
 
@@ -1158,6 +1229,7 @@ impl Runtime {
         if let Some(m) = self.memberships.get_mut(name) {
             m.pending = Some(id);
             m.last_join = Some(now());
+            m.join_retry = None;
         }
     }
 
@@ -1361,6 +1433,9 @@ impl Runtime {
                         if let Some(p) = &mut membership.pieces {
                             p.pieces.set_swarm_size(membership.size_hint);
                         }
+                        membership.answers = membership.answers.saturating_add(1);
+                        membership.sample = members.clone();
+                        membership.redial = Some((now() + REDIAL_AFTER, 0));
                         if first {
                             self.emit(Event::Joined { swarm: name.clone(), members: members.len() });
                         }
@@ -1375,6 +1450,7 @@ impl Runtime {
             request_response::Event::OutboundFailure { request_id, error, .. } => {
                 if let Some(m) = self.memberships.values_mut().find(|m| m.pending == Some(request_id)) {
                     m.pending = None;
+                    m.join_retry = Some(now() + JOIN_RETRY);
                 }
                 tracing::debug!(%error, "membership request failed");
             }

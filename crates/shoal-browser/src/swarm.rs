@@ -53,6 +53,7 @@ pub(crate) fn build(config: &Config, keypair: &Keypair) -> Result<(Swarm<Behavio
                 credential: s.credential.clone(),
             })
             .collect(),
+        relay_only: config.ice_transport_policy == crate::config::IceTransportPolicy::Relay,
         handshake_timeout: Duration::from_millis(u64::from(config.handshake_timeout_ms)),
         ..shoal_webrtc::Config::default()
     };

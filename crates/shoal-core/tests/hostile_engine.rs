@@ -35,7 +35,14 @@ enum Op {
     /// Raw bytes from a peer, decoded as the browser runtime does.
     Bytes(u8, Vec<u8>),
     /// A decoded message: `kind` picks the variant, the numbers its fields.
-    Message { peer: u8, kind: u8, id: u8, a: u32, b: u32, bitmap: Vec<u8> },
+    Message {
+        peer: u8,
+        kind: u8,
+        id: u8,
+        a: u32,
+        b: u32,
+        bitmap: Vec<u8>,
+    },
     Want(u8, u16),
     Tick(u16),
     HttpDone(u8, u16),
@@ -49,7 +56,10 @@ fn segment(id: u8) -> SegmentId {
 fn message(publisher: &Publisher, stream: StreamId, kind: u8, id: u8, a: u32, b: u32, bitmap: &[u8]) -> Message {
     let segment = segment(id);
     match kind % 12 {
-        0 => Message::Hello { version: if a % 4 == 0 { (b % 4) as u8 } else { shoal_core::wire::PROTOCOL_VERSION }, stream },
+        0 => Message::Hello {
+            version: if a % 4 == 0 { (b % 4) as u8 } else { shoal_core::wire::PROTOCOL_VERSION },
+            stream,
+        },
         1 => Message::Availability {
             have: SegmentSet::from_bitmap(segment.0, bitmap),
             fetching: SegmentSet::from_bitmap(u64::from(b), bitmap),
@@ -103,9 +113,8 @@ fn drive(ops: &[Op]) -> Reached {
     let mut engine: Engine<u8> = Engine::new(config, stream, publisher.public_key(), 7, now);
     let mut decoders: Vec<FrameDecoder> = (0..8).map(|_| FrameDecoder::new()).collect();
     let mut http: Vec<u64> = Vec::new();
-    let greetings = (0..8u8).flat_map(|p| {
-        [Op::Connect(p), Op::Message { peer: p, kind: 0, id: 0, a: 1, b: 0, bitmap: Vec::new() }]
-    });
+    let greetings = (0..8u8)
+        .flat_map(|p| [Op::Connect(p), Op::Message { peer: p, kind: 0, id: 0, a: 1, b: 0, bitmap: Vec::new() }]);
     for op in greetings.collect::<Vec<_>>().iter().chain(ops) {
         match op {
             Op::Connect(p) => engine.peer_connected(p % 8, now),

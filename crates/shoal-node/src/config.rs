@@ -24,6 +24,34 @@ pub struct Config {
     #[arg(long, env = "SHOAL_HTTP_LISTEN", default_value = "0.0.0.0:8080")]
     pub http_listen: ListenToggle,
 
+    /// UDP address of the node's STUN server, which pages are told about in the
+    /// well-known document (viewers behind NATs need it to connect to each other);
+    /// with `--turn-relay`, also a TURN relay. `off` disables it.
+    #[arg(long, env = "SHOAL_STUN_LISTEN", default_value = "0.0.0.0:3478")]
+    pub stun_listen: ListenToggle,
+
+    /// Make the node's STUN server a TURN relay too, for the pairs of viewers that
+    /// cannot connect directly (it relays their traffic: budget the bandwidth, and
+    /// firewall what relayed packets may reach). Needs `--turn-secret`.
+    #[arg(long, env = "SHOAL_TURN_RELAY")]
+    pub turn_relay: bool,
+
+    /// Shared secret for TURN credentials (the TURN REST scheme: coturn's
+    /// `use-auth-secret` with this `static-auth-secret` accepts them). Pages get
+    /// credentials valid for `--turn-credential-ttl-secs`.
+    #[arg(long, env = "SHOAL_TURN_SECRET", hide_env_values = true)]
+    pub turn_secret: Option<String>,
+
+    /// Lifetime of the TURN credentials handed to a page, in seconds.
+    #[arg(long, env = "SHOAL_TURN_CREDENTIAL_TTL_SECS", default_value_t = 12 * 3600)]
+    pub turn_credential_ttl_secs: u64,
+
+    /// Other STUN/TURN servers to hand to pages (`stun:host:port`,
+    /// `turn:host:port?transport=udp`; TURN ones get credentials from `--turn-secret`).
+    /// Repeatable.
+    #[arg(long = "ice-server", env = "SHOAL_ICE_SERVERS", value_delimiter = ',')]
+    pub ice_servers: Vec<String>,
+
     /// Address to advertise to browsers, e.g. `/ip4/203.0.113.7/udp/9090/webrtc-direct`
     /// (the node adds certhash and PeerId). Repeatable. Without it, the node advertises
     /// the non-loopback addresses it listens on.
@@ -186,6 +214,17 @@ impl Config {
     pub fn validate(&self) -> Result<(), String> {
         if self.sample_size == 0 {
             return Err("--sample-size must be at least 1".into());
+        }
+        if self.turn_relay && (self.turn_secret.is_none() || self.stun_listen.0.is_none()) {
+            return Err("--turn-relay needs --turn-secret and a --stun-listen address".into());
+        }
+        if let Some(bad) =
+            self.ice_servers.iter().find(|u| !["stun:", "stuns:", "turn:", "turns:"].iter().any(|s| u.starts_with(s)))
+        {
+            return Err(format!("--ice-server `{bad}` is not a stun:, stuns:, turn: or turns: URL"));
+        }
+        if self.turn_credential_ttl_secs == 0 {
+            return Err("--turn-credential-ttl-secs must be at least 1".into());
         }
         if !self.federate.is_empty() {
             return Err("--federate is not implemented yet: this node would run alone".into());

@@ -51,6 +51,8 @@ pub struct HttpRefusals {
 pub struct Shared {
     pub well_known: Arc<RwLock<WellKnown>>,
     pub registry: Arc<Registry>,
+    /// ICE servers for the well-known document (TURN credentials minted per request).
+    pub ice: Arc<RwLock<crate::ice::IcePolicy>>,
 }
 
 /// Binds the HTTP listener now (so a busy port fails start-up) and returns the server
@@ -178,9 +180,14 @@ async fn serve(
 
 async fn well_known(State(shared): State<Shared>) -> impl IntoResponse {
     let doc = shared.well_known.read().map(|w| w.clone());
-    match doc {
-        Ok(doc) => Json(doc).into_response(),
-        Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+    let ice = shared.ice.read().map(|ice| ice.for_page());
+    match (doc, ice) {
+        (Ok(mut doc), Ok(ice)) => {
+            doc.ice_servers = ice;
+            // TURN credentials are per page and expire: never from a cache.
+            ([(header::CACHE_CONTROL, "no-store")], Json(doc)).into_response()
+        }
+        _ => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
     }
 }
 

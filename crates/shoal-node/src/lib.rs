@@ -12,6 +12,7 @@
 pub mod config;
 mod demo;
 mod http;
+mod ice;
 mod identity;
 mod ip_limits;
 pub mod membership;
@@ -98,6 +99,9 @@ pub struct Node {
     rng: rand::rngs::StdRng,
     /// Set once the WebRTC leak budget is spent (see `webrtc_gate`): `run` then ends.
     leaked: Option<u64>,
+    /// The node's STUN/TURN server, if on, and what pages are told about ICE servers.
+    ice: Option<ice::IceServer>,
+    ice_policy: Arc<RwLock<ice::IcePolicy>>,
 }
 
 impl Node {
@@ -158,10 +162,32 @@ impl Node {
             peer_id: peer_id.to_string(),
             multiaddrs: Vec::new(),
             federation: Vec::new(),
+            ice_servers: Vec::new(),
+        }));
+        let ice = match config.stun_listen.0 {
+            Some(listen) => {
+                let turn = match (&config.turn_secret, config.turn_relay) {
+                    (Some(secret), true) => Some((secret.clone(), relay_ip(&config)?)),
+                    _ => None,
+                };
+                let server = ice::IceServer::start(listen, turn).await?;
+                tracing::info!(address = %server.local_addr, turn = server.relays, "STUN server listening");
+                Some(server)
+            }
+            None => None,
+        };
+        let ice_policy = Arc::new(RwLock::new(ice::IcePolicy {
+            servers: external_ice_servers(&config),
+            turn_secret: config.turn_secret.clone(),
+            credential_ttl: Duration::from_secs(config.turn_credential_ttl_secs),
         }));
         let http = match config.http_listen.0 {
             Some(addr) => {
-                let shared = http::Shared { well_known: well_known.clone(), registry: Arc::new(registry) };
+                let shared = http::Shared {
+                    well_known: well_known.clone(),
+                    registry: Arc::new(registry),
+                    ice: ice_policy.clone(),
+                };
                 let (bound, serve) =
                     http::bind(addr, &config.static_dir, shared, extra_routes, http_limits, refusals).await?;
                 Some((bound, Box::pin(serve) as futures::future::BoxFuture<'static, io::Result<()>>))
@@ -187,6 +213,8 @@ impl Node {
             peer_ips: HashMap::new(),
             rng: rand::rngs::StdRng::from_entropy(),
             leaked: None,
+            ice,
+            ice_policy,
         })
     }
 
@@ -427,7 +455,63 @@ impl Node {
         if let Ok(mut doc) = self.well_known.write() {
             doc.multiaddrs = advertised.iter().map(Multiaddr::to_string).collect();
         }
+        // Pages reach our STUN server where they reach our WebRTC listener (or at the
+        // STUN listen address, when it names one).
+        if let Some(ice) = &self.ice {
+            let hosts: Vec<IpAddr> = if ice.local_addr.ip().is_unspecified() {
+                let mut ips: Vec<IpAddr> = advertised
+                    .iter()
+                    .filter(|a| a.iter().any(|p| matches!(p, Protocol::WebRTCDirect)))
+                    .filter_map(|a| {
+                        a.iter().find_map(|p| match p {
+                            Protocol::Ip4(ip) => Some(IpAddr::V4(ip)),
+                            Protocol::Ip6(ip) => Some(IpAddr::V6(ip)),
+                            _ => None,
+                        })
+                    })
+                    .collect();
+                ips.dedup();
+                ips
+            } else {
+                vec![ice.local_addr.ip()]
+            };
+            let mut servers = ice.entries(&hosts);
+            servers.extend(external_ice_servers(&self.config));
+            if let Ok(mut policy) = self.ice_policy.write() {
+                policy.servers = servers;
+            }
+        }
     }
+}
+
+/// `--ice-server` URLs as well-known entries (TURN ones get credentials per page).
+fn external_ice_servers(config: &Config) -> Vec<shoal_proto::IceServerInfo> {
+    config
+        .ice_servers
+        .iter()
+        .map(|url| shoal_proto::IceServerInfo { urls: vec![url.clone()], username: None, credential: None })
+        .collect()
+}
+
+/// The address TURN relays are allocated on: the STUN listen address if it names one,
+/// else the first external or WebRTC listen address that does.
+fn relay_ip(config: &Config) -> Result<IpAddr, NodeError> {
+    let external = config.external_addresses.iter().find_map(|a| {
+        a.iter().find_map(|p| match p {
+            Protocol::Ip4(ip) => Some(IpAddr::V4(ip)),
+            Protocol::Ip6(ip) => Some(IpAddr::V6(ip)),
+            _ => None,
+        })
+    });
+    [config.stun_listen.0.map(|a| a.ip()), external, Some(config.webrtc_listen.ip())]
+        .into_iter()
+        .flatten()
+        .find(|ip| !ip.is_unspecified())
+        .ok_or_else(|| {
+            NodeError::Config(
+                "--turn-relay needs an address to relay from: give --stun-listen or --webrtc-listen a specific IP, or an --external-address".into(),
+            )
+        })
 }
 
 /// Whether a browser can dial this listen address: WebRTC needs a non-loopback,

@@ -104,6 +104,22 @@ pub struct WellKnown {
     /// Browser-dialable multiaddrs of other nodes this one federates with.
     #[serde(default)]
     pub federation: Vec<String>,
+    /// STUN and TURN servers for browser-to-browser connections, as
+    /// `RTCConfiguration.iceServers` takes them (TURN entries with time-limited
+    /// credentials). Pages use them unless their own `iceServers` option says otherwise.
+    #[serde(default)]
+    pub ice_servers: Vec<IceServerInfo>,
+}
+
+/// One entry of [`WellKnown::ice_servers`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct IceServerInfo {
+    pub urls: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credential: Option<String>,
 }
 
 /// Current [`WellKnown::version`].

@@ -33,8 +33,10 @@ pub(crate) async fn dial(
     config: Arc<Config>,
 ) -> Result<(PeerId, Connection), Error> {
     take_budget(config.peer_connection_budget, crate::handshake::Role::Dialer)?;
-    let config = Arc::new(Config { fin_ack: false, ..(*config).clone() });
-    let pc = new_peer_connection(&config)?;
+    // The node is an ICE-lite listener at a known address: STUN and TURN servers would
+    // only add candidates (and a STUN round trip) it never needs.
+    let config = Arc::new(Config { fin_ack: false, ice_servers: Vec::new(), ..(*config).clone() });
+    let pc = new_peer_connection(&config, false)?;
     let inbound = InboundChannels::install(&pc, &config);
     let attempt = async {
         // The Noise channel must exist before the offer, so the offer has a data section.

@@ -62,7 +62,7 @@ pub(crate) async fn run(
         }
     }
     take_budget(config.peer_connection_budget, role)?;
-    let pc = new_peer_connection(&config)?;
+    let pc = new_peer_connection(&config, config.relay_only)?;
     let inbound = InboundChannels::install(&pc, &config);
     let (events_tx, events) = mpsc::unbounded();
     let callbacks = Callbacks::install(&pc, events_tx);
@@ -223,8 +223,11 @@ fn remote_messages<R: AsyncRead + Unpin + 'static>(reader: R) -> impl futures::S
     })
 }
 
-pub(crate) fn new_peer_connection(config: &Config) -> Result<RtcPeerConnection, Error> {
+pub(crate) fn new_peer_connection(config: &Config, relay_only: bool) -> Result<RtcPeerConnection, Error> {
     let rtc_config = RtcConfiguration::new();
+    if relay_only {
+        rtc_config.set_ice_transport_policy(web_sys::RtcIceTransportPolicy::Relay);
+    }
     let servers = Array::new();
     for server in &config.ice_servers {
         let ice = RtcIceServer::new();

@@ -39,6 +39,10 @@ pub struct IceServer {
 pub struct Config {
     /// STUN/TURN servers; empty means host candidates only (same network or tests).
     pub ice_servers: Vec<IceServer>,
+    /// Browser-to-browser connections use TURN relay candidates only
+    /// (`iceTransportPolicy: "relay"`): peers never learn each other's addresses. The
+    /// connection to the signalling node is not affected.
+    pub relay_only: bool,
     /// Deadline for a whole handshake, from asking for the relayed connection to
     /// `connected`. Loopback connects in ~0.1 s; STUN across the internet in ~1–3 s.
     pub handshake_timeout: Duration,
@@ -67,6 +71,7 @@ impl Default for Config {
     fn default() -> Self {
         Self {
             ice_servers: Vec::new(),
+            relay_only: false,
             handshake_timeout: Duration::from_secs(10),
             peer_connection_budget: 400,
             send_high_water: 4 * 1024 * 1024,
