@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what building and testing Shoal needs, skipping what is already there:
 # the wasm32 target, wasm-bindgen-cli at the version Cargo.lock pins, Debian's Chromium
-# and ffmpeg, and the npm packages of package-lock.json.
+# ffmpeg and iptables, and the npm packages of package-lock.json.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -25,6 +25,8 @@ missing=()
 command -v chromium >/dev/null || missing+=(chromium)
 command -v chromedriver >/dev/null || missing+=(chromium-driver)
 command -v ffmpeg >/dev/null || missing+=(ffmpeg)
+# The field lab's NAT routers (tests/e2e/fieldlab.mjs).
+command -v iptables >/dev/null || missing+=(iptables)
 if [ ${#missing[@]} -gt 0 ]; then
   step "installing ${missing[*]} from Debian"
   apt-get update -qq

@@ -47,14 +47,14 @@ export async function waitFor(check, { timeout = 15000, interval = 100, message 
  * Starts `shoal-node` with its own data directory and ports. `restart()` kills it with
  * SIGKILL and starts it again on the same ports and identity.
  */
-export async function startNode({ ports = allocatePorts(), dataDir, extraArgs = [], log = false } = {}) {
+export async function startNode({ ports = allocatePorts(), dataDir, extraArgs = [], log = false, host = TEST_IP } = {}) {
   const dir = dataDir ?? mkdtempSync(join(tmpdir(), 'shoal-node-'));
   const ownsDir = !dataDir;
   const args = [
-    '--webrtc-listen', `${TEST_IP}:${ports.webrtc}`,
-    '--ws-listen', `${TEST_IP}:${ports.ws}`,
+    '--webrtc-listen', `${host}:${ports.webrtc}`,
+    '--ws-listen', `${host}:${ports.ws}`,
     '--http-listen', `0.0.0.0:${ports.http}`,
-    '--stun-listen', `${TEST_IP}:${ports.stun}`,
+    ...(extraArgs.includes('--stun-listen') ? [] : ['--stun-listen', `${host}:${ports.stun}`]),
     '--data-dir', dir,
     '--static-dir', ROOT,
     '--demo-media', join(ROOT, 'target/demo-media'),
@@ -63,7 +63,8 @@ export async function startNode({ ports = allocatePorts(), dataDir, extraArgs = 
   const node = {
     ports,
     dataDir: dir,
-    url: `http://127.0.0.1:${ports.http}`,
+    // Pages on another host (the field lab's viewers) reach the node at `host`.
+    url: host === TEST_IP ? `http://127.0.0.1:${ports.http}` : `http://${host}:${ports.http}`,
     proc: null,
     output: '',
     async start() {
