@@ -110,3 +110,35 @@ test('relay-only pages connect through the node TURN relay and move bytes intact
     assert.notEqual(server?.selectedPair?.localType, 'relay');
   }
 });
+
+test('a browser without RTCPeerConnection gets a clear unsupported error, and the player plays over HTTP', async (t) => {
+  const { node, browser } = await start(t, []);
+  const context = await newContext(browser, node);
+  // What some embedded views and hardened profiles (and WebKitGTK) look like.
+  await context.addInitScript(() => {
+    delete window.RTCPeerConnection;
+  });
+  const page = await openHarness(context, node);
+  const outcome = await page.evaluate(() => window.harness.start({}).then(() => 'started', (e) => ({ code: e.code, message: String(e.message) })));
+  assert.equal(outcome.code, 'unsupported', JSON.stringify(outcome));
+
+  // The demo page: hls.js starts at once, Shoal fails to start, playback goes on.
+  const player = await context.newPage();
+  await player.goto(`${node.url}/`);
+  const state = await waitFor(() => player.evaluate(() => {
+    const demo = window.shoalDemo;
+    const integration = demo?.integration;
+    return demo?.playback.started && integration?.error && {
+      code: integration.error.code,
+      shoal: demo.shoal,
+      time: document.getElementById('video').currentTime,
+    };
+  }), { timeout: 30000, message: 'the player to play and Shoal to report why it could not start' });
+  assert.equal(state.code, 'unsupported');
+  assert.equal(state.shoal, null, 'no Shoal instance');
+  // (A live stream's clock starts where the stream is, not at 0.)
+  await waitFor(() => player.evaluate((from) => document.getElementById('video').currentTime > from + 4, state.time),
+    { timeout: 20000, message: 'playback to go on over HTTP for 4 s' });
+  const stalls = await player.evaluate(() => window.shoalDemo.playback.stalls.length);
+  assert.equal(stalls, 0);
+});

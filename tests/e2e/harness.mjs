@@ -124,9 +124,9 @@ const BROWSER_ARGS = [
 /**
  * Switches that loosen WebRTC privacy, which no viewer has: host candidates as plain
  * addresses instead of mDNS names, loopback candidates allowed, media permission
- * granted (which also exposes host addresses). Tests that are about WebRTC privacy
- * launch without them (`launchBrowser({ privacyDefaults: true })`), as does every test
- * with SHOAL_BROWSER_DEFAULTS=1.
+ * granted (which also exposes host addresses). Every test runs without them, as a
+ * viewer's browser would; SHOAL_BROWSER_LOOSE=1 (or `launchBrowser({ privacyDefaults:
+ * false })`) puts them back, to tell a privacy effect from anything else.
  */
 const LOOSE_PRIVACY_ARGS = [
   '--allow-loopback-in-peer-connection', '--disable-features=WebRtcHideLocalIpsWithMdns',
@@ -135,7 +135,7 @@ const LOOSE_PRIVACY_ARGS = [
 
 export const CHROMIUM_ARGS = [...BROWSER_ARGS, ...LOOSE_PRIVACY_ARGS];
 
-export async function launchBrowser({ privacyDefaults = process.env.SHOAL_BROWSER_DEFAULTS === '1' } = {}) {
+export async function launchBrowser({ privacyDefaults = process.env.SHOAL_BROWSER_LOOSE !== '1' } = {}) {
   const args = privacyDefaults ? BROWSER_ARGS : CHROMIUM_ARGS;
   const browser = await chromium.launch({ executablePath: process.env.CHROMIUM ?? '/usr/bin/chromium', args });
   browser.privacyDefaults = privacyDefaults;
