@@ -5,6 +5,8 @@
 #   offload    4/8/12 tabs playing the demo stream vs plain hls.js: offload, stalls, CPU, memory
 #   size       the npm package's download size, gzipped and brotli
 #   node-probes  the node under hostile connections and a 100k-datagram spoofed STUN flood
+#   fieldlab   NAT pairs x {STUN, STUN + TURN}: connection success and time (field lab)
+#   grid       the scarce-upload simulator grid (500 viewers, bitrate x upload), vs its bound
 #   profile    where a viewer tab's main thread spends its time (V8 CPU profile)
 # Results go to stdout; copy them, with this command, into BENCHMARKS.md.
 set -euo pipefail

@@ -51,6 +51,9 @@ export async function createFieldLab(homes) {
   const processes = [];
   const dir = mkdtempSync(join(tmpdir(), 'shoal-fieldlab-'));
   const browsers = [];
+  // Links made in this namespace, deleted on close: a namespace dies asynchronously,
+  // and a veth pair with it, so a lab built right after would find its names taken.
+  const links = ['wan0'];
   run(['ip', 'link', 'add', 'wan0', 'type', 'bridge']);
   run(['ip', 'addr', 'add', `${PUBLIC_IP}/24`, 'dev', 'wan0']);
   run(['ip', 'link', 'set', 'wan0', 'up']);
@@ -60,6 +63,7 @@ export async function createFieldLab(homes) {
     const router = await namespace(processes);
     // WAN: a veth pair, one end on wan0, the other in the router as `wan`.
     run(['ip', 'link', 'add', `w${i}`, 'type', 'veth', 'peer', 'name', `w${i}r`]);
+    links.unshift(`w${i}`);
     run(['ip', 'link', 'set', `w${i}`, 'master', 'wan0', 'up']);
     run(['ip', 'link', 'set', `w${i}r`, 'netns', String(router)]);
     inNs(router, ['ip', 'link', 'set', `w${i}r`, 'name', 'wan']);
@@ -113,12 +117,14 @@ export async function createFieldLab(homes) {
     },
     async close() {
       await Promise.all(browsers.map((b) => b.close().catch(() => {})));
-      for (const p of processes) p.kill('SIGKILL');
-      try {
-        run(['ip', 'link', 'del', 'wan0']);
-      } catch {
-        // gone with the namespace
+      for (const link of links) {
+        try {
+          run(['ip', 'link', 'del', link]);
+        } catch {
+          // already gone
+        }
       }
+      for (const p of processes) p.kill('SIGKILL');
       rmSync(dir, { recursive: true, force: true });
     },
   };
