@@ -198,10 +198,11 @@ export class ShoalHls {
     });
     hls.on(Events.LEVEL_LOADED, (_event, data) => {
       const details = data.details;
-      if (!this.options.publisherKey || !details?.fragments?.length) return;
+      if (!details?.fragments?.length) return;
       const playlist = details.fragments.filter((f) => typeof f.sn === 'number').map((f) => ({ id: f.sn, url: f.url }));
+      // Kept even before Shoal or the publisher key is there: a VOD playlist loads once.
       this.#levels.set(details.url, playlist);
-      if (!this.shoal) return;
+      if (!this.shoal || !this.options.publisherKey) return;
       const swarm = this.swarmFor(details.url);
       this.ensureJoined(swarm);
       this.shoal.setPlaylist(swarm, playlist);
@@ -214,6 +215,7 @@ export class ShoalHls {
     pending.then(
       (shoal) => {
         this.shoal = shoal;
+        if (!this.options.publisherKey) return;
         for (const [url, playlist] of this.#levels) {
           const swarm = this.swarmFor(url);
           this.ensureJoined(swarm);
