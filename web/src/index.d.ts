@@ -71,6 +71,8 @@ export interface SwarmStats {
   bytesUploaded: number;
   segmentsLoaded: number;
   segmentsFailed: number;
+  /** Origin records that did not verify (see the `record-refused` event). */
+  recordsRefused: number;
   chunksRejected: number;
   peersBanned: number;
   /** HTTP fetches: early shares of new segments / seeding a segment no peer had / due too soon for peers / duplicates of late fetches. */
@@ -131,6 +133,12 @@ export interface ShoalEventMap {
   'peer-connected': CustomEvent<{ peer: string; remoteAddr: string; dialer: boolean }>;
   'peer-disconnected': CustomEvent<{ peer: string; reason: string }>;
   'peer-banned': CustomEvent<{ peer: string; reason: string }>;
+  /**
+   * A record from the origin did not verify (once per swarm): segments still play over
+   * HTTP but nothing is shared. `reason` says what to check (swarm id vs the publisher's
+   * `--swarm`, or `publisherKey`).
+   */
+  'record-refused': CustomEvent<{ swarm: string; segment: number; reason: string }>;
   'dial-failed': CustomEvent<{ peer: string; error: string }>;
   'inbound-failed': CustomEvent<{ peer: string; error: string }>;
   'segment-loaded': CustomEvent<{ swarm: string; segment: number; bytes: number; fromPeers: number; fromHttp: number }>;

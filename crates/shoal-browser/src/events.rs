@@ -56,6 +56,14 @@ pub enum Event {
         peer: String,
         reason: String,
     },
+    /// A record from the origin did not verify (reported once per swarm; every refusal is
+    /// counted in `stats().pieces[swarm].recordsRefused`). Segments still play, over
+    /// HTTP, but nothing can be shared: `reason` says what to check.
+    RecordRefused {
+        swarm: String,
+        segment: u64,
+        reason: String,
+    },
     /// A segment was delivered to the player; `fromPeers`/`fromHttp` count the bytes
     /// that crossed the network for it (0 and 0 when it was already held).
     SegmentLoaded {
@@ -153,6 +161,8 @@ pub struct SwarmStats {
     pub bytes_uploaded: u64,
     pub segments_loaded: u64,
     pub segments_failed: u64,
+    /// Origin records that did not verify (see the `record-refused` event).
+    pub records_refused: u64,
     pub chunks_rejected: u64,
     pub peers_banned: u64,
     /// HTTP fetches: early shares of new segments / seeding a segment nobody had / due

@@ -81,6 +81,9 @@ pub struct Pieces<P: PeerKey> {
     pending: VecMap<SegmentId, Vec<Reply>>,
     traffic: VecMap<P, PeerTraffic>,
     segments_failed: u64,
+    /// Origin records that did not verify, and whether the page has been told.
+    records_refused: u64,
+    refusal_reported: bool,
     /// Peers the engine knows.
     peers: VecSet<P>,
     effects: VecDeque<Effect<P>>,
@@ -103,6 +106,8 @@ impl<P: PeerKey + Display> Pieces<P> {
             pending: VecMap::new(),
             traffic: VecMap::new(),
             segments_failed: 0,
+            records_refused: 0,
+            refusal_reported: false,
             peers: VecSet::new(),
             effects: VecDeque::new(),
         }
@@ -208,8 +213,20 @@ impl<P: PeerKey + Display> Pieces<P> {
         if let Some(record) = record.as_deref().and_then(decode_record) {
             // A bad record from the origin is not the end: the body still reaches the
             // player (unchecked records are simply not used to share it).
+            let segment = record.record.segment.0;
             if let Err(error) = self.engine.add_record(record, now) {
                 tracing::info!(swarm = %self.name, %error, "origin record refused");
+                self.records_refused += 1;
+                // Once per swarm: the same mistake refuses every record, and without
+                // records nothing is shared (offload stays at 0 with no other sign).
+                if !self.refusal_reported {
+                    self.refusal_reported = true;
+                    self.effects.push_back(Effect::Event(Event::RecordRefused {
+                        swarm: self.name.clone(),
+                        segment,
+                        reason: refusal_reason(&error),
+                    }));
+                }
             }
         }
         match body {
@@ -345,6 +362,7 @@ impl<P: PeerKey + Display> Pieces<P> {
             bytes_uploaded: s.bytes_uploaded,
             segments_loaded: s.segments_delivered,
             segments_failed: self.segments_failed,
+            records_refused: self.records_refused,
             chunks_rejected: s.chunks_rejected,
             peers_banned: s.peers_banned,
             http_early: s.http_early,
@@ -359,6 +377,20 @@ impl<P: PeerKey + Display> Pieces<P> {
 }
 
 /// A record file: one wire frame holding a `Record` message.
+/// What a page's developer should check when the origin's records do not verify.
+fn refusal_reason(error: &shoal_core::integrity::IntegrityError) -> String {
+    use shoal_core::integrity::IntegrityError;
+    match error {
+        IntegrityError::WrongStream => "the origin's records were signed for another swarm id: the page's swarm id \
+             (ShoalHls `swarmId`, `join(swarm)`) must equal the `--swarm` the publisher signed with"
+            .into(),
+        IntegrityError::BadSignature => {
+            "the origin's records are not signed by `publisherKey`: check the key the page is given".into()
+        }
+        other => format!("the origin's record is invalid: {other}"),
+    }
+}
+
 pub fn decode_record(bytes: &[u8]) -> Option<Arc<SignedRecord>> {
     let mut decoder = FrameDecoder::new();
     decoder.extend(bytes);

@@ -282,3 +282,26 @@ fn record_urls_keep_the_query_last() {
     assert_eq!(record_url("https://a/b.ts", ".shoal"), "https://a/b.ts.shoal");
     assert_eq!(record_url("https://a/b.ts?x=1&y=2", ".sig"), "https://a/b.ts.sig?x=1&y=2");
 }
+
+#[test]
+fn records_signed_for_another_swarm_id_are_refused_once_loudly_and_playback_goes_on() {
+    let mut world = World::new(3, 50_000);
+    // The publisher signed with `--swarm other/name`; the page joined SWARM.
+    let publisher = Publisher::from_secret([9; 32]);
+    let other = StreamId::from_name("other/name");
+    for n in 0..3 {
+        let data = world.origin.segments[&url(n)].clone();
+        let record = Arc::new(publisher.sign(SegmentRecord::for_data(other, SegmentId(n), &data, CHUNK)));
+        world.origin.records.insert(record_url(&url(n), ".shoal"), Message::Record { record }.to_frame());
+    }
+    world.add(1, false);
+    for n in 0..2 {
+        let delivery = answer(world.fetch(1, n, Duration::from_millis(100))).unwrap();
+        assert_eq!(delivery.from_http, 50_000, "the segment still plays, over HTTP");
+    }
+    let refused: Vec<_> = world.events.iter().filter(|(_, e)| matches!(e, Event::RecordRefused { .. })).collect();
+    assert_eq!(refused.len(), 1, "reported once: {refused:?}");
+    let Event::RecordRefused { reason, .. } = &refused[0].1 else { unreachable!() };
+    assert!(reason.contains("swarm id"), "{reason}");
+    assert_eq!(world.viewers[&1].stats().records_refused, 2);
+}
