@@ -2,7 +2,8 @@
 // protocol (`/shoal/pieces/2`, crates/shoal-core/src/wire.rs) written by hand, sent over
 // a raw stream the real runtime opens to a directly connected victim.
 
-const varint = (n) => {
+/** An unsigned LEB128 varint, as every Shoal wire frame uses (also for gossip frames). */
+export const varint = (n) => {
   const out = [];
   let v = BigInt(n);
   while (v >= 0x80n) { out.push(Number(v & 0x7fn) | 0x80); v >>= 7n; }

@@ -1188,13 +1188,13 @@ impl Runtime {
         let due: Vec<(String, Vec<shoal_proto::Member>)> = self
             .memberships
             .iter_mut()
-            .filter(|(_, m)| m.redial.is_some_and(|(at, _)| at <= now))
-            .map(|(name, m)| {
-                let (_, done) = m.redial.take().unwrap_or((now, MAX_REDIALS));
-                if done + 1 < MAX_REDIALS {
-                    m.redial = Some((now + REDIAL_AFTER * 2u32.pow(done + 1), done + 1));
+            .filter_map(|(name, m)| {
+                let (at, done) = m.redial?;
+                if at > now {
+                    return None;
                 }
-                (name.clone(), m.sample.clone())
+                m.redial = (done + 1 < MAX_REDIALS).then(|| (now + REDIAL_AFTER * 2u32.pow(done + 1), done + 1));
+                Some((name.clone(), m.sample.clone()))
             })
             .collect();
         for (name, sample) in due {

@@ -57,7 +57,7 @@ fn message(publisher: &Publisher, stream: StreamId, kind: u8, id: u8, a: u32, b:
     let segment = segment(id);
     match kind % 12 {
         0 => Message::Hello {
-            version: if a % 4 == 0 { (b % 4) as u8 } else { shoal_core::wire::PROTOCOL_VERSION },
+            version: if a.is_multiple_of(4) { (b % 4) as u8 } else { shoal_core::wire::PROTOCOL_VERSION },
             stream,
         },
         1 => Message::Availability {
@@ -68,10 +68,10 @@ fn message(publisher: &Publisher, stream: StreamId, kind: u8, id: u8, a: u32, b:
         3 => Message::Fetching { segment, chunks: ChunkSet::from_bytes(bitmap) },
         4 => Message::HaveChunks { segment, chunks: ChunkSet::from_bytes(bitmap) },
         5 => Message::Dropped { segment },
-        6 => Message::Request { id: a, segment, chunk: b, with_record: a % 2 == 0 },
+        6 => Message::Request { id: a, segment, chunk: b, with_record: a.is_multiple_of(2) },
         7 => Message::Data { id: a, segment, chunk: b, data: Bytes::from(bitmap.to_vec()) },
         8 => {
-            // A record signed by the real publisher (well-formed or not) or not signed by it.
+            // A record signed by the real publisher (well-formed or not) or forged.
             let chunk_size = 1 + (b % (64 * 1024));
             let size = u64::from(a % (4 << 20));
             let chunks = size.div_ceil(u64::from(chunk_size)).min(512) as usize;
@@ -83,9 +83,9 @@ fn message(publisher: &Publisher, stream: StreamId, kind: u8, id: u8, a: u32, b:
                 published_at_ms: u64::from(b),
                 chunk_hashes: vec![[kind; 32]; chunks],
             };
-            let signer = if a % 3 == 0 { Publisher::from_secret([9; 32]) } else { Publisher::from_secret([1; 32]) };
-            let _ = publisher;
-            Message::Record { record: Arc::new(signer.sign(record)) }
+            let forged = a.is_multiple_of(3);
+            let signed = if forged { Publisher::from_secret([9; 32]).sign(record) } else { publisher.sign(record) };
+            Message::Record { record: Arc::new(signed) }
         }
         9 => Message::Absent { id: a },
         10 => Message::Busy { id: a, retry_ms: b },

@@ -462,7 +462,7 @@ impl Node {
                 let mut ips: Vec<IpAddr> = advertised
                     .iter()
                     .filter(|a| a.iter().any(|p| matches!(p, Protocol::WebRTCDirect)))
-                    .filter_map(ip_of)
+                    .filter_map(ip_limits::ip_of)
                     .collect();
                 ips.dedup();
                 ips
@@ -478,15 +478,6 @@ impl Node {
     }
 }
 
-/// The IP address in a multiaddr, if it has one.
-fn ip_of(addr: &Multiaddr) -> Option<IpAddr> {
-    addr.iter().find_map(|p| match p {
-        Protocol::Ip4(ip) => Some(IpAddr::V4(ip)),
-        Protocol::Ip6(ip) => Some(IpAddr::V6(ip)),
-        _ => None,
-    })
-}
-
 /// `--ice-server` URLs as well-known entries (TURN ones get credentials per page).
 fn external_ice_servers(config: &Config) -> Vec<shoal_proto::IceServerInfo> {
     config
@@ -499,7 +490,7 @@ fn external_ice_servers(config: &Config) -> Vec<shoal_proto::IceServerInfo> {
 /// The address TURN relays are allocated on: the STUN listen address if it names one,
 /// else the first external or WebRTC listen address that does.
 fn relay_ip(config: &Config) -> Result<IpAddr, NodeError> {
-    let external = config.external_addresses.iter().find_map(ip_of);
+    let external = config.external_addresses.iter().find_map(ip_limits::ip_of);
     [config.stun_listen.0.map(|a| a.ip()), external, Some(config.webrtc_listen.ip())]
         .into_iter()
         .flatten()
