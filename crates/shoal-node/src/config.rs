@@ -67,11 +67,29 @@ pub struct Config {
     #[arg(long, env = "SHOAL_STATIC_DIR", default_value = ".")]
     pub static_dir: PathBuf,
 
-    /// Other nodes to federate with (browser-dialable or WebSocket multiaddrs ending in
-    /// `/p2p/<id>`). Repeatable. Not implemented yet: the node refuses to start with it
-    /// rather than run unfederated while the operator believes otherwise.
+    /// Other nodes to federate with: their `--federation-listen` addresses, e.g.
+    /// `/ip4/10.0.0.2/tcp/9092` (`/dns4/...` works too). Repeatable. One reachable node
+    /// is enough (the rest are reached through it), but a node is forgotten faster when
+    /// linked directly. Needs `--federation-key`.
     #[arg(long = "federate", env = "SHOAL_FEDERATE", value_delimiter = ',')]
     pub federate: Vec<Multiaddr>,
+
+    /// Turns federation on: a 32-byte key as 64 hex digits, the same on every node of
+    /// the network (`openssl rand -hex 32`). Only nodes holding it can connect to the
+    /// federation port.
+    #[arg(long, env = "SHOAL_FEDERATION_KEY", hide_env_values = true)]
+    pub federation_key: Option<String>,
+
+    /// TCP address other nodes federate with, when `--federation-key` is set. Keep it
+    /// on a private network: browsers never use it.
+    #[arg(long, env = "SHOAL_FEDERATION_LISTEN", default_value = "0.0.0.0:9092")]
+    pub federation_listen: SocketAddr,
+
+    /// On SIGTERM or Ctrl-C: seconds over which browser connections are closed (so
+    /// their pages move to other nodes a few at a time) before the node exits. During
+    /// them, `/healthz` answers 503 and new connections are closed.
+    #[arg(long, env = "SHOAL_DRAIN_SECS", default_value_t = 5)]
+    pub drain_secs: u64,
 
     /// Most relay reservations held at once (one per listening browser).
     #[arg(long, env = "SHOAL_MAX_RESERVATIONS", default_value_t = 10_000)]
@@ -226,8 +244,8 @@ impl Config {
         if self.turn_credential_ttl_secs == 0 {
             return Err("--turn-credential-ttl-secs must be at least 1".into());
         }
-        if !self.federate.is_empty() {
-            return Err("--federate is not implemented yet: this node would run alone".into());
+        if !self.federate.is_empty() && self.federation_key.is_none() {
+            return Err("--federate needs --federation-key (the same on every node)".into());
         }
         if self.max_pending_per_ip == 0 || self.handshake_timeout_secs == 0 || self.http_header_timeout_secs == 0 {
             return Err(
@@ -283,6 +301,6 @@ mod tests {
         let config = Config::try_parse_from(["shoal-node", "--sample-size", "0"]).unwrap();
         assert!(config.validate().is_err());
         let config = Config::try_parse_from(["shoal-node", "--federate", "/ip4/1.2.3.4/tcp/1/ws"]).unwrap();
-        assert!(config.validate().unwrap_err().contains("not implemented"));
+        assert!(config.validate().unwrap_err().contains("--federation-key"));
     }
 }

@@ -53,6 +53,8 @@ pub struct Shared {
     pub registry: Arc<Registry>,
     /// ICE servers for the well-known document (TURN credentials minted per request).
     pub ice: Arc<RwLock<crate::ice::IcePolicy>>,
+    /// Set while the node drains before exiting: `/healthz` says 503.
+    pub draining: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// Binds the HTTP listener now (so a busy port fails start-up) and returns the server
@@ -83,7 +85,7 @@ pub async fn bind(
     let app = Router::new()
         .route(WELL_KNOWN_PATH, get(well_known))
         .route("/metrics", get(metrics))
-        .route("/healthz", get(|| async { "ok" }))
+        .route("/healthz", get(health))
         .with_state(shared)
         .merge(extra)
         .merge(static_files)
@@ -91,6 +93,15 @@ pub async fn bind(
         .layer(CorsLayer::permissive());
 
     Ok((bound, serve(listener, app, limits, refusals)))
+}
+
+/// For a load balancer: 200 while the node takes pages, 503 while it drains.
+async fn health(State(shared): State<Shared>) -> impl IntoResponse {
+    if shared.draining.load(std::sync::atomic::Ordering::Relaxed) {
+        (StatusCode::SERVICE_UNAVAILABLE, "draining")
+    } else {
+        (StatusCode::OK, "ok")
+    }
 }
 
 /// A slot of one client address, given back on drop.

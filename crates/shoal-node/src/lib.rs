@@ -4,13 +4,18 @@
 //! certhash in its address) or WebSocket. It does three things for them and nothing else:
 //! - holds circuit relay v2 reservations, so browsers can be dialled through it, with
 //!   circuits capped in time and bytes to what a WebRTC handshake needs;
-//! - keeps swarm membership (`/shoal/membership/1`, see `shoal-proto`);
-//! - serves `/.well-known/shoal.json`, `/metrics`, and the demo page.
+//! - keeps swarm membership (`/shoal/membership/1`, see `shoal-proto`), shared with
+//!   the other nodes of a federation (`federation`);
+//! - serves `/.well-known/shoal.json`, `/metrics`, `/healthz`, and the demo page.
+//!
+//! On SIGTERM it drains: `/healthz` turns 503, and browser connections are closed a
+//! few at a time over `--drain-secs` (their pages move to other nodes) before it exits.
 //!
 //! The binary (`main.rs`) is a thin wrapper over [`Node`].
 
 pub mod config;
 mod demo;
+mod federation;
 mod http;
 mod ice;
 mod identity;
@@ -26,8 +31,11 @@ use std::{
     io,
     net::{IpAddr, SocketAddr},
     path::PathBuf,
-    sync::{Arc, RwLock},
-    time::Duration,
+    sync::{
+        Arc, RwLock,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, Instant},
 };
 
 use futures::StreamExt;
@@ -102,6 +110,9 @@ pub struct Node {
     /// The node's STUN/TURN server, if on, and what pages are told about ICE servers.
     ice: Option<ice::IceServer>,
     ice_policy: Arc<RwLock<ice::IcePolicy>>,
+    federation: Option<federation::Federation>,
+    /// Set on SIGTERM: `/healthz` says 503, new connections are closed.
+    draining: Arc<AtomicBool>,
 }
 
 impl Node {
@@ -181,12 +192,14 @@ impl Node {
             turn_secret: config.turn_secret.clone(),
             credential_ttl: Duration::from_secs(config.turn_credential_ttl_secs),
         }));
+        let draining = Arc::new(AtomicBool::new(false));
         let http = match config.http_listen.0 {
             Some(addr) => {
                 let shared = http::Shared {
                     well_known: well_known.clone(),
                     registry: Arc::new(registry),
                     ice: ice_policy.clone(),
+                    draining: draining.clone(),
                 };
                 let (bound, serve) =
                     http::bind(addr, &config.static_dir, shared, extra_routes, http_limits, refusals).await?;
@@ -201,7 +214,17 @@ impl Node {
             sample_size: config.sample_size,
             max_members_per_network: config.max_members_per_network,
             max_sample_per_network: config.max_sample_per_network,
+            max_remote_memberships: config.max_memberships.saturating_mul(4),
         });
+        let federation = match &config.federation_key {
+            Some(key) => Some(federation::Federation::new(
+                &keypair,
+                key,
+                config.federation_listen,
+                config.federate.clone(),
+            )?),
+            None => None,
+        };
         Ok(Self {
             swarm,
             config,
@@ -215,6 +238,8 @@ impl Node {
             leaked: None,
             ice,
             ice_policy,
+            federation,
+            draining,
         })
     }
 
@@ -227,11 +252,16 @@ impl Node {
         self.http.as_ref().map(|(a, _)| *a)
     }
 
-    /// Runs until Ctrl-C / SIGTERM, or until the HTTP server fails.
+    /// Runs until Ctrl-C / SIGTERM (then drains, see the crate docs), or until the HTTP
+    /// server fails.
     pub async fn run(mut self) -> Result<(), NodeError> {
         let mut http = self.http.take().map(|(_, serve)| serve).unwrap_or_else(|| Box::pin(futures::future::pending()));
         let shutdown = shutdown_signal();
         tokio::pin!(shutdown);
+        let mut tick = tokio::time::interval(Duration::from_millis(100));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // While draining: the peers still to close, and when the drain ends.
+        let mut drain: Option<(Vec<PeerId>, Instant)> = None;
         loop {
             tokio::select! {
                 event = self.swarm.select_next_some() => {
@@ -240,14 +270,90 @@ impl Node {
                         return Err(NodeError::LeakBudgetSpent(failed));
                     }
                 }
+                event = next_federation_event(&mut self.federation) => self.on_federation(event),
+                _ = tick.tick() => {
+                    self.on_tick();
+                    if let Some((left, until)) = &mut drain {
+                        let now = Instant::now();
+                        // Close an even share each tick, so pages move a few at a time.
+                        let ticks_left = (until.saturating_duration_since(now).as_millis() / 100).max(1) as usize;
+                        let count = left.len().div_ceil(ticks_left);
+                        for peer in left.drain(..count.min(left.len())) {
+                            let _ = self.swarm.disconnect_peer_id(peer);
+                        }
+                        if left.is_empty() && now >= *until {
+                            tracing::info!("drained; exiting");
+                            return Ok(());
+                        }
+                    }
+                }
                 result = &mut http => {
                     return result.map_err(|source| NodeError::Io { context: "HTTP server".into(), source });
                 }
-                () = &mut shutdown => {
-                    tracing::info!("shutting down");
-                    return Ok(());
+                () = &mut shutdown, if drain.is_none() => {
+                    let peers: Vec<PeerId> = self.peer_ips.keys().copied().collect();
+                    tracing::info!(peers = peers.len(), secs = self.config.drain_secs, "draining before shutdown");
+                    self.draining.store(true, Ordering::Relaxed);
+                    self.metrics.draining.set(1);
+                    drain = Some((peers, Instant::now() + Duration::from_secs(self.config.drain_secs)));
                 }
             }
+        }
+    }
+
+    /// Every 100 ms: federation publishing and expiry.
+    fn on_tick(&mut self) {
+        let Some(federation) = &mut self.federation else { return };
+        let peers = self.peer_ips.len() as u64;
+        let expired = federation.tick(Instant::now(), self.members.node_addrs(), peers);
+        self.metrics.federation_peers.set(federation.peers() as i64);
+        for node in expired {
+            self.members.forget_node(&node);
+        }
+        self.update_federation_view();
+    }
+
+    fn on_federation(&mut self, event: federation::Event) {
+        match event {
+            federation::Event::Update { node, update, lag } => {
+                if let Some(lag) = lag {
+                    self.metrics.federation_lag.observe(lag.as_secs_f64());
+                }
+                // Only addresses that lead to the node that sent them.
+                let addrs = update
+                    .addrs
+                    .iter()
+                    .filter_map(|a| a.parse::<Multiaddr>().ok())
+                    .filter(|a| matches!(a.iter().last(), Some(Protocol::P2p(p)) if p == node))
+                    .collect();
+                let refused =
+                    self.members.apply_remote(node, addrs, update.peers, update.reset, &update.joined, &update.left);
+                self.metrics.federation_refused.inc_by(refused as u64);
+            }
+            federation::Event::NodeGone(node) => {
+                let forgotten = self.members.forget_node(&node);
+                tracing::info!(%node, forgotten, "forgot a node's members");
+            }
+            federation::Event::SnapshotWanted => {
+                let members = self.members.local_memberships();
+                let peers = self.peer_ips.len() as u64;
+                if let Some(federation) = &mut self.federation {
+                    federation.publish_snapshot(self.members.node_addrs(), peers, members);
+                }
+            }
+        }
+        self.update_federation_view();
+    }
+
+    /// The well-known document's list of other nodes, and the federation gauges.
+    fn update_federation_view(&mut self) {
+        let others: Vec<String> = self.members.other_nodes().iter().map(Multiaddr::to_string).collect();
+        self.metrics.federation_nodes.set(self.members.other_node_count() as i64);
+        self.metrics.federation_memberships.set(self.members.remote_membership_count() as i64);
+        if let Ok(mut doc) = self.well_known.write()
+            && doc.federation != others
+        {
+            doc.federation = others;
         }
     }
 
@@ -263,8 +369,12 @@ impl Node {
                 self.refresh_advertised();
             }
             SwarmEvent::ListenerError { error, .. } => tracing::warn!(%error, "listener error"),
-            SwarmEvent::ConnectionEstablished { peer_id, num_established, endpoint, .. } => {
+            SwarmEvent::ConnectionEstablished { peer_id, num_established, endpoint, connection_id, .. } => {
                 self.metrics.connections.inc();
+                if self.draining.load(Ordering::Relaxed) {
+                    // Leaving: the page should pick another node.
+                    self.swarm.close_connection(connection_id);
+                }
                 if num_established.get() == 1 {
                     self.metrics.connected_peers.inc();
                 }
@@ -279,8 +389,13 @@ impl Node {
                     self.metrics.connected_peers.dec();
                     self.peer_ips.remove(&peer_id);
                     let removed = self.members.remove_peer(&peer_id);
+                    if let Some(federation) = &mut self.federation {
+                        for swarm in &removed {
+                            federation.left(swarm, &peer_id);
+                        }
+                    }
                     self.update_membership_gauges();
-                    tracing::debug!(%peer_id, removed, cause = ?cause, "disconnected");
+                    tracing::debug!(%peer_id, removed = removed.len(), cause = ?cause, "disconnected");
                 }
             }
             SwarmEvent::IncomingConnectionError { error, .. } => {
@@ -343,8 +458,12 @@ impl Node {
             }
             MembershipRequest::Join { swarm, token: None } => {
                 let ip = self.peer_ips.get(&peer).copied();
+                let new = !self.members.is_member(&peer, &swarm);
                 let response = match self.members.join(peer, &swarm, ip, &mut self.rng) {
                     Ok(members) => {
+                        if new && let Some(federation) = &mut self.federation {
+                            federation.joined(&swarm, &peer);
+                        }
                         tracing::debug!(%peer, %swarm, sample = members.len(), "joined");
                         let size = self.members.swarm_size(&swarm) as u64;
                         MembershipResponse::Joined { members, size }
@@ -354,7 +473,11 @@ impl Node {
                 ("join", response)
             }
             MembershipRequest::Leave { swarm } => {
-                self.members.leave(&peer, &swarm);
+                if self.members.leave(&peer, &swarm)
+                    && let Some(federation) = &mut self.federation
+                {
+                    federation.left(&swarm, &peer);
+                }
                 ("leave", MembershipResponse::Left)
             }
         };
@@ -614,6 +737,13 @@ fn build_behaviour(keypair: &Keypair, config: &Config, metrics: &Metrics) -> Beh
             ping::Config::new().with_interval(Duration::from_secs(5)).with_timeout(Duration::from_secs(10)),
         ),
         membership,
+    }
+}
+
+async fn next_federation_event(federation: &mut Option<federation::Federation>) -> federation::Event {
+    match federation {
+        Some(federation) => federation.next().await,
+        None => futures::future::pending().await,
     }
 }
 

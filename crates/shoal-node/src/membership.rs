@@ -6,6 +6,12 @@
 //! answer holds at most [`Limits::max_sample_per_network`] members of one network
 //! (IPv4 /24, IPv6 /64), so a Sybil on one network can neither fill a swarm nor every
 //! answer.
+//!
+//! Members of other nodes (learnt through `federation`) are kept apart from our own,
+//! by the node that holds them, and join answers draw from both: they are reached
+//! through their own node's relay. Their networks are their node's business (it applied
+//! the limits when they joined), and their count is capped by
+//! [`Limits::max_remote_memberships`].
 
 use std::{
     collections::{HashMap, HashSet},
@@ -45,6 +51,8 @@ pub struct Limits {
     pub max_members_per_network: usize,
     /// Most members of one network in one join answer.
     pub max_sample_per_network: usize,
+    /// Most (peer, swarm) memberships of other nodes held at once.
+    pub max_remote_memberships: usize,
 }
 
 impl Default for Limits {
@@ -55,6 +63,7 @@ impl Default for Limits {
             sample_size: 32,
             max_members_per_network: 64,
             max_sample_per_network: 4,
+            max_remote_memberships: 400_000,
         }
     }
 }
@@ -101,6 +110,52 @@ impl SwarmMembers {
     }
 }
 
+/// Members of one swarm held by other nodes: dense, like [`SwarmMembers`], with the
+/// node each is on.
+#[derive(Debug, Default)]
+struct RemoteMembers {
+    members: Vec<(PeerId, PeerId)>,
+    position: HashMap<PeerId, usize>,
+}
+
+impl RemoteMembers {
+    /// Adds or moves `peer` (a page that moved nodes is announced by its new one).
+    fn insert(&mut self, peer: PeerId, node: PeerId) -> bool {
+        if let Some(&at) = self.position.get(&peer) {
+            self.members[at].1 = node;
+            return false;
+        }
+        self.position.insert(peer, self.members.len());
+        self.members.push((peer, node));
+        true
+    }
+
+    /// Removes `peer` if `node` holds it.
+    fn remove(&mut self, peer: &PeerId, node: &PeerId) -> bool {
+        let Some(&at) = self.position.get(peer) else { return false };
+        if self.members[at].1 != *node {
+            return false;
+        }
+        self.position.remove(peer);
+        self.members.swap_remove(at);
+        if let Some(moved) = self.members.get(at) {
+            self.position.insert(moved.0, at);
+        }
+        true
+    }
+}
+
+/// Another node, as federation told us.
+#[derive(Debug, Default)]
+struct RemoteNode {
+    /// Its browser-dialable addresses, each ending in `/p2p/<node>`.
+    addrs: Vec<Multiaddr>,
+    /// (swarm, peer) pairs it holds.
+    members: HashSet<(String, PeerId)>,
+    /// Peers connected to it.
+    load: u64,
+}
+
 /// See the module docs.
 #[derive(Debug)]
 pub struct Registry {
@@ -111,11 +166,28 @@ pub struct Registry {
     /// Browser-dialable addresses of this node, each ending in `/p2p/<node>`.
     node_addrs: Vec<Multiaddr>,
     total: usize,
+    remote: HashMap<String, RemoteMembers>,
+    nodes: HashMap<PeerId, RemoteNode>,
+    remote_total: usize,
 }
 
 impl Registry {
     pub fn new(limits: Limits) -> Self {
-        Self { limits, swarms: HashMap::new(), memberships: HashMap::new(), node_addrs: Vec::new(), total: 0 }
+        Self {
+            limits,
+            swarms: HashMap::new(),
+            memberships: HashMap::new(),
+            node_addrs: Vec::new(),
+            total: 0,
+            remote: HashMap::new(),
+            nodes: HashMap::new(),
+            remote_total: 0,
+        }
+    }
+
+    /// This node's browser-dialable addresses.
+    pub fn node_addrs(&self) -> &[Multiaddr] {
+        &self.node_addrs
     }
 
     /// Sets the addresses members are advertised through.
@@ -123,9 +195,116 @@ impl Registry {
         self.node_addrs = addrs;
     }
 
-    /// Members of `swarm`.
+    /// Members of `swarm`, on this node and on the others.
     pub fn swarm_size(&self, swarm: &str) -> usize {
-        self.swarms.get(swarm).map_or(0, |s| s.members.len())
+        self.swarms.get(swarm).map_or(0, |s| s.members.len()) + self.remote.get(swarm).map_or(0, |s| s.members.len())
+    }
+
+    /// Whether `peer` is a member of `swarm` here.
+    pub fn is_member(&self, peer: &PeerId, swarm: &str) -> bool {
+        self.memberships.get(peer).is_some_and(|s| s.contains(swarm))
+    }
+
+    /// Every (swarm, peer) membership held here, for a federation snapshot.
+    pub fn local_memberships(&self) -> Vec<(String, String)> {
+        self.swarms
+            .iter()
+            .flat_map(|(swarm, m)| m.members.iter().map(move |(peer, _)| (swarm.clone(), peer.to_string())))
+            .collect()
+    }
+
+    /// (peer, swarm) memberships held by other nodes.
+    pub fn remote_membership_count(&self) -> usize {
+        self.remote_total
+    }
+
+    /// Other nodes known.
+    pub fn other_node_count(&self) -> usize {
+        self.nodes.len()
+    }
+
+    /// Browser-dialable addresses of the other nodes, least loaded first.
+    pub fn other_nodes(&self) -> Vec<Multiaddr> {
+        let mut nodes: Vec<&RemoteNode> = self.nodes.values().collect();
+        nodes.sort_by_key(|n| n.load);
+        nodes.into_iter().flat_map(|n| n.addrs.iter().cloned()).collect()
+    }
+
+    /// Applies what `node` published: its addresses and load, and the memberships it
+    /// gained and lost (after forgetting all of them, when `reset`). Returns how many
+    /// entries were refused because [`Limits::max_remote_memberships`] was reached.
+    pub fn apply_remote(
+        &mut self,
+        node: PeerId,
+        addrs: Vec<Multiaddr>,
+        load: u64,
+        reset: bool,
+        joined: &[(String, String)],
+        left: &[(String, String)],
+    ) -> usize {
+        if reset {
+            self.forget_node(&node);
+        }
+        let entry = self.nodes.entry(node).or_default();
+        entry.addrs = addrs;
+        entry.load = load;
+        for (swarm, peer) in left {
+            let Ok(peer) = peer.parse::<PeerId>() else { continue };
+            if let Some(entry) = self.nodes.get_mut(&node) {
+                entry.members.remove(&(swarm.clone(), peer));
+            }
+            self.remove_remote(swarm, &peer, &node);
+        }
+        let mut refused = 0;
+        for (swarm, peer) in joined {
+            let Ok(peer) = peer.parse::<PeerId>() else { continue };
+            if validate_swarm_id(swarm).is_err() {
+                continue;
+            }
+            if self.remote_total >= self.limits.max_remote_memberships {
+                refused += 1;
+                continue;
+            }
+            let members = self.remote.entry(swarm.clone()).or_default();
+            let previous = members.position.get(&peer).map(|&at| members.members[at].1);
+            if members.insert(peer, node) {
+                self.remote_total += 1;
+            } else if let Some(previous) = previous
+                && previous != node
+                && let Some(old) = self.nodes.get_mut(&previous)
+            {
+                // The page moved from `previous` to `node`.
+                old.members.remove(&(swarm.clone(), peer));
+            }
+            if let Some(entry) = self.nodes.get_mut(&node) {
+                entry.members.insert((swarm.clone(), peer));
+            }
+        }
+        refused
+    }
+
+    /// Forgets `node` and every member it held. Returns the memberships forgotten.
+    pub fn forget_node(&mut self, node: &PeerId) -> usize {
+        let Some(entry) = self.nodes.remove(node) else { return 0 };
+        let mut forgotten = 0;
+        for (swarm, peer) in &entry.members {
+            if self.remove_remote(swarm, peer, node) {
+                forgotten += 1;
+            }
+        }
+        forgotten
+    }
+
+    fn remove_remote(&mut self, swarm: &str, peer: &PeerId, node: &PeerId) -> bool {
+        let Some(members) = self.remote.get_mut(swarm) else { return false };
+        if !members.remove(peer, node) {
+            return false;
+        }
+        self.remote_total -= 1;
+        if members.members.is_empty() {
+            self.remote.remove(swarm);
+        }
+        true
     }
 
     /// Number of swarms with at least one member.
@@ -171,70 +350,85 @@ impl Registry {
         Ok(self.sample(swarm, &peer, rng))
     }
 
-    /// A random sample of the members of `swarm` other than `exclude`, with at most
-    /// [`Limits::max_sample_per_network`] from one network.
+    /// A random sample of the members of `swarm` other than `exclude`, ours and other
+    /// nodes' alike, with at most [`Limits::max_sample_per_network`] of ours from one
+    /// network.
     fn sample(&self, swarm: &str, exclude: &PeerId, rng: &mut impl Rng) -> Vec<Member> {
-        let Some(members) = self.swarms.get(swarm) else {
+        let local = self.swarms.get(swarm).map_or(&[][..], |m| &m.members[..]);
+        let remote = self.remote.get(swarm).map_or(&[][..], |m| &m.members[..]);
+        let all = local.len() + remote.len();
+        if all == 0 {
             return Vec::new();
-        };
-        let wanted = self.limits.sample_size.min(members.members.len().saturating_sub(1));
+        }
+        let wanted = self.limits.sample_size.min(all.saturating_sub(1));
         // Draw a few times the sample (never the whole swarm) so that skipping members of
         // over-represented networks still leaves enough.
-        let draw = (wanted * 4 + 1).min(members.members.len());
+        let draw = (wanted * 4 + 1).min(all);
         let mut per_network: HashMap<Network, usize> = HashMap::new();
         let mut out = Vec::with_capacity(wanted);
-        for i in index::sample(rng, members.members.len(), draw) {
+        for i in index::sample(rng, all, draw) {
             if out.len() >= wanted {
                 break;
             }
-            let (peer, network) = members.members[i];
-            if peer == *exclude {
-                continue;
-            }
-            if let Some(network) = network {
-                let seen = per_network.entry(network).or_default();
-                if *seen >= self.limits.max_sample_per_network {
+            if let Some(&(peer, network)) = local.get(i) {
+                if peer == *exclude {
                     continue;
                 }
-                *seen += 1;
+                if let Some(network) = network {
+                    let seen = per_network.entry(network).or_default();
+                    if *seen >= self.limits.max_sample_per_network {
+                        continue;
+                    }
+                    *seen += 1;
+                }
+                out.push(self.describe(peer, &self.node_addrs));
+            } else {
+                let (peer, node) = remote[i - local.len()];
+                // A page that just moved here may still be listed by its old node.
+                if peer == *exclude || self.is_member(&peer, swarm) {
+                    continue;
+                }
+                if let Some(node) = self.nodes.get(&node) {
+                    out.push(self.describe(peer, &node.addrs));
+                }
             }
-            out.push(self.describe(peer));
         }
         out
     }
 
-    fn describe(&self, peer: PeerId) -> Member {
-        let addrs = self
-            .node_addrs
+    fn describe(&self, peer: PeerId, node_addrs: &[Multiaddr]) -> Member {
+        let addrs = node_addrs
             .iter()
             .map(|a| a.clone().with(Protocol::P2pCircuit).with(Protocol::WebRTC).with(Protocol::P2p(peer)).to_string())
             .collect();
         Member { peer: peer.to_string(), addrs }
     }
 
-    /// Removes `peer` from `swarm`.
-    pub fn leave(&mut self, peer: &PeerId, swarm: &str) {
+    /// Removes `peer` from `swarm`. Returns whether it was a member.
+    pub fn leave(&mut self, peer: &PeerId, swarm: &str) -> bool {
         let Some(swarms) = self.memberships.get_mut(peer) else {
-            return;
+            return false;
         };
         if !swarms.remove(swarm) {
-            return;
+            return false;
         }
         if swarms.is_empty() {
             self.memberships.remove(peer);
         }
         self.remove_from_swarm(peer, swarm);
+        true
     }
 
-    /// Forgets `peer` everywhere (its connection to this node is gone).
-    pub fn remove_peer(&mut self, peer: &PeerId) -> usize {
+    /// Forgets `peer` everywhere (its connection to this node is gone). Returns the
+    /// swarms it was in.
+    pub fn remove_peer(&mut self, peer: &PeerId) -> Vec<String> {
         let Some(swarms) = self.memberships.remove(peer) else {
-            return 0;
+            return Vec::new();
         };
         for swarm in &swarms {
             self.remove_from_swarm(peer, swarm);
         }
-        swarms.len()
+        swarms.into_iter().collect()
     }
 
     fn remove_from_swarm(&mut self, peer: &PeerId, swarm: &str) {
@@ -306,7 +500,7 @@ mod tests {
             r.join(PeerId::random(), "one", None, &mut rng).unwrap();
         }
         assert_eq!(r.join(PeerId::random(), "one", None, &mut rng), Err(RefusalReason::NodeFull));
-        assert_eq!(r.remove_peer(&a), 2);
+        assert_eq!(r.remove_peer(&a).len(), 2);
         assert_eq!(r.membership_count(), 3);
         assert_eq!(r.swarm_count(), 1);
         r.leave(&PeerId::random(), "one");
@@ -343,5 +537,51 @@ mod tests {
         // IPv4: a /24 is one network, another /24 is not.
         assert_eq!(Network::of("192.0.2.1".parse().unwrap()), Network::of("192.0.2.200".parse().unwrap()));
         assert_ne!(Network::of("192.0.2.1".parse().unwrap()), Network::of("192.0.3.1".parse().unwrap()));
+    }
+
+    /// Members of other nodes are handed out with their own node's circuit address,
+    /// follow a page that moves, and go with their node.
+    #[test]
+    fn other_nodes_members_are_sampled_through_their_node() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(5);
+        let mut r = registry(10);
+        let addr_of = |node: PeerId| -> Multiaddr {
+            format!("/ip4/10.99.0.2/udp/9090/webrtc-direct/p2p/{node}").parse().unwrap()
+        };
+        let (b, c) = (PeerId::random(), PeerId::random());
+        let (x, y) = (PeerId::random(), PeerId::random());
+        let s = |p: &PeerId| ("s".to_owned(), p.to_string());
+        assert_eq!(r.apply_remote(b, vec![addr_of(b)], 1, false, &[s(&x), s(&y)], &[]), 0);
+        let a = PeerId::random();
+        let seen = r.join(a, "s", None, &mut rng).unwrap();
+        assert_eq!(seen.len(), 2);
+        assert!(seen.iter().all(|m| m.addrs[0].starts_with(&addr_of(b).to_string())), "{seen:?}");
+        assert_eq!(r.swarm_size("s"), 3);
+        assert_eq!(r.other_nodes(), vec![addr_of(b)]);
+
+        // x moves to node c: it is reached through c, and b's late "left" changes nothing.
+        r.apply_remote(c, vec![addr_of(c)], 1, false, &[s(&x)], &[]);
+        r.apply_remote(b, vec![addr_of(b)], 1, false, &[], &[s(&x)]);
+        let seen = r.join(a, "s", None, &mut rng).unwrap();
+        let x_seen = seen.iter().find(|m| m.peer == x.to_string()).unwrap();
+        assert!(x_seen.addrs[0].starts_with(&addr_of(c).to_string()), "{x_seen:?}");
+        assert_eq!(r.remote_membership_count(), 2);
+
+        // A node that goes takes its members along; a reset replaces them.
+        assert_eq!(r.forget_node(&b), 1);
+        assert_eq!(r.swarm_size("s"), 2);
+        r.apply_remote(c, vec![addr_of(c)], 1, true, &[s(&y)], &[]);
+        let seen = r.join(a, "s", None, &mut rng).unwrap();
+        assert_eq!(seen.iter().map(|m| m.peer.clone()).collect::<Vec<_>>(), vec![y.to_string()]);
+
+        // A page here that its old node still lists is not handed out twice.
+        r.join(y, "s", None, &mut rng).unwrap();
+        assert_eq!(r.join(a, "s", None, &mut rng).unwrap().len(), 1);
+
+        // The cap on other nodes' memberships holds.
+        let mut small = Registry::new(Limits { max_remote_memberships: 2, ..Limits::default() });
+        let many: Vec<(String, String)> = (0..5).map(|_| s(&PeerId::random())).collect();
+        assert_eq!(small.apply_remote(b, vec![addr_of(b)], 1, false, &many, &[]), 3);
+        assert_eq!(small.remote_membership_count(), 2);
     }
 }

@@ -2,7 +2,7 @@
 
 use prometheus_client::{
     encoding::EncodeLabelSet,
-    metrics::{counter::Counter, family::Family, gauge::Gauge},
+    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
     registry::Registry,
 };
 
@@ -23,7 +23,6 @@ pub struct ReasonLabels {
 }
 
 /// Every metric the node exports.
-#[derive(Default)]
 pub struct Metrics {
     pub connections: Gauge,
     pub connected_peers: Gauge,
@@ -41,6 +40,45 @@ pub struct Metrics {
     pub http_refused_per_ip: Counter,
     /// Inbound `/webrtc-direct` handshakes that failed (each leaks upstream).
     pub webrtc_handshakes_failed: Counter,
+    /// Nodes federated with directly.
+    pub federation_peers: Gauge,
+    /// Other nodes known, directly or not.
+    pub federation_nodes: Gauge,
+    /// (peer, swarm) memberships of other nodes held here.
+    pub federation_memberships: Gauge,
+    /// Seconds from a federation message's sending to its arrival.
+    pub federation_lag: Histogram,
+    /// Other nodes' memberships not held (the cap was reached).
+    pub federation_refused: Counter,
+    /// 1 while the node drains before exiting.
+    pub draining: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self {
+            connections: Gauge::default(),
+            connected_peers: Gauge::default(),
+            swarms: Gauge::default(),
+            memberships: Gauge::default(),
+            membership_requests: Family::default(),
+            reservations: Gauge::default(),
+            reservation_requests: Family::default(),
+            circuits: Gauge::default(),
+            circuit_requests: Family::default(),
+            connection_errors: Counter::default(),
+            refusals: Family::default(),
+            http_refused_total: Counter::default(),
+            http_refused_per_ip: Counter::default(),
+            webrtc_handshakes_failed: Counter::default(),
+            federation_peers: Gauge::default(),
+            federation_nodes: Gauge::default(),
+            federation_memberships: Gauge::default(),
+            federation_lag: Histogram::new([0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5]),
+            federation_refused: Counter::default(),
+            draining: Gauge::default(),
+        }
+    }
 }
 
 impl Metrics {
@@ -67,6 +105,24 @@ impl Metrics {
             "Inbound /webrtc-direct handshakes that failed (each leaks a descriptor in libp2p-webrtc 0.10)",
             self.webrtc_handshakes_failed.clone(),
         );
+        r.register("federation_peers", "Nodes federated with directly", self.federation_peers.clone());
+        r.register("federation_nodes", "Other nodes of the federation known", self.federation_nodes.clone());
+        r.register(
+            "federation_memberships",
+            "(peer, swarm) memberships of other nodes held here",
+            self.federation_memberships.clone(),
+        );
+        r.register(
+            "federation_lag_seconds",
+            "Time from a federation message's sending to its arrival (node clocks)",
+            self.federation_lag.clone(),
+        );
+        r.register(
+            "federation_refused",
+            "Other nodes' memberships not held: --max-memberships x4 reached",
+            self.federation_refused.clone(),
+        );
+        r.register("draining", "1 while the node closes its connections before exiting", self.draining.clone());
         r.register(
             "http_refused_per_ip",
             "HTTP connections closed at once: their address held too many",
