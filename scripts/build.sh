@@ -3,7 +3,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-cargo build --release -p shoal-node
+cargo build --release -p shoal-node -p shoal-load
 cargo build -p shoal-browser --target wasm32-unknown-unknown --profile wasm-release
 wasm-bindgen --target web --out-dir pkg --out-name shoal \
   target/wasm32-unknown-unknown/wasm-release/shoal_browser.wasm

@@ -86,7 +86,8 @@ impl ShoalPeer {
                     })
                     .collect();
             }
-            doc.multiaddrs
+            // The node that answered and the nodes it federates with: the runtime picks.
+            doc.multiaddrs.into_iter().chain(doc.federation).collect()
         } else {
             config.nodes.clone()
         };

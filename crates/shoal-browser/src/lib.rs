@@ -24,6 +24,7 @@ pub mod config;
 pub mod error;
 pub mod events;
 pub mod gossiping;
+pub mod node_choice;
 pub mod pieces;
 
 #[cfg(target_arch = "wasm32")]

@@ -59,6 +59,7 @@ use crate::{
     gossiping::{GossipEffect, Gossiping, Validator},
     http,
     links::{self, INPUT_QUEUE, LinkId, LinkInput, Writer},
+    node_choice::NodeChoice,
     pieces::{self, Effect, Pieces, PiecesOptions},
     streams::{self, OpenError},
     swarm::{self, Behaviour, BehaviourEvent},
@@ -163,6 +164,10 @@ struct HttpDone {
 
 const NODE_BACKOFF_MIN: Duration = Duration::from_millis(250);
 const NODE_BACKOFF_MAX: Duration = Duration::from_secs(8);
+/// A node link with no answered ping for this long is taken for dead (a killed node
+/// sends nothing, and WebRTC notices only after ~30 s): the page moves to the next node.
+/// Pings go out every second (`swarm.rs`).
+const NODE_SILENCE: Duration = Duration::from_secs(3);
 /// How long a new piece stream may take to say `Hello`.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 /// How stale `stats()` may be while things happen.
@@ -194,11 +199,15 @@ const FIRST_REJOIN: Duration = Duration::from_secs(3);
 pub(crate) fn start(config: Config, nodes: Vec<Multiaddr>, emit: EventSink) -> Result<Handle, ShoalError> {
     let keypair = Keypair::generate_ed25519();
     let peer_id = keypair.public().to_peer_id();
-    let node_addr = nodes.first().cloned().ok_or_else(|| ShoalError::NoNode("no signalling node address".into()))?;
-    let node_peer = match node_addr.iter().last() {
-        Some(Protocol::P2p(peer)) => peer,
-        _ => return Err(ShoalError::NoNode(format!("node address {node_addr} does not end in /p2p/<id>"))),
-    };
+    let mut candidates = Vec::new();
+    for addr in nodes {
+        match addr.iter().last() {
+            Some(Protocol::P2p(peer)) => candidates.push((peer, addr)),
+            _ => return Err(ShoalError::NoNode(format!("node address {addr} does not end in /p2p/<id>"))),
+        }
+    }
+    let node = NodeLink::new(candidates, random_seed())
+        .ok_or_else(|| ShoalError::NoNode("no signalling node address".into()))?;
     let (swarm, control) = swarm::build(&config, &keypair)?;
     let (commands_tx, commands) = mpsc::channel(COMMAND_QUEUE);
     let (inputs_tx, inputs) = mpsc::channel(INPUT_QUEUE);
@@ -208,7 +217,7 @@ pub(crate) fn start(config: Config, nodes: Vec<Multiaddr>, emit: EventSink) -> R
     let mut runtime = Runtime {
         swarm,
         control: control.clone(),
-        node: NodeLink::new(node_peer, node_addr),
+        node,
         emit,
         snapshot: snapshot.clone(),
         snapshot_due: None,
@@ -243,8 +252,11 @@ pub(crate) fn start(config: Config, nodes: Vec<Multiaddr>, emit: EventSink) -> R
     Ok(Handle { peer_id, commands: commands_tx, snapshot, control })
 }
 
-/// State of our link to the signalling node.
+/// State of our link to the signalling node, and the other nodes we may move to (see
+/// `node_choice`). The link is lost when closed, refused, or silent for
+/// [`NODE_SILENCE`]; the page then moves on, its direct connections staying up.
 struct NodeLink {
+    choice: NodeChoice<(PeerId, Multiaddr)>,
     peer: PeerId,
     addr: Multiaddr,
     connected: bool,
@@ -255,15 +267,29 @@ struct NodeLink {
     /// While the node holds a reservation for us: where other browsers reach us
     /// (`<node>/p2p-circuit/webrtc/p2p/<me>`), formatted once per reservation.
     address: Option<String>,
+    /// Wait before asking for a reservation again.
     backoff: Duration,
     next_attempt: Instant,
     /// Times the node connection came up; more than once means reconnects.
     connections_made: u32,
+    /// The last answered ping on the node link (or its start).
+    last_heard: Instant,
 }
 
 impl NodeLink {
-    fn new(peer: PeerId, addr: Multiaddr) -> Self {
-        Self {
+    /// `None` without candidates. Several addresses of one node count as one candidate
+    /// (the first given: `/webrtc-direct` ones come first).
+    fn new(mut addrs: Vec<(PeerId, Multiaddr)>, seed: u64) -> Option<Self> {
+        let mut seen = Vec::new();
+        addrs.retain(|(peer, _)| {
+            let new = !seen.contains(peer);
+            seen.push(*peer);
+            new
+        });
+        let choice = NodeChoice::new(addrs, seed)?;
+        let (peer, addr) = choice.current().clone();
+        Some(Self {
+            choice,
             peer,
             addr,
             connected: false,
@@ -274,11 +300,37 @@ impl NodeLink {
             backoff: NODE_BACKOFF_MIN,
             next_attempt: Instant::ZERO,
             connections_made: 0,
-        }
+            last_heard: Instant::ZERO,
+        })
     }
 
     fn circuit_addr(&self) -> Multiaddr {
         self.addr.clone().with(Protocol::P2pCircuit)
+    }
+
+    /// Whether `peer` is one of our nodes (in use or not): their connections are
+    /// signalling, never peers.
+    fn is_node(&self, peer: &PeerId) -> bool {
+        self.choice.candidates().iter().any(|(p, _)| p == peer)
+    }
+
+    fn has_alternatives(&self) -> bool {
+        self.choice.candidates().len() > 1
+    }
+
+    fn up(&mut self, now: Instant) {
+        self.connected = true;
+        self.dialing = false;
+        self.backoff = NODE_BACKOFF_MIN;
+        self.choice.connected();
+        self.last_heard = now;
+        self.connections_made += 1;
+    }
+
+    /// The node refused or dropped our reservation: ask again later, later each time.
+    fn reserve_later(&mut self, now: Instant) {
+        self.reserve_at = Some(now + self.backoff);
+        self.backoff = (self.backoff * 2).min(NODE_BACKOFF_MAX);
     }
 
     fn lost(&mut self, now: Instant) {
@@ -287,8 +339,8 @@ impl NodeLink {
         self.reservation = None;
         self.reserve_at = None;
         self.address = None;
-        self.next_attempt = now + self.backoff;
-        self.backoff = (self.backoff * 2).min(NODE_BACKOFF_MAX);
+        self.next_attempt = now + self.choice.lost();
+        (self.peer, self.addr) = self.choice.current().clone();
     }
 }
 
@@ -492,6 +544,9 @@ impl Runtime {
         }
         if self.node.connected && self.node.reservation.is_none() {
             at(self.node.reserve_at);
+        }
+        if self.node.connected {
+            at(Some(self.node.last_heard + NODE_SILENCE));
         }
         if self.node.address.is_some() {
             let rejoin = Duration::from_millis(u64::from(self.config.rejoin_interval_ms));
@@ -1148,6 +1203,10 @@ impl Runtime {
 
     /// Reconnects to the node, renews a refused reservation, refreshes memberships.
     fn maintain_node(&mut self, now: Instant) {
+        if self.node.connected && now.saturating_since(self.node.last_heard) >= NODE_SILENCE {
+            let _ = self.swarm.disconnect_peer_id(self.node.peer);
+            self.on_node_lost(now, format!("no answer for {} s", NODE_SILENCE.as_secs()));
+        }
         if !self.node.connected && !self.node.dialing && now >= self.node.next_attempt {
             self.node.dialing = true;
             let opts = DialOpts::peer_id(self.node.peer)
@@ -1218,7 +1277,7 @@ impl Runtime {
             Ok(id) => self.node.reservation = Some(id),
             Err(e) => {
                 self.emit(Event::Refused { what: "relay reservation".into(), reason: e.to_string() });
-                self.node.reserve_at = Some(now() + self.node.backoff);
+                self.node.reserve_later(now());
             }
         }
     }
@@ -1231,6 +1290,20 @@ impl Runtime {
             m.last_join = Some(now());
             m.join_retry = None;
         }
+    }
+
+    /// Our node link is gone: memberships are sent again on the next node (or this one,
+    /// later). Direct connections to peers are not touched.
+    fn on_node_lost(&mut self, now: Instant, reason: String) {
+        let node = self.node.peer;
+        tracing::info!(%reason, "lost the signalling node");
+        self.node.lost(now);
+        for m in self.memberships.values_mut() {
+            m.joined = false;
+            m.pending = None;
+            m.last_join = None;
+        }
+        self.emit(Event::NodeDisconnected { node: node.to_string(), reason });
     }
 
     fn on_swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
@@ -1246,16 +1319,9 @@ impl Runtime {
             SwarmEvent::ConnectionClosed { peer_id, connection_id, num_established, cause, .. } => {
                 self.relayed.remove(&connection_id);
                 let reason = cause.map(|c| c.to_string()).unwrap_or_else(|| "closed".into());
-                if peer_id == self.node.peer {
-                    if num_established == 0 {
-                        tracing::info!(%reason, "lost the signalling node");
-                        self.node.lost(now);
-                        for m in self.memberships.values_mut() {
-                            m.joined = false;
-                            m.pending = None;
-                            m.last_join = None;
-                        }
-                        self.emit(Event::NodeDisconnected { node: peer_id.to_string(), reason });
+                if self.node.is_node(&peer_id) {
+                    if peer_id == self.node.peer && num_established == 0 && self.node.connected {
+                        self.on_node_lost(now, reason);
                     }
                     return;
                 }
@@ -1297,7 +1363,7 @@ impl Runtime {
                     if let Err(error) = &reason {
                         self.emit(Event::Refused { what: "relay reservation".into(), reason: error.to_string() });
                     }
-                    self.node.reserve_at = Some(now + self.node.backoff);
+                    self.node.reserve_later(now);
                 }
             }
             SwarmEvent::Behaviour(BehaviourEvent::Relay(relay::client::Event::ReservationReqAccepted {
@@ -1323,7 +1389,11 @@ impl Runtime {
             SwarmEvent::Behaviour(BehaviourEvent::Streams(inbound)) => self.on_inbound_stream(inbound),
             SwarmEvent::Behaviour(BehaviourEvent::Ping(ping::Event { peer, result, connection })) => match result {
                 Ok(rtt) => {
-                    self.rtt.insert(peer, rtt);
+                    if peer == self.node.peer {
+                        self.node.last_heard = now;
+                    } else {
+                        self.rtt.insert(peer, rtt);
+                    }
                 }
                 Err(error) => {
                     tracing::debug!(%peer, %error, "ping failed; closing the connection");
@@ -1344,10 +1414,7 @@ impl Runtime {
         let remote_addr = endpoint.get_remote_address().clone();
         if peer == self.node.peer {
             if !self.node.connected {
-                self.node.connected = true;
-                self.node.dialing = false;
-                self.node.backoff = NODE_BACKOFF_MIN;
-                self.node.connections_made += 1;
+                self.node.up(now());
                 self.reserve();
                 self.emit(Event::NodeConnected { node: peer.to_string(), addr: remote_addr.to_string() });
             }
@@ -1443,6 +1510,14 @@ impl Runtime {
                     }
                     MembershipResponse::Refused { reason } => {
                         self.emit(Event::Refused { what: format!("join {name}"), reason: reason.to_string() });
+                        // Another node may have room.
+                        if reason == shoal_proto::RefusalReason::NodeFull
+                            && self.node.has_alternatives()
+                            && self.node.connected
+                        {
+                            let _ = self.swarm.disconnect_peer_id(self.node.peer);
+                            self.on_node_lost(now(), "the node is full".into());
+                        }
                     }
                     MembershipResponse::Left => {}
                 }

@@ -80,7 +80,9 @@ pub(crate) fn build(config: &Config, keypair: &Keypair) -> Result<(Swarm<Behavio
         relay: relay_behaviour,
         webrtc: webrtc_behaviour,
         ping: ping::Behaviour::new(
-            ping::Config::new().with_interval(Duration::from_secs(4)).with_timeout(Duration::from_secs(8)),
+            // Every second: the runtime takes a node link silent for 3 s for dead
+            // (NODE_SILENCE). 40 bytes a second per connection.
+            ping::Config::new().with_interval(Duration::from_secs(1)).with_timeout(Duration::from_secs(8)),
         ),
         membership,
         streams,
