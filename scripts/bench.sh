@@ -4,6 +4,7 @@
 #   sim        10,000-viewer swarm simulation (wall time, offload, origin egress, memory)
 #   offload    4/8/12 tabs playing the demo stream vs plain hls.js: offload, stalls, CPU, memory
 #   size       the npm package's download size, gzipped and brotli
+#   node       node capacity: browser-like peers (shoal-load) over WebSocket and /webrtc-direct
 #   node-probes  the node under hostile connections and a 100k-datagram spoofed STUN flood
 #   fieldlab   NAT pairs x {STUN, STUN + TURN}: connection success and time (field lab)
 #   grid       the scarce-upload simulator grid (500 viewers, bitrate x upload), vs its bound

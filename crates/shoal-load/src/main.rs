@@ -7,7 +7,7 @@
 //! `--rate`; each one's outcome (joined, refused with a reason, failed, timed out) and
 //! timings go to one collector, which prints progress and, at the end, one JSON report.
 //! What the node costs (RSS, descriptors, CPU) is read from outside by
-//! `tests/bench/node-capacity.sh`.
+//! `tests/bench/node.mjs` (`./scripts/bench.sh node`).
 
 use std::{
     collections::BTreeMap,
@@ -64,6 +64,9 @@ struct Args {
     /// Skip the relay reservation (a page always makes one; this isolates its cost).
     #[arg(long)]
     no_reservation: bool,
+    /// Seconds between a peer's pings to the node (pages: 1, their node-liveness check).
+    #[arg(long, default_value_t = 1.0)]
+    ping_secs: f64,
     /// Local IP for `/webrtc-direct` peers' UDP sockets.
     #[arg(long, default_value = "0.0.0.0")]
     bind_ip: std::net::IpAddr,
@@ -101,7 +104,7 @@ struct Report {
     reserve_ms: Quantiles,
     join_rtt_ms: Quantiles,
     total_ms: Quantiles,
-    /// Joins answered per second over the start phase.
+    /// Joins answered per second, from the first peer's start to the last answer.
     joins_per_sec: f64,
     start_phase_secs: f64,
     /// Failure messages, a few of each kind, to tell a limit from a bug.
@@ -156,11 +159,15 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let mut hold_until = None;
     let mut churn_credit = 0.0f64;
     let mut previous_tick = Instant::now();
+    let mut last_join = started;
     let mut tick = tokio::time::interval(Duration::from_millis(10));
     loop {
         tokio::select! {
             _ = tick.tick() => {}
             Some(outcome) = outcomes.recv() => {
+                if matches!(outcome, Outcome::Joined { .. }) {
+                    last_join = Instant::now();
+                }
                 record(outcome, &mut report, &mut answered, (&mut connect, &mut reserve, &mut join_rtt, &mut total));
                 continue;
             }
@@ -207,7 +214,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     report.peers_started = spawned;
     let phase = start_phase_end.map_or(started.elapsed(), |e| e - started);
     report.start_phase_secs = phase.as_secs_f64();
-    report.joins_per_sec = answered as f64 / phase.as_secs_f64().max(0.001);
+    report.joins_per_sec = answered as f64 / (last_join - started).as_secs_f64().max(0.001);
     let _ = stop_tx.send(true);
     // Drain what arrived meanwhile (late drops are not failures of the run).
     while let Ok(outcome) = outcomes.try_recv() {
@@ -291,8 +298,8 @@ fn build_swarm(args: &Args) -> anyhow::Result<Swarm<Behaviour>> {
     );
     let behaviour = Behaviour {
         relay,
-        // Pages ping every second (the node link's liveness check): so do we.
-        ping: ping::Behaviour::new(ping::Config::new().with_interval(Duration::from_secs(1))),
+        // Pages ping every second (the node link's liveness check): so do we, by default.
+        ping: ping::Behaviour::new(ping::Config::new().with_interval(Duration::from_secs_f64(args.ping_secs.max(0.1)))),
         membership,
     };
     let mut swarm = Swarm::new(

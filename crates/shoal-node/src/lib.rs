@@ -734,7 +734,9 @@ fn build_behaviour(keypair: &Keypair, config: &Config, metrics: &Metrics) -> Beh
         relay: relay_server::Relay::new(peer_id, relay_config),
         identify: identify::Behaviour::new(identify::Config::new("/shoal/1".into(), keypair.public())),
         ping: ping::Behaviour::new(
-            ping::Config::new().with_interval(Duration::from_secs(5)).with_timeout(Duration::from_secs(10)),
+            ping::Config::new()
+                .with_interval(Duration::from_secs(config.ping_interval_secs))
+                .with_timeout(Duration::from_secs(10)),
         ),
         membership,
     }
