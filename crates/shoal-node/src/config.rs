@@ -92,7 +92,7 @@ pub struct Config {
     pub drain_secs: u64,
 
     /// Most relay reservations held at once (one per listening browser).
-    #[arg(long, env = "SHOAL_MAX_RESERVATIONS", default_value_t = 10_000)]
+    #[arg(long, env = "SHOAL_MAX_RESERVATIONS", default_value_t = 20_000)]
     pub max_reservations: usize,
 
     /// Most reservations per peer.

@@ -38,6 +38,14 @@ impl Network {
     }
 }
 
+impl Network {
+    /// The wider neighbourhood of a network, for preferring close peers: its IPv4 /16
+    /// or IPv6 /48 (typically one provider's region).
+    fn region(self) -> u128 {
+        if self.0 & 1 == 1 { (self.0 & !((1u128 << 80) - 1)) | 1 } else { self.0 & 0xffff_0000 }
+    }
+}
+
 /// Limits on what members may make a node hold.
 #[derive(Debug, Clone)]
 pub struct Limits {
@@ -347,13 +355,16 @@ impl Registry {
             self.memberships.entry(peer).or_default().insert(swarm.to_owned());
             self.total += 1;
         }
-        Ok(self.sample(swarm, &peer, rng))
+        Ok(self.sample(swarm, &peer, ip.map(Network::of), rng))
     }
 
     /// A random sample of the members of `swarm` other than `exclude`, ours and other
     /// nodes' alike, with at most [`Limits::max_sample_per_network`] of ours from one
-    /// network.
-    fn sample(&self, swarm: &str, exclude: &PeerId, rng: &mut impl Rng) -> Vec<Member> {
+    /// network. When the swarm is large enough to choose (more than twice the sample),
+    /// members of the joiner's region (IPv4 /16, IPv6 /48) among those drawn come first,
+    /// up to half the sample: close peers tend to have faster paths, the rest keeps the
+    /// mesh random.
+    fn sample(&self, swarm: &str, exclude: &PeerId, near: Option<Network>, rng: &mut impl Rng) -> Vec<Member> {
         let local = self.swarms.get(swarm).map_or(&[][..], |m| &m.members[..]);
         let remote = self.remote.get(swarm).map_or(&[][..], |m| &m.members[..]);
         let all = local.len() + remote.len();
@@ -366,7 +377,18 @@ impl Registry {
         let draw = (wanted * 4 + 1).min(all);
         let mut per_network: HashMap<Network, usize> = HashMap::new();
         let mut out = Vec::with_capacity(wanted);
-        for i in index::sample(rng, all, draw) {
+        let mut drawn = index::sample(rng, all, draw).into_vec();
+        if let Some(near) = near
+            && all > 2 * wanted
+        {
+            let region = near.region();
+            let is_close = |i: usize| local.get(i).and_then(|m| m.1).is_some_and(|n| n.region() == region);
+            let mut close: Vec<usize> = drawn.iter().copied().filter(|&i| is_close(i)).take(wanted / 2).collect();
+            drawn.retain(|i| !close.contains(i));
+            close.append(&mut drawn);
+            drawn = close;
+        }
+        for i in drawn {
             if out.len() >= wanted {
                 break;
             }
@@ -534,6 +556,12 @@ mod tests {
         let from_honest = answer.iter().filter(|m| honest_ids.contains(&m.peer)).count();
         assert!(answer.len() - from_honest <= Limits::default().max_sample_per_network, "{answer:?}");
         assert!(from_honest >= 18, "the honest members make up the answer: {from_honest}");
+        // Regions: an IPv4 /16, an IPv6 /48.
+        assert_eq!(Network::of("192.0.2.1".parse().unwrap()).region(), Network::of("192.0.9.1".parse().unwrap()).region());
+        assert_ne!(Network::of("192.0.2.1".parse().unwrap()).region(), Network::of("192.1.2.1".parse().unwrap()).region());
+        let v6 = |s: &str| Network::of(s.parse().unwrap()).region();
+        assert_eq!(v6("2001:db8:1:2::1"), v6("2001:db8:1:ff::1"));
+        assert_ne!(v6("2001:db8:1::1"), v6("2001:db8:2::1"));
         // IPv4: a /24 is one network, another /24 is not.
         assert_eq!(Network::of("192.0.2.1".parse().unwrap()), Network::of("192.0.2.200".parse().unwrap()));
         assert_ne!(Network::of("192.0.2.1".parse().unwrap()), Network::of("192.0.3.1".parse().unwrap()));
@@ -583,5 +611,42 @@ mod tests {
         let many: Vec<(String, String)> = (0..5).map(|_| s(&PeerId::random())).collect();
         assert_eq!(small.apply_remote(b, vec![addr_of(b)], 1, false, &many, &[]), 3);
         assert_eq!(small.remote_membership_count(), 2);
+    }
+
+    /// In a large swarm, members of the joiner's region make up about half of each
+    /// answer (they are 10 % of the swarm); in a small one, the answer stays random.
+    #[test]
+    fn close_members_come_first_in_large_swarms() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(6);
+        let mut r = Registry::new(Limits { sample_size: 10, max_sample_per_network: 100, ..Limits::default() });
+        let mut close = HashSet::new();
+        for i in 0..400u32 {
+            let p = PeerId::random();
+            // 10 % in 198.51.0.0/16 (each in its own /24), the rest in 203.0/16 and beyond.
+            let ip = if i % 10 == 0 {
+                close.insert(p.to_string());
+                std::net::Ipv4Addr::new(198, 51, (i / 10) as u8, 1)
+            } else {
+                std::net::Ipv4Addr::new(203, (i % 200) as u8, (i / 200) as u8, 1)
+            };
+            r.join(p, "s", Some(IpAddr::V4(ip)), &mut rng).unwrap();
+        }
+        let joiner: IpAddr = "198.51.200.9".parse().unwrap();
+        let mut from_close = 0;
+        let me = PeerId::random();
+        for _ in 0..50 {
+            // Joining again draws a new sample.
+            let answer = r.join(me, "s", Some(joiner), &mut rng).unwrap();
+            assert_eq!(answer.len(), 10);
+            from_close += answer.iter().filter(|m| close.contains(&m.peer)).count();
+        }
+        // 5 of 10 wanted; a random draw of 41 holds ~4 close members on average.
+        assert!(from_close >= 50 * 3, "close members preferred: {from_close} of 500");
+
+        let mut small = Registry::new(Limits { sample_size: 10, ..Limits::default() });
+        for i in 0..15u8 {
+            small.join(PeerId::random(), "s", Some(IpAddr::V4(std::net::Ipv4Addr::new(10, i, 0, 1))), &mut rng).unwrap();
+        }
+        assert_eq!(small.join(PeerId::random(), "s", Some(joiner), &mut rng).unwrap().len(), 10);
     }
 }
