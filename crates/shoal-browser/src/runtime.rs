@@ -164,10 +164,14 @@ struct HttpDone {
 
 const NODE_BACKOFF_MIN: Duration = Duration::from_millis(250);
 const NODE_BACKOFF_MAX: Duration = Duration::from_secs(8);
-/// A node link with no answered ping for this long is taken for dead (a killed node
-/// sends nothing, and WebRTC notices only after ~30 s): the page moves to the next node.
-/// Pings go out every second (`swarm.rs`).
+/// With other nodes to move to, a node link with no answered ping for this long is
+/// taken for dead (a killed node sends nothing, and WebRTC notices only after ~30 s):
+/// the page moves to the next node. Pings then go out every [`NODE_PING`] (to every
+/// connection: 40 bytes a second each); a page with one node pings every
+/// [`SOLE_NODE_PING`] and finds a dead node by the ping timeout (8 s).
 const NODE_SILENCE: Duration = Duration::from_secs(3);
+const NODE_PING: Duration = Duration::from_secs(1);
+const SOLE_NODE_PING: Duration = Duration::from_secs(4);
 /// How long a new piece stream may take to say `Hello`.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 /// How stale `stats()` may be while things happen.
@@ -208,7 +212,11 @@ pub(crate) fn start(config: Config, nodes: Vec<Multiaddr>, emit: EventSink) -> R
     }
     let node = NodeLink::new(candidates, random_seed())
         .ok_or_else(|| ShoalError::NoNode("no signalling node address".into()))?;
-    let (swarm, control) = swarm::build(&config, &keypair)?;
+    // With another node to move to, the node link is checked every second (see
+    // NODE_SILENCE); alone, a dead node is only found by the ping timeout, as a page
+    // could do nothing better than wait for it anyway.
+    let ping_interval = if node.has_alternatives() { NODE_PING } else { SOLE_NODE_PING };
+    let (swarm, control) = swarm::build(&config, &keypair, ping_interval)?;
     let (commands_tx, commands) = mpsc::channel(COMMAND_QUEUE);
     let (inputs_tx, inputs) = mpsc::channel(INPUT_QUEUE);
     let snapshot = Rc::new(RefCell::new(Snapshot::default()));
@@ -243,6 +251,7 @@ pub(crate) fn start(config: Config, nodes: Vec<Multiaddr>, emit: EventSink) -> R
         uplink: Uplink::new(),
         timer: Delay::new(Duration::ZERO).fuse(),
         timer_at: Some(Instant::ZERO),
+        timer_expected: Instant::ZERO,
         config,
     };
     if let Some(swarm) = runtime.config.swarm.clone() {
@@ -490,6 +499,9 @@ struct Runtime {
     uplink: Uplink,
     timer: Fuse<Delay>,
     timer_at: Option<Instant>,
+    /// When the armed timer should fire: its due time, or the arming time for a due
+    /// time already past. How late it fires tells a frozen page.
+    timer_expected: Instant,
 }
 
 /// `foreign` keys: the peer, and whether the protocol is gossip.
@@ -518,7 +530,7 @@ impl Runtime {
                 done = self.http.select_next_some() => self.on_http(done),
                 () = &mut self.timer => {
                     self.timer_at = None;
-                    self.on_timer();
+                    self.on_timer(self.timer_expected);
                 }
             }
             self.drain();
@@ -545,7 +557,7 @@ impl Runtime {
         if self.node.connected && self.node.reservation.is_none() {
             at(self.node.reserve_at);
         }
-        if self.node.connected {
+        if self.node.connected && self.node.has_alternatives() {
             at(Some(self.node.last_heard + NODE_SILENCE));
         }
         if self.node.address.is_some() {
@@ -562,9 +574,11 @@ impl Runtime {
             }
         }
         if due != self.timer_at {
-            let wait = due.map_or(Duration::from_secs(3600), |d| d.saturating_since(now()));
+            let now = now();
+            let wait = due.map_or(Duration::from_secs(3600), |d| d.saturating_since(now));
             self.timer = Delay::new(wait).fuse();
             self.timer_at = due;
+            self.timer_expected = now + wait;
         }
     }
 
@@ -703,7 +717,8 @@ impl Runtime {
         }
     }
 
-    fn on_timer(&mut self) {
+    /// The timer fired; it was expected to at `expected`.
+    fn on_timer(&mut self, expected: Instant) {
         let now = now();
         for p in self.memberships.values_mut().filter_map(|m| m.pieces.as_mut()) {
             if p.pieces.poll_timeout().is_some_and(|t| t <= now) {
@@ -723,6 +738,11 @@ impl Runtime {
             }
         }
         self.banned.retain(|_, until| *until > now);
+        // A page the browser froze (a background tab, a debugger) wakes with its timer
+        // late and the node's ping answers still queued: that is not the node's silence.
+        if now.saturating_since(expected) >= Duration::from_secs(1) {
+            self.node.last_heard = now;
+        }
         self.maintain_node(now);
         if self.snapshot_due.is_some_and(|t| t <= now) {
             self.refresh_snapshot();
@@ -1203,7 +1223,10 @@ impl Runtime {
 
     /// Reconnects to the node, renews a refused reservation, refreshes memberships.
     fn maintain_node(&mut self, now: Instant) {
-        if self.node.connected && now.saturating_since(self.node.last_heard) >= NODE_SILENCE {
+        if self.node.connected
+            && self.node.has_alternatives()
+            && now.saturating_since(self.node.last_heard) >= NODE_SILENCE
+        {
             let _ = self.swarm.disconnect_peer_id(self.node.peer);
             self.on_node_lost(now, format!("no answer for {} s", NODE_SILENCE.as_secs()));
         }

@@ -41,7 +41,13 @@ pub(crate) const BULK: StreamProtocol = StreamProtocol::new(bulk::PROTOCOL);
 const MAX_NEGOTIATING_INBOUND: usize = 16;
 
 /// Builds the swarm, listening for browser-to-browser WebRTC.
-pub(crate) fn build(config: &Config, keypair: &Keypair) -> Result<(Swarm<Behaviour>, streams::Control), ShoalError> {
+/// `ping_interval`: how often every connection is pinged (the node link's liveness
+/// check needs it short when there is another node to move to).
+pub(crate) fn build(
+    config: &Config,
+    keypair: &Keypair,
+    ping_interval: Duration,
+) -> Result<(Swarm<Behaviour>, streams::Control), ShoalError> {
     let peer_id = keypair.public().to_peer_id();
     let webrtc_config = shoal_webrtc::Config {
         ice_servers: config
@@ -80,9 +86,7 @@ pub(crate) fn build(config: &Config, keypair: &Keypair) -> Result<(Swarm<Behavio
         relay: relay_behaviour,
         webrtc: webrtc_behaviour,
         ping: ping::Behaviour::new(
-            // Every second: the runtime takes a node link silent for 3 s for dead
-            // (NODE_SILENCE). 40 bytes a second per connection.
-            ping::Config::new().with_interval(Duration::from_secs(1)).with_timeout(Duration::from_secs(8)),
+            ping::Config::new().with_interval(ping_interval).with_timeout(Duration::from_secs(8)),
         ),
         membership,
         streams,
