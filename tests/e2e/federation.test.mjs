@@ -42,6 +42,10 @@ async function startFederation(t, count, extraArgs = []) {
   return { nodes, ids };
 }
 
+/** A node's own `/webrtc-direct` addresses, as pages are given them. */
+const addrsOf = async (node) => (await (await fetch(`${node.url}/.well-known/shoal.json`)).json()).multiaddrs
+  .filter((a) => a.includes('/webrtc-direct/'));
+
 /** The node a tab's Shoal holds its relay reservation on, from its address. */
 const nodeOf = (address) => /\/p2p\/([^/]+)\/p2p-circuit\//.exec(address ?? '')?.[1] ?? null;
 
@@ -122,8 +126,6 @@ test('a full node refuses a join with its reason; a page that knows another node
   const { nodes, ids } = await startFederation(t, 2, ['--max-memberships', '1']);
   const browser = await launchBrowser();
   t.after(() => browser.close());
-  const addrsOf = async (node) => (await (await fetch(`${node.url}/.well-known/shoal.json`)).json()).multiaddrs
-    .filter((a) => a.includes('/webrtc-direct/'));
   const [a, b] = [await addrsOf(nodes[0]), await addrsOf(nodes[1])];
 
   // Fill node A.
@@ -157,8 +159,6 @@ test('SIGTERM drains: /healthz turns 503 and pages move to the other node before
   const { nodes, ids } = await startFederation(t, 2, ['--drain-secs', '3']);
   const browser = await launchBrowser();
   t.after(() => browser.close());
-  const addrsOf = async (node) => (await (await fetch(`${node.url}/.well-known/shoal.json`)).json()).multiaddrs
-    .filter((a) => a.includes('/webrtc-direct/'));
   const both = [...await addrsOf(nodes[0]), ...await addrsOf(nodes[1])];
   // Pages pick a node at random: open them until two are on B.
   const onB = [];

@@ -82,7 +82,12 @@ struct Behaviour {
 /// How one peer's attempt ended.
 #[derive(Debug)]
 enum Outcome {
-    Joined { connect: Duration, reserve: Duration, join_rtt: Duration, total: Duration },
+    Joined {
+        connect: Duration,
+        reserve: Duration,
+        join_rtt: Duration,
+        total: Duration,
+    },
     Refused(String),
     Failed(&'static str, String),
     /// A joined peer lost its node connection before the run ended.
@@ -184,12 +189,18 @@ async fn run(args: Args) -> anyhow::Result<()> {
             if answered + report.failed.values().sum::<usize>() + report.refused.values().sum::<usize>() >= args.peers {
                 start_phase_end = Some(now);
                 hold_until = Some(now + Duration::from_secs(args.hold_secs));
-                eprintln!("all {} peers answered after {:.1} s; holding {} s", args.peers, started.elapsed().as_secs_f64(), args.hold_secs);
+                eprintln!(
+                    "all {} peers answered after {:.1} s; holding {} s",
+                    args.peers,
+                    started.elapsed().as_secs_f64(),
+                    args.hold_secs
+                );
             }
         }
         if let Some(end) = hold_until {
             // Churn: replace a share of the peers per minute.
-            churn_credit += args.churn_per_min / 100.0 * args.peers as f64 / 60.0 * now.duration_since(last_tick).as_secs_f64();
+            churn_credit +=
+                args.churn_per_min / 100.0 * args.peers as f64 / 60.0 * now.duration_since(last_tick).as_secs_f64();
             while churn_credit >= 1.0 {
                 churn_credit -= 1.0;
                 spawn_peer(spawned, node_peer, args.clone(), outcomes_tx.clone(), stop.clone(), held.clone())?;
@@ -274,7 +285,8 @@ fn build_swarm(args: &Args) -> anyhow::Result<Swarm<Behaviour>> {
     let peer_id = keypair.public().to_peer_id();
     let (relay_transport, relay) = relay::client::new(peer_id);
     let noise = noise::Config::new(&keypair).context("noise")?;
-    let relayed = relay_transport.upgrade(Version::V1Lazy).authenticate(noise.clone()).multiplex(yamux::Config::default());
+    let relayed =
+        relay_transport.upgrade(Version::V1Lazy).authenticate(noise.clone()).multiplex(yamux::Config::default());
     let ws = websocket::Config::new(tcp::tokio::Transport::new(tcp::Config::default().nodelay(true)))
         .upgrade(Version::V1Lazy)
         .authenticate(noise)
@@ -411,7 +423,8 @@ async fn run_peer(
                 }
             }
             SwarmEvent::Behaviour(BehaviourEvent::Membership(request_response::Event::OutboundFailure {
-                error, ..
+                error,
+                ..
             })) if !done => {
                 report(Outcome::Failed("join", error.to_string()));
                 return;

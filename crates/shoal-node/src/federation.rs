@@ -103,12 +103,16 @@ pub struct Federation {
     left: Vec<(String, String)>,
     batch_since: Option<Instant>,
     last_publish: Option<Instant>,
-    pub listen_addrs: Vec<Multiaddr>,
 }
 
 impl Federation {
     /// Starts listening on `listen` and dialling `seeds`.
-    pub fn new(keypair: &Keypair, key: &str, listen: std::net::SocketAddr, seeds: Vec<Multiaddr>) -> Result<Self, NodeError> {
+    pub fn new(
+        keypair: &Keypair,
+        key: &str,
+        listen: std::net::SocketAddr,
+        seeds: Vec<Multiaddr>,
+    ) -> Result<Self, NodeError> {
         let psk: PreSharedKey = parse_key(key).map_err(NodeError::Config)?;
         let noise = noise::Config::new(keypair).map_err(|e| NodeError::Transport(e.to_string()))?;
         let transport = tcp::tokio::Transport::new(tcp::Config::default().nodelay(true))
@@ -137,9 +141,7 @@ impl Federation {
             libp2p::swarm::Config::with_tokio_executor().with_idle_connection_timeout(Duration::from_secs(3600)),
         );
         let addr = Multiaddr::from(listen.ip()).with(Protocol::Tcp(listen.port()));
-        swarm
-            .listen_on(addr.clone())
-            .map_err(|e| NodeError::Listen { addr, reason: crate::error_chain(&e) })?;
+        swarm.listen_on(addr.clone()).map_err(|e| NodeError::Listen { addr, reason: crate::error_chain(&e) })?;
         Ok(Self {
             swarm,
             topic,
@@ -153,7 +155,6 @@ impl Federation {
             left: Vec::new(),
             batch_since: None,
             last_publish: None,
-            listen_addrs: Vec::new(),
         })
     }
 
@@ -175,8 +176,12 @@ impl Federation {
     /// Publishes the batched changes (or a heartbeat) when due, and dials seeds.
     /// Call every tick. Returns the nodes not heard from for [`NODE_EXPIRY`].
     pub fn tick(&mut self, now: Instant, addrs: &[Multiaddr], peers: u64) -> Vec<PeerId> {
-        let expired: Vec<PeerId> =
-            self.heard.iter().filter(|(_, t)| now.saturating_duration_since(**t) >= NODE_EXPIRY).map(|(p, _)| *p).collect();
+        let expired: Vec<PeerId> = self
+            .heard
+            .iter()
+            .filter(|(_, t)| now.saturating_duration_since(**t) >= NODE_EXPIRY)
+            .map(|(p, _)| *p)
+            .collect();
         for node in &expired {
             tracing::info!(%node, "no word from a node: forgetting its members");
             self.heard.remove(node);
@@ -262,7 +267,6 @@ impl Federation {
             match self.swarm.select_next_some().await {
                 SwarmEvent::NewListenAddr { address, .. } => {
                     tracing::info!(%address, "federation listening");
-                    self.listen_addrs.push(address);
                 }
                 SwarmEvent::ConnectionEstablished { peer_id, endpoint, connection_id, .. } => {
                     tracing::info!(node = %peer_id, addr = %endpoint.get_remote_address(), "federated with a node");

@@ -217,12 +217,9 @@ impl Node {
             max_remote_memberships: config.max_memberships.saturating_mul(4),
         });
         let federation = match &config.federation_key {
-            Some(key) => Some(federation::Federation::new(
-                &keypair,
-                key,
-                config.federation_listen,
-                config.federate.clone(),
-            )?),
+            Some(key) => {
+                Some(federation::Federation::new(&keypair, key, config.federation_listen, config.federate.clone())?)
+            }
             None => None,
         };
         Ok(Self {

@@ -557,8 +557,14 @@ mod tests {
         assert!(answer.len() - from_honest <= Limits::default().max_sample_per_network, "{answer:?}");
         assert!(from_honest >= 18, "the honest members make up the answer: {from_honest}");
         // Regions: an IPv4 /16, an IPv6 /48.
-        assert_eq!(Network::of("192.0.2.1".parse().unwrap()).region(), Network::of("192.0.9.1".parse().unwrap()).region());
-        assert_ne!(Network::of("192.0.2.1".parse().unwrap()).region(), Network::of("192.1.2.1".parse().unwrap()).region());
+        assert_eq!(
+            Network::of("192.0.2.1".parse().unwrap()).region(),
+            Network::of("192.0.9.1".parse().unwrap()).region()
+        );
+        assert_ne!(
+            Network::of("192.0.2.1".parse().unwrap()).region(),
+            Network::of("192.1.2.1".parse().unwrap()).region()
+        );
         let v6 = |s: &str| Network::of(s.parse().unwrap()).region();
         assert_eq!(v6("2001:db8:1:2::1"), v6("2001:db8:1:ff::1"));
         assert_ne!(v6("2001:db8:1::1"), v6("2001:db8:2::1"));
@@ -645,7 +651,9 @@ mod tests {
 
         let mut small = Registry::new(Limits { sample_size: 10, ..Limits::default() });
         for i in 0..15u8 {
-            small.join(PeerId::random(), "s", Some(IpAddr::V4(std::net::Ipv4Addr::new(10, i, 0, 1))), &mut rng).unwrap();
+            small
+                .join(PeerId::random(), "s", Some(IpAddr::V4(std::net::Ipv4Addr::new(10, i, 0, 1))), &mut rng)
+                .unwrap();
         }
         assert_eq!(small.join(PeerId::random(), "s", Some(joiner), &mut rng).unwrap().len(), 10);
     }
