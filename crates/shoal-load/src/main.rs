@@ -109,7 +109,8 @@ struct Report {
     reserve_ms: Quantiles,
     join_rtt_ms: Quantiles,
     total_ms: Quantiles,
-    /// Joins answered per second, from the first peer's start to the last answer.
+    /// Joins answered per second while the first `--peers` started, from the first
+    /// start to the last answer (churn's joins not counted).
     joins_per_sec: f64,
     start_phase_secs: f64,
     /// Failure messages, a few of each kind, to tell a limit from a bug.
@@ -165,13 +166,15 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let mut churn_credit = 0.0f64;
     let mut previous_tick = Instant::now();
     let mut last_join = started;
+    let mut start_joins = 0usize;
     let mut tick = tokio::time::interval(Duration::from_millis(10));
     loop {
         tokio::select! {
             _ = tick.tick() => {}
             Some(outcome) = outcomes.recv() => {
-                if matches!(outcome, Outcome::Joined { .. }) {
+                if matches!(outcome, Outcome::Joined { .. }) && start_phase_end.is_none() {
                     last_join = Instant::now();
+                    start_joins += 1;
                 }
                 record(outcome, &mut report, &mut answered, (&mut connect, &mut reserve, &mut join_rtt, &mut total));
                 continue;
@@ -225,7 +228,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     report.peers_started = spawned;
     let phase = start_phase_end.map_or(started.elapsed(), |e| e - started);
     report.start_phase_secs = phase.as_secs_f64();
-    report.joins_per_sec = answered as f64 / (last_join - started).as_secs_f64().max(0.001);
+    report.joins_per_sec = start_joins as f64 / (last_join - started).as_secs_f64().max(0.001);
     let _ = stop_tx.send(true);
     // Drain what arrived meanwhile (late drops are not failures of the run).
     while let Ok(outcome) = outcomes.try_recv() {
