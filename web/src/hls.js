@@ -27,16 +27,20 @@ const PROCESSING_DECAY = 0.9;
  * many seconds once, which must not send every fragment of the next minute to HTTP.
  */
 const MAX_PROCESSING_MS = 4000;
+/** A factory waits for playback this long after the first buffered fragment, at most. */
+const START_FALLBACK_MS = 3000;
 
 export class ShoalHls {
   #deliveredAt;
   #factory;
+  #startScheduled = false;
   #levels;
 
   /**
    * @param shoal a started `Shoal`; a promise of one; or a function returning one (or a
-   *   promise of one), called once hls.js has buffered its first fragment, so that the
-   *   wasm download and the node connection never compete with the first fragments.
+   *   promise of one), called once playback has started (or 3 s after hls.js buffered
+   *   its first fragment, if it has not), so that the wasm download and compile and the
+   *   node connection never compete with the first frame.
    *   Until it is ready, fragments come over HTTP through hls.js's own loader.
    * @param options `publisherKey` (required to exchange segments), `swarmId` (string, or
    *   function of the level playlist URL; default: that URL without query), `live`,
@@ -185,11 +189,7 @@ export class ShoalHls {
     hls.on(Events.MANIFEST_LOADING, () => { this.startFrom = null; });
     hls.on(Events.MEDIA_ATTACHED, () => { this.startFrom = null; });
     hls.on(Events.FRAG_BUFFERED, (_event, data) => {
-      if (this.#factory) {
-        const factory = this.#factory;
-        this.#factory = null;
-        this.#adopt(Promise.resolve().then(factory));
-      }
+      if (this.#factory && !this.#startScheduled) this.#scheduleStart(hls.media);
       const at = this.#deliveredAt.get(data.frag?.sn);
       if (at === undefined) return;
       this.#deliveredAt.delete(data.frag.sn);
@@ -208,6 +208,27 @@ export class ShoalHls {
       this.shoal.setPlaylist(swarm, playlist);
     });
     return this;
+  }
+
+  /**
+   * Calls the factory once playback has started (the first frame never waits for the
+   * wasm compile and the node connection), or after START_FALLBACK_MS if it has not
+   * started by then (autoplay blocked: nothing to compete with).
+   */
+  #scheduleStart(media) {
+    this.#startScheduled = true;
+    const start = () => {
+      if (!this.#factory) return;
+      const factory = this.#factory;
+      this.#factory = null;
+      this.#adopt(Promise.resolve().then(factory));
+    };
+    if (typeof media?.addEventListener !== 'function' || (!media.paused && media.readyState >= 3)) {
+      start();
+      return;
+    }
+    media.addEventListener('playing', start, { once: true });
+    setTimeout(start, START_FALLBACK_MS);
   }
 
   /** Uses the Shoal `pending` resolves to from now on; HTTP only if it fails. */
