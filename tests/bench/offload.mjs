@@ -105,6 +105,9 @@ for (const tabs of TABS) {
   console.log(`shoal     ${describe(shoal)}, dropped frames ${shoal.droppedFrames}, CPU ${shoal.cpuCores.toFixed(2)} cores, PSS ${mb(shoal.pss)}`);
   const plain = await run(tabs, `format=${FORMAT}&shoal=0`);
   console.log(`http-only ${describe(plain)}, dropped frames ${plain.droppedFrames}, CPU ${plain.cpuCores.toFixed(2)} cores, PSS ${mb(plain.pss)}`);
+  // Per tab, in opening order: a tab opened later starts beside more tabs already playing.
+  const order = (r) => r.perTab.map((t) => Math.round(t.startedAt)).join(' ');
+  console.log(`start-up per tab, in opening order (ms): Shoal ${order(shoal)}; HTTP-only ${order(plain)}`);
   rows.push({ tabs, shoal, plain });
 }
 
