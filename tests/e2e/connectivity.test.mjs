@@ -6,7 +6,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import {
-  TEST_IP, launchBrowser, newContext, openHarness, startNode, startPeer, stats, waitFor,
+  TEST_IP, events, launchBrowser, newContext, openHarness, startNode, startPeer, stats, waitFor,
 } from './harness.mjs';
 
 const MiB = 1024 * 1024;
@@ -84,6 +84,17 @@ test('with default WebRTC privacy, tabs get the node STUN server and connect dir
   }
   // Server-reflexive candidates exist only through a STUN server: the node's.
   assert.ok(reflexive > 0, 'candidates learnt from the node STUN server were used');
+  // stats() and the `peer-path` event say the same as getStats(), per neighbour.
+  // (ICE may switch pairs in the first seconds; the page asks again at 3 and 15 s.)
+  for (const page of pages) {
+    await waitFor(async () => {
+      const paths = (await stats(page)).connections.map((c) => c.path).sort();
+      const pairs = (await selectedPairs(page)).map((p) => `${p.localType}/${p.remoteType}`).sort();
+      return paths.length === 2 && JSON.stringify(paths) === JSON.stringify(pairs);
+    }, { timeout: 20000, message: 'stats() to name each neighbour\'s path as getStats() does' });
+    const pathEvents = await events(page, 'peer-path');
+    assert.ok(pathEvents.length >= 2 && pathEvents.every((e) => e.relayed === false), JSON.stringify(pathEvents));
+  }
 });
 
 test('relay-only pages connect through the node TURN relay and move bytes intact', async (t) => {
@@ -97,6 +108,9 @@ test('relay-only pages connect through the node TURN relay and move bytes intact
     const [pair] = await selectedPairs(page);
     assert.equal(pair.localType, 'relay', `relayed through TURN: ${JSON.stringify(pair)}`);
     assert.equal(pair.localAddress.split(':')[0], TEST_IP, 'by the node, at its relay address');
+    const [path] = await waitFor(async () => (await events(page, 'peer-path')), { message: 'a peer-path event' });
+    assert.equal(path.relayed, true, JSON.stringify(path));
+    assert.equal(path.local, 'relay');
   }
   // 4 MiB each way through the relay, every byte checked by the receiver.
   const sent = await Promise.all([

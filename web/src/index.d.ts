@@ -91,7 +91,9 @@ export interface ShoalStats {
   address: string | null;
   joined: boolean;
   swarms: string[];
-  connections: { peer: string; remoteAddr: string; direct: boolean; dialer: boolean; rttMs: number | null }[];
+  /** `path`: the selected ICE pair's candidate types, `local/remote` (`host`, `srflx`,
+   *  `prflx`, `relay`), once known. */
+  connections: { peer: string; remoteAddr: string; direct: boolean; dialer: boolean; rttMs: number | null; path: string | null }[];
   relayedConnections: number;
   peerConnectionsCreated: number;
   nodeReconnects: number;
@@ -131,6 +133,8 @@ export interface ShoalEventMap {
   refused: CustomEvent<{ what: string; reason: string }>;
   'bulk-received': CustomEvent<{ peer: string; bytes: number; intact: boolean; ms: number }>;
   'peer-connected': CustomEvent<{ peer: string; remoteAddr: string; dialer: boolean }>;
+  /** Which path ICE chose for a direct connection; `relayed` when either end is TURN. */
+  'peer-path': CustomEvent<{ peer: string; local: string; remote: string; relayed: boolean }>;
   'peer-disconnected': CustomEvent<{ peer: string; reason: string }>;
   'peer-banned': CustomEvent<{ peer: string; reason: string }>;
   /**

@@ -37,6 +37,15 @@ pub enum Event {
         remote_addr: String,
         dialer: bool,
     },
+    /// The candidate types of a direct connection's selected ICE pair, once known:
+    /// `host`, `srflx`, `prflx` (a peer-reflexive address learnt during the checks) or
+    /// `relay` (through TURN) for each end.
+    PeerPath {
+        peer: String,
+        local: String,
+        remote: String,
+        relayed: bool,
+    },
     PeerDisconnected {
         peer: String,
         reason: String,
@@ -128,6 +137,9 @@ pub struct ConnectionInfo {
     pub dialer: bool,
     /// Last ping round trip, in milliseconds.
     pub rtt_ms: Option<f64>,
+    /// The selected ICE pair's candidate types, `local/remote` (e.g. `srflx/srflx`,
+    /// `relay/prflx`), once known (see the `peer-path` event).
+    pub path: Option<String>,
 }
 
 /// Gossip counters.

@@ -153,6 +153,8 @@ enum Input {
     Piece(LinkId, LinkInput<Message>),
     Gossip(LinkId, LinkInput<GossipMessage>),
     WriterEnded(LinkId, Result<(), OpenError>),
+    /// A direct connection's selected ICE pair, as `getStats()` tells it.
+    Path(PeerId, shoal_webrtc::CandidatePair),
 }
 
 struct HttpDone {
@@ -245,6 +247,7 @@ pub(crate) fn start(config: Config, nodes: Vec<Multiaddr>, emit: EventSink) -> R
         dials: VecMap::new(),
         dial_replies: VecMap::new(),
         rtt: VecMap::new(),
+        paths: VecMap::new(),
         banned: VecMap::new(),
         http: FuturesUnordered::new(),
         fetches: VecMap::new(),
@@ -492,6 +495,8 @@ struct Runtime {
     /// Dials a JavaScript call waits on (`connect`, diagnostics).
     dial_replies: VecMap<ConnectionId, Reply<()>>,
     rtt: VecMap<PeerId, Duration>,
+    /// Each direct peer's selected ICE pair types, `local/remote`.
+    paths: VecMap<PeerId, String>,
     /// Banned peers, until when.
     banned: VecMap<PeerId, Instant>,
     http: FuturesUnordered<LocalBoxFuture<'static, HttpDone>>,
@@ -880,6 +885,23 @@ impl Runtime {
                         self.inbound.remove(&link);
                     }
                 }
+            }
+            Input::Path(peer, pair) => {
+                if !self.direct.contains_key(&peer) {
+                    return;
+                }
+                let relayed = pair.local_type == "relay" || pair.remote_type == "relay";
+                let path = format!("{}/{}", pair.local_type, pair.remote_type);
+                if self.paths.get(&peer) == Some(&path) {
+                    return;
+                }
+                self.paths.insert(peer, path);
+                self.emit(Event::PeerPath {
+                    peer: peer.to_string(),
+                    local: pair.local_type,
+                    remote: pair.remote_type,
+                    relayed,
+                });
             }
             Input::WriterEnded(link, result) => {
                 let Some(owner) = self.writers.remove(&link) else { return }; // we closed it
@@ -1460,6 +1482,23 @@ impl Runtime {
             return;
         }
         self.emit(Event::PeerConnected { peer: peer.to_string(), remote_addr: remote_addr.to_string(), dialer });
+        // Which path ICE chose (direct host or reflexive, or a TURN relay): for stats(),
+        // and the `peer-path` event. ICE may still switch to a better pair in the first
+        // seconds, so it is asked again twice.
+        let mut inputs = self.inputs_tx.clone();
+        wasm_bindgen_futures::spawn_local(async move {
+            for wait in [0, 3, 12] {
+                Delay::new(Duration::from_secs(wait)).await;
+                match shoal_webrtc::selected_pair(peer).await {
+                    Some(pair) => {
+                        if inputs.try_send(Input::Path(peer, pair)).is_err() {
+                            return;
+                        }
+                    }
+                    None => return, // closed
+                }
+            }
+        });
         self.open_gossip_link(peer);
         // We greet in the swarm whose member list named the peer; a peer the page asked
         // for may share any of ours. A peer that dialled us greets first, naming its swarm.
@@ -1498,6 +1537,7 @@ impl Runtime {
         }
         self.direct.remove(&peer);
         self.rtt.remove(&peer);
+        self.paths.remove(&peer);
         self.forget_peer(peer);
         self.foreign.retain(|(p, _)| *p != peer);
         self.emit(Event::PeerDisconnected { peer: peer.to_string(), reason });
@@ -1627,6 +1667,7 @@ impl Runtime {
                     direct: true,
                     dialer: c.dialer,
                     rtt_ms: self.rtt.get(peer).map(|d| d.as_secs_f64() * 1000.0),
+                    path: self.paths.get(peer).cloned(),
                 })
             })
             .collect();

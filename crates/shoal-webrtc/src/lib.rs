@@ -29,7 +29,7 @@ mod browser;
 #[cfg(target_arch = "wasm32")]
 pub use browser::{
     CandidatePair, Config, Connection, Error, IceServer, PeerConnectionReport, Stream, Transport,
-    peer_connections_created, report as connection_report,
+    peer_connections_created, report as connection_report, selected_pair,
 };
 
 /// The signalling protocol, as a libp2p stream protocol name.

@@ -20,7 +20,7 @@ use thiserror::Error;
 use wasm_bindgen::{JsCast, JsValue};
 
 pub use connection::Connection;
-pub use report::{CandidatePair, PeerConnectionReport, report};
+pub use report::{CandidatePair, PeerConnectionReport, report, selected_pair};
 pub use stream::Stream;
 pub use transport::Transport;
 

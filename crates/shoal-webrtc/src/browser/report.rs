@@ -77,7 +77,18 @@ fn text(value: &JsValue, key: &str) -> String {
 
 /// Reports every open `RTCPeerConnection` of this page: peers and signalling nodes.
 pub async fn report() -> Vec<PeerConnectionReport> {
-    let live: Vec<LiveConnection> = LIVE.with(|live| live.borrow().connections.values().cloned().collect());
+    report_of(|_| true).await
+}
+
+/// The selected candidate pair of our direct connection to `peer` (not a node), once
+/// ICE has chosen one.
+pub async fn selected_pair(peer: PeerId) -> Option<CandidatePair> {
+    report_of(|(p, _, server)| *p == peer && !*server).await.into_iter().find_map(|r| r.selected_pair)
+}
+
+async fn report_of(wanted: impl Fn(&LiveConnection) -> bool) -> Vec<PeerConnectionReport> {
+    let live: Vec<LiveConnection> =
+        LIVE.with(|live| live.borrow().connections.values().filter(|c| wanted(c)).cloned().collect());
     let mut reports = Vec::with_capacity(live.len());
     for (peer, pc, server) in live {
         let mut report = PeerConnectionReport {
