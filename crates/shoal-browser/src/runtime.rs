@@ -334,9 +334,16 @@ impl NodeLink {
         self.connected = true;
         self.dialing = false;
         self.backoff = NODE_BACKOFF_MIN;
-        self.choice.connected();
         self.last_heard = now;
         self.connections_made += 1;
+    }
+
+    /// The node took us in (a join answered, or a reservation when we join nothing):
+    /// only then is the round of nodes over. A node that accepts connections and then
+    /// refuses (full) or closes them (draining) must not reset the backoff, or every
+    /// page would cycle through full nodes as fast as it can connect.
+    fn settled(&mut self) {
+        self.choice.connected();
     }
 
     /// The node refused or dropped our reservation: ask again later, later each time.
@@ -1419,6 +1426,9 @@ impl Runtime {
                 let me = *self.swarm.local_peer_id();
                 self.node.address =
                     Some(self.node.circuit_addr().with(Protocol::WebRTC).with(Protocol::P2p(me)).to_string());
+                if self.memberships.is_empty() {
+                    self.node.settled();
+                }
                 let names: Vec<String> = self.memberships.keys().cloned().collect();
                 for name in names {
                     self.send_join(&name);
@@ -1557,6 +1567,7 @@ impl Runtime {
                 let name = name.clone();
                 match response {
                     MembershipResponse::Joined { members, size } => {
+                        self.node.settled();
                         let first = !membership.joined;
                         membership.joined = true;
                         membership.size_hint = if size > 0 { size as usize } else { members.len() + 1 };

@@ -42,10 +42,14 @@ pub const HEARTBEAT: Duration = Duration::from_secs(2);
 pub const NODE_EXPIRY: Duration = Duration::from_secs(7);
 /// Changes are batched for this long before they are published.
 const BATCH: Duration = Duration::from_millis(100);
-/// Entries per message of a full snapshot.
-const SNAPSHOT_CHUNK: usize = 2_000;
+/// Membership entries per message, by their largest JSON size: half the largest message,
+/// so addresses and escapes always fit.
+const CHUNK_BYTES: usize = MAX_MESSAGE / 2;
 /// Largest federation message.
 const MAX_MESSAGE: usize = 1024 * 1024;
+/// Every node publishes its whole membership this often, whatever happened: a message
+/// lost (a full queue, a link down for a moment) is repaired within it.
+const SNAPSHOT_EVERY: Duration = Duration::from_secs(60);
 /// How often unconnected `--federate` addresses are dialled again.
 const REDIAL: Duration = Duration::from_secs(2);
 
@@ -59,6 +63,9 @@ pub struct Update {
     pub addrs: Vec<String>,
     /// Peers connected to the sender (its load).
     pub peers: u64,
+    /// The sender is shutting down: pages should not be sent to it.
+    #[serde(default)]
+    pub draining: bool,
     /// Forget every member of the sender first: a full snapshot starts.
     #[serde(default)]
     pub reset: bool,
@@ -98,11 +105,55 @@ pub struct Federation {
     /// Our dials of seeds (by index), and the node each seed turned out to be.
     seed_dials: HashMap<ConnectionId, usize>,
     seed_peers: HashMap<usize, PeerId>,
+    failing_seeds: HashSet<usize>,
     next_redial: Instant,
-    joined: Vec<(String, String)>,
-    left: Vec<(String, String)>,
-    batch_since: Option<Instant>,
+    pending: Pending,
     last_publish: Option<Instant>,
+    last_snapshot: Option<Instant>,
+}
+
+/// (swarm, peer) pairs, as they travel in an [`Update`].
+type Entries = Vec<(String, String)>;
+
+/// Membership changes not yet published.
+#[derive(Debug, Default)]
+struct Pending {
+    joined: Entries,
+    left: Entries,
+    since: Option<Instant>,
+}
+
+impl Pending {
+    /// Receivers apply a batch's leaves before its joins, so a pair is in one list only:
+    /// the later change wins (a join then a leave in one batch must not come out as a
+    /// member that never leaves).
+    fn joined(&mut self, swarm: &str, peer: &PeerId) {
+        let entry = (swarm.to_owned(), peer.to_string());
+        self.left.retain(|e| *e != entry);
+        self.joined.push(entry);
+        self.since.get_or_insert_with(Instant::now);
+    }
+
+    fn left(&mut self, swarm: &str, peer: &PeerId) {
+        let entry = (swarm.to_owned(), peer.to_string());
+        self.joined.retain(|e| *e != entry);
+        self.left.push(entry);
+        self.since.get_or_insert_with(Instant::now);
+    }
+
+    fn take(&mut self) -> (Entries, Entries) {
+        self.since = None;
+        (std::mem::take(&mut self.joined), std::mem::take(&mut self.left))
+    }
+}
+
+/// What this node tells the others about itself with every message.
+pub struct Status<'a> {
+    /// Browser-dialable addresses, each ending in `/p2p/<node>`.
+    pub addrs: &'a [Multiaddr],
+    /// Peers connected (the load).
+    pub peers: u64,
+    pub draining: bool,
 }
 
 impl Federation {
@@ -115,7 +166,11 @@ impl Federation {
     ) -> Result<Self, NodeError> {
         let psk: PreSharedKey = parse_key(key).map_err(NodeError::Config)?;
         let noise = noise::Config::new(keypair).map_err(|e| NodeError::Transport(e.to_string()))?;
-        let transport = tcp::tokio::Transport::new(tcp::Config::default().nodelay(true))
+        // `/dns4/...` seeds resolve through the system resolver.
+        let tcp =
+            libp2p::dns::tokio::Transport::system(tcp::tokio::Transport::new(tcp::Config::default().nodelay(true)))
+                .map_err(|e| NodeError::Transport(format!("DNS resolver: {e}")))?;
+        let transport = tcp
             .and_then(move |socket, _| PnetConfig::new(psk).handshake(socket))
             .upgrade(Version::V1Lazy)
             .authenticate(noise)
@@ -150,11 +205,11 @@ impl Federation {
             heard: HashMap::new(),
             seed_dials: HashMap::new(),
             seed_peers: HashMap::new(),
+            failing_seeds: HashSet::new(),
             next_redial: Instant::now(),
-            joined: Vec::new(),
-            left: Vec::new(),
-            batch_since: None,
+            pending: Pending::default(),
             last_publish: None,
+            last_snapshot: None,
         })
     }
 
@@ -164,18 +219,17 @@ impl Federation {
     }
 
     pub fn joined(&mut self, swarm: &str, peer: &PeerId) {
-        self.joined.push((swarm.to_owned(), peer.to_string()));
-        self.batch_since.get_or_insert_with(Instant::now);
+        self.pending.joined(swarm, peer);
     }
 
     pub fn left(&mut self, swarm: &str, peer: &PeerId) {
-        self.left.push((swarm.to_owned(), peer.to_string()));
-        self.batch_since.get_or_insert_with(Instant::now);
+        self.pending.left(swarm, peer);
     }
 
     /// Publishes the batched changes (or a heartbeat) when due, and dials seeds.
-    /// Call every tick. Returns the nodes not heard from for [`NODE_EXPIRY`].
-    pub fn tick(&mut self, now: Instant, addrs: &[Multiaddr], peers: u64) -> Vec<PeerId> {
+    /// Call every tick. Returns the nodes not heard from for [`NODE_EXPIRY`], and
+    /// whether the periodic full snapshot is due (call [`Self::publish_snapshot`]).
+    pub fn tick(&mut self, now: Instant, status: &Status<'_>) -> (Vec<PeerId>, bool) {
         let expired: Vec<PeerId> = self
             .heard
             .iter()
@@ -203,43 +257,41 @@ impl Federation {
                 }
             }
         }
-        let batch_due = self.batch_since.is_some_and(|t| now.saturating_duration_since(t) >= BATCH);
+        let snapshot_due = self.last_snapshot.is_none_or(|t| now.saturating_duration_since(t) >= SNAPSHOT_EVERY);
+        let batch_due = self.pending.since.is_some_and(|t| now.saturating_duration_since(t) >= BATCH);
         let heartbeat_due = self.last_publish.is_none_or(|t| now.saturating_duration_since(t) >= HEARTBEAT);
-        if batch_due || heartbeat_due {
-            let joined = std::mem::take(&mut self.joined);
-            let left = std::mem::take(&mut self.left);
-            self.batch_since = None;
-            self.publish_chunks(addrs, peers, false, joined, left);
+        if (batch_due || heartbeat_due) && !snapshot_due {
+            let (joined, left) = self.pending.take();
+            self.publish_chunks(status, false, joined, left);
         }
-        expired
+        (expired, snapshot_due)
     }
 
     /// Publishes every local membership, the receivers forgetting ours first.
-    pub fn publish_snapshot(&mut self, addrs: &[Multiaddr], peers: u64, members: Vec<(String, String)>) {
+    pub fn publish_snapshot(&mut self, status: &Status<'_>, members: Vec<(String, String)>) {
         // Changes batched so far are in the snapshot.
-        self.joined.clear();
-        self.left.clear();
-        self.batch_since = None;
-        self.publish_chunks(addrs, peers, true, members, Vec::new());
+        self.pending.take();
+        self.last_snapshot = Some(Instant::now());
+        self.publish_chunks(status, true, members, Vec::new());
     }
 
     fn publish_chunks(
         &mut self,
-        addrs: &[Multiaddr],
-        peers: u64,
+        status: &Status<'_>,
         reset: bool,
         mut joined: Vec<(String, String)>,
         mut left: Vec<(String, String)>,
     ) {
-        let addrs: Vec<String> = addrs.iter().map(Multiaddr::to_string).collect();
+        let addrs: Vec<String> = status.addrs.iter().map(Multiaddr::to_string).collect();
         let mut first = true;
         loop {
-            let take_joined = joined.len().min(SNAPSHOT_CHUNK);
-            let take_left = left.len().min(SNAPSHOT_CHUNK - take_joined);
+            let take_joined = chunk_len(&joined, CHUNK_BYTES);
+            let take_left = chunk_len(&left, CHUNK_BYTES.saturating_sub(encoded_len(&joined[..take_joined])));
             let update = Update {
                 sent_at_ms: unix_ms(),
                 addrs: addrs.clone(),
-                peers,
+                peers: status.peers,
+                draining: status.draining,
                 reset: reset && first,
                 joined: joined.drain(..take_joined).collect(),
                 left: left.drain(..take_left).collect(),
@@ -273,6 +325,7 @@ impl Federation {
                     self.connected.insert(peer_id);
                     if let Some(index) = self.seed_dials.remove(&connection_id) {
                         self.seed_peers.insert(index, peer_id);
+                        self.failing_seeds.remove(&index);
                     }
                 }
                 SwarmEvent::ConnectionClosed { peer_id, num_established: 0, cause, .. } => {
@@ -282,8 +335,12 @@ impl Federation {
                     return Event::NodeGone(peer_id);
                 }
                 SwarmEvent::OutgoingConnectionError { error, connection_id, .. } => {
-                    self.seed_dials.remove(&connection_id);
-                    tracing::debug!(error = %crate::error_chain(&error), "federation dial failed");
+                    if let Some(index) = self.seed_dials.remove(&connection_id) {
+                        // Said once per seed until it connects, then retried quietly.
+                        if self.failing_seeds.insert(index) {
+                            tracing::warn!(seed = %self.seeds[index], error = %crate::error_chain(&error), "cannot reach a federation seed; retrying every 2 s");
+                        }
+                    }
                 }
                 SwarmEvent::IncomingConnectionError { error, send_back_addr, .. } => {
                     // Most likely a wrong --federation-key.
@@ -308,6 +365,23 @@ impl Federation {
             }
         }
     }
+}
+
+/// The largest JSON size of `entries`: every byte of a swarm id may be escaped (`\u00XX`).
+fn encoded_len(entries: &[(String, String)]) -> usize {
+    entries.iter().map(|(swarm, peer)| swarm.len() * 6 + peer.len() + 8).sum()
+}
+
+/// How many of `entries` fit in `budget` bytes (at least one, so a chunk always moves).
+fn chunk_len(entries: &[(String, String)], budget: usize) -> usize {
+    let mut used = 0;
+    for (i, entry) in entries.iter().enumerate() {
+        used += encoded_len(std::slice::from_ref(entry));
+        if used > budget {
+            return i.max(usize::from(budget > 0 && i == 0));
+        }
+    }
+    entries.len()
 }
 
 /// A 32-byte key as 64 hex digits (or a libp2p `swarm.key` file's text).
@@ -336,6 +410,41 @@ mod tests {
         assert!(parse_key(&"ab".repeat(32)).is_ok());
         assert!(parse_key("short").unwrap_err().contains("64 hex digits"));
         assert!(parse_key(&"zz".repeat(32)).is_err());
+    }
+
+    /// A join and a leave of one pair in one batch leave one entry, the later.
+    #[test]
+    fn a_batch_holds_the_last_change_of_each_pair() {
+        let mut pending = Pending::default();
+        let peer = PeerId::random();
+        pending.joined("s", &peer);
+        pending.left("s", &peer);
+        assert!(pending.joined.is_empty());
+        assert_eq!(pending.left, vec![("s".to_owned(), peer.to_string())]);
+        pending.joined("s", &peer);
+        assert!(pending.left.is_empty());
+        assert_eq!(pending.joined.len(), 1);
+    }
+
+    /// Chunks stay under the message cap even for the longest, most escaped swarm ids.
+    #[test]
+    fn chunks_fit_the_message_cap() {
+        let worst = "\u{1}".repeat(shoal_proto::MAX_SWARM_ID_LEN);
+        let entries: Vec<(String, String)> =
+            (0..3_000).map(|_| (worst.clone(), PeerId::random().to_string())).collect();
+        let mut rest = &entries[..];
+        let mut chunks = 0;
+        while !rest.is_empty() {
+            let n = chunk_len(rest, CHUNK_BYTES);
+            assert!(n >= 1);
+            let update = Update { joined: rest[..n].to_vec(), ..Update::default() };
+            assert!(serde_json::to_vec(&update).unwrap().len() <= MAX_MESSAGE);
+            rest = &rest[n..];
+            chunks += 1;
+        }
+        assert!(chunks >= 6, "{chunks}");
+        assert_eq!(chunk_len(&entries[..1], 0), 0);
+        assert_eq!(chunk_len(&entries[..1], 1), 1, "an entry larger than the budget still moves");
     }
 
     #[test]

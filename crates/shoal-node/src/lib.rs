@@ -22,6 +22,7 @@ mod identity;
 mod ip_limits;
 pub mod membership;
 mod metrics;
+mod ping_repoll;
 pub mod publish;
 mod relay_server;
 mod webrtc_gate;
@@ -88,7 +89,7 @@ struct Behaviour {
     webrtc_gate: webrtc_gate::Behaviour,
     relay: relay_server::Relay,
     identify: identify::Behaviour,
-    ping: ping::Behaviour,
+    ping: ping_repoll::Behaviour,
     membership: request_response::json::Behaviour<MembershipRequest, MembershipResponse>,
 }
 
@@ -301,8 +302,15 @@ impl Node {
     /// Every 100 ms: federation publishing and expiry.
     fn on_tick(&mut self) {
         let Some(federation) = &mut self.federation else { return };
-        let peers = self.peer_ips.len() as u64;
-        let expired = federation.tick(Instant::now(), self.members.node_addrs(), peers);
+        let status = federation::Status {
+            addrs: self.members.node_addrs(),
+            peers: self.peer_ips.len() as u64,
+            draining: self.draining.load(Ordering::Relaxed),
+        };
+        let (expired, snapshot_due) = federation.tick(Instant::now(), &status);
+        if snapshot_due {
+            federation.publish_snapshot(&status, self.members.local_memberships());
+        }
         self.metrics.federation_peers.set(federation.peers() as i64);
         for node in expired {
             self.members.forget_node(&node);
@@ -323,8 +331,13 @@ impl Node {
                     .filter_map(|a| a.parse::<Multiaddr>().ok())
                     .filter(|a| matches!(a.iter().last(), Some(Protocol::P2p(p)) if p == node))
                     .collect();
-                let refused =
-                    self.members.apply_remote(node, addrs, update.peers, update.reset, &update.joined, &update.left);
+                let refused = self.members.apply_remote(
+                    node,
+                    membership::RemoteStatus { addrs, load: update.peers, draining: update.draining },
+                    update.reset,
+                    &update.joined,
+                    &update.left,
+                );
                 self.metrics.federation_refused.inc_by(refused as u64);
             }
             federation::Event::NodeGone(node) => {
@@ -332,10 +345,13 @@ impl Node {
                 tracing::info!(%node, forgotten, "forgot a node's members");
             }
             federation::Event::SnapshotWanted => {
-                let members = self.members.local_memberships();
-                let peers = self.peer_ips.len() as u64;
                 if let Some(federation) = &mut self.federation {
-                    federation.publish_snapshot(self.members.node_addrs(), peers, members);
+                    let status = federation::Status {
+                        addrs: self.members.node_addrs(),
+                        peers: self.peer_ips.len() as u64,
+                        draining: self.draining.load(Ordering::Relaxed),
+                    };
+                    federation.publish_snapshot(&status, self.members.local_memberships());
                 }
             }
         }
@@ -730,7 +746,7 @@ fn build_behaviour(keypair: &Keypair, config: &Config, metrics: &Metrics) -> Beh
         ),
         relay: relay_server::Relay::new(peer_id, relay_config),
         identify: identify::Behaviour::new(identify::Config::new("/shoal/1".into(), keypair.public())),
-        ping: ping::Behaviour::new(
+        ping: ping_repoll::Behaviour::new(
             ping::Config::new()
                 .with_interval(Duration::from_secs(config.ping_interval_secs))
                 .with_timeout(Duration::from_secs(10)),

@@ -162,6 +162,18 @@ struct RemoteNode {
     members: HashSet<(String, PeerId)>,
     /// Peers connected to it.
     load: u64,
+    /// Shutting down: not listed for pages.
+    draining: bool,
+}
+
+/// What another node says of itself with each update.
+#[derive(Debug, Clone, Default)]
+pub struct RemoteStatus {
+    /// Its browser-dialable addresses, each ending in `/p2p/<node>`.
+    pub addrs: Vec<Multiaddr>,
+    /// Peers connected to it.
+    pub load: u64,
+    pub draining: bool,
 }
 
 /// See the module docs.
@@ -231,9 +243,10 @@ impl Registry {
         self.nodes.len()
     }
 
-    /// Browser-dialable addresses of the other nodes, least loaded first.
+    /// Browser-dialable addresses of the other nodes that take pages (not draining),
+    /// least loaded first.
     pub fn other_nodes(&self) -> Vec<Multiaddr> {
-        let mut nodes: Vec<&RemoteNode> = self.nodes.values().collect();
+        let mut nodes: Vec<&RemoteNode> = self.nodes.values().filter(|n| !n.draining).collect();
         nodes.sort_by_key(|n| n.load);
         nodes.into_iter().flat_map(|n| n.addrs.iter().cloned()).collect()
     }
@@ -244,8 +257,7 @@ impl Registry {
     pub fn apply_remote(
         &mut self,
         node: PeerId,
-        addrs: Vec<Multiaddr>,
-        load: u64,
+        status: RemoteStatus,
         reset: bool,
         joined: &[(String, String)],
         left: &[(String, String)],
@@ -254,8 +266,9 @@ impl Registry {
             self.forget_node(&node);
         }
         let entry = self.nodes.entry(node).or_default();
-        entry.addrs = addrs;
-        entry.load = load;
+        entry.addrs = status.addrs;
+        entry.load = status.load;
+        entry.draining = status.draining;
         for (swarm, peer) in left {
             let Ok(peer) = peer.parse::<PeerId>() else { continue };
             if let Some(entry) = self.nodes.get_mut(&node) {
@@ -577,6 +590,7 @@ mod tests {
     /// follow a page that moves, and go with their node.
     #[test]
     fn other_nodes_members_are_sampled_through_their_node() {
+        let status = |addr: Multiaddr| RemoteStatus { addrs: vec![addr], load: 1, draining: false };
         let mut rng = rand::rngs::StdRng::seed_from_u64(5);
         let mut r = registry(10);
         let addr_of = |node: PeerId| -> Multiaddr {
@@ -585,17 +599,22 @@ mod tests {
         let (b, c) = (PeerId::random(), PeerId::random());
         let (x, y) = (PeerId::random(), PeerId::random());
         let s = |p: &PeerId| ("s".to_owned(), p.to_string());
-        assert_eq!(r.apply_remote(b, vec![addr_of(b)], 1, false, &[s(&x), s(&y)], &[]), 0);
+        assert_eq!(r.apply_remote(b, status(addr_of(b)), false, &[s(&x), s(&y)], &[]), 0);
         let a = PeerId::random();
         let seen = r.join(a, "s", None, &mut rng).unwrap();
         assert_eq!(seen.len(), 2);
         assert!(seen.iter().all(|m| m.addrs[0].starts_with(&addr_of(b).to_string())), "{seen:?}");
         assert_eq!(r.swarm_size("s"), 3);
         assert_eq!(r.other_nodes(), vec![addr_of(b)]);
+        // A draining node keeps its members until they move, but is not listed for pages.
+        r.apply_remote(b, RemoteStatus { draining: true, ..status(addr_of(b)) }, false, &[], &[]);
+        assert!(r.other_nodes().is_empty());
+        assert_eq!(r.swarm_size("s"), 3);
+        r.apply_remote(b, status(addr_of(b)), false, &[], &[]);
 
         // x moves to node c: it is reached through c, and b's late "left" changes nothing.
-        r.apply_remote(c, vec![addr_of(c)], 1, false, &[s(&x)], &[]);
-        r.apply_remote(b, vec![addr_of(b)], 1, false, &[], &[s(&x)]);
+        r.apply_remote(c, status(addr_of(c)), false, &[s(&x)], &[]);
+        r.apply_remote(b, status(addr_of(b)), false, &[], &[s(&x)]);
         let seen = r.join(a, "s", None, &mut rng).unwrap();
         let x_seen = seen.iter().find(|m| m.peer == x.to_string()).unwrap();
         assert!(x_seen.addrs[0].starts_with(&addr_of(c).to_string()), "{x_seen:?}");
@@ -604,7 +623,7 @@ mod tests {
         // A node that goes takes its members along; a reset replaces them.
         assert_eq!(r.forget_node(&b), 1);
         assert_eq!(r.swarm_size("s"), 2);
-        r.apply_remote(c, vec![addr_of(c)], 1, true, &[s(&y)], &[]);
+        r.apply_remote(c, status(addr_of(c)), true, &[s(&y)], &[]);
         let seen = r.join(a, "s", None, &mut rng).unwrap();
         assert_eq!(seen.iter().map(|m| m.peer.clone()).collect::<Vec<_>>(), vec![y.to_string()]);
 
@@ -615,7 +634,7 @@ mod tests {
         // The cap on other nodes' memberships holds.
         let mut small = Registry::new(Limits { max_remote_memberships: 2, ..Limits::default() });
         let many: Vec<(String, String)> = (0..5).map(|_| s(&PeerId::random())).collect();
-        assert_eq!(small.apply_remote(b, vec![addr_of(b)], 1, false, &many, &[]), 3);
+        assert_eq!(small.apply_remote(b, status(addr_of(b)), false, &many, &[]), 3);
         assert_eq!(small.remote_membership_count(), 2);
     }
 
