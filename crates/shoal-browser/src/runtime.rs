@@ -1444,9 +1444,11 @@ impl Runtime {
             SwarmEvent::Behaviour(BehaviourEvent::Streams(inbound)) => self.on_inbound_stream(inbound),
             SwarmEvent::Behaviour(BehaviourEvent::Ping(ping::Event { peer, result, connection })) => match result {
                 Ok(rtt) => {
+                    // Nodes are not neighbours: their round trips stay out of `rtt`
+                    // (which is cleared only when a neighbour goes).
                     if peer == self.node.peer {
                         self.node.last_heard = now;
-                    } else {
+                    } else if !self.node.is_node(&peer) {
                         self.rtt.insert(peer, rtt);
                     }
                 }

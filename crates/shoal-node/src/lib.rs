@@ -302,11 +302,7 @@ impl Node {
     /// Every 100 ms: federation publishing and expiry.
     fn on_tick(&mut self) {
         let Some(federation) = &mut self.federation else { return };
-        let status = federation::Status {
-            addrs: self.members.node_addrs(),
-            peers: self.peer_ips.len() as u64,
-            draining: self.draining.load(Ordering::Relaxed),
-        };
+        let status = federation_status(&self.members, &self.peer_ips, &self.draining);
         let (expired, snapshot_due) = federation.tick(Instant::now(), &status);
         if snapshot_due {
             federation.publish_snapshot(&status, self.members.local_memberships());
@@ -346,11 +342,7 @@ impl Node {
             }
             federation::Event::SnapshotWanted => {
                 if let Some(federation) = &mut self.federation {
-                    let status = federation::Status {
-                        addrs: self.members.node_addrs(),
-                        peers: self.peer_ips.len() as u64,
-                        draining: self.draining.load(Ordering::Relaxed),
-                    };
+                    let status = federation_status(&self.members, &self.peer_ips, &self.draining);
                     federation.publish_snapshot(&status, self.members.local_memberships());
                 }
             }
@@ -752,6 +744,20 @@ fn build_behaviour(keypair: &Keypair, config: &Config, metrics: &Metrics) -> Beh
                 .with_timeout(Duration::from_secs(10)),
         ),
         membership,
+    }
+}
+
+/// What this node tells the other nodes about itself (a free function: the caller holds
+/// `&mut self.federation` meanwhile).
+fn federation_status<'a>(
+    members: &'a membership::Registry,
+    peer_ips: &HashMap<PeerId, IpAddr>,
+    draining: &AtomicBool,
+) -> federation::Status<'a> {
+    federation::Status {
+        addrs: members.node_addrs(),
+        peers: peer_ips.len() as u64,
+        draining: draining.load(Ordering::Relaxed),
     }
 }
 
