@@ -157,8 +157,15 @@ test('a full node refuses a join with its reason; a page that knows another node
   for (let i = 0; i < 8 && !mover; i++) {
     const page = await openHarness(await newContext(browser, nodes[0]), nodes[0]);
     await startPeer(page, { nodes: [...a, ...b], swarm: 'full-node' });
-    await waitFor(async () => (await events(page, 'joined')).length >= 1, { timeout: 15000, message: 'the page to join on the other node' });
-    assert.equal(nodeOf((await stats(page)).address), ids[1], 'joined on B, the node with room');
+    const [joined] = await waitFor(async () => { const j = await events(page, 'joined'); return j.length >= 1 && j; }, { timeout: 15000, message: 'the page to join on the other node' });
+    // stats() agrees with the event, even read inside its handler.
+    assert.equal(nodeOf(joined.statsThen?.address), ids[1], `stats() in the joined handler: ${JSON.stringify(joined.statsThen)}`);
+    assert.equal(joined.statsThen.joined, true);
+    const where = nodeOf((await stats(page)).address);
+    if (where !== ids[1]) {
+      const seen = await page.evaluate(() => window.harness.events.map((e) => JSON.stringify(e)));
+      assert.fail(`joined on B, the node with room; on ${where} (A ${ids[0]}, B ${ids[1]}); events: ${seen.join(' ')}`);
+    }
     if ((await events(page, 'refused')).length > 0) mover = page;
   }
   assert.ok(mover, 'a page refused by the full node moved to the other one');

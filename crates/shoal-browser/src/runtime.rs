@@ -594,7 +594,22 @@ impl Runtime {
         }
     }
 
-    fn emit(&self, event: Event) {
+    /// Events that report a change `stats()` shows are emitted after the snapshot has
+    /// it: a page that reads `stats()` in (or after) its handler sees the new state, not
+    /// one up to [`SNAPSHOT_EVERY`] old.
+    fn emit(&mut self, event: Event) {
+        if matches!(
+            event,
+            Event::NodeConnected { .. }
+                | Event::NodeDisconnected { .. }
+                | Event::Joined { .. }
+                | Event::Refused { .. }
+                | Event::PeerConnected { .. }
+                | Event::PeerPath { .. }
+                | Event::PeerDisconnected { .. }
+        ) {
+            self.refresh_snapshot();
+        }
         (self.emit)(event);
     }
 
