@@ -25,7 +25,7 @@ SIM = os.environ.get("SHOAL_SIM", os.path.join(ROOT, "target", "release", "shoal
 
 def chunk_size(bitrate_mbit):
     """What a publisher should pick (see README): about 16 chunks per 2 s segment, between
-    16 KiB and 64 KiB (shoal-sign's `--chunk-size auto`)."""
+    16 KiB and 64 KiB (shoal-sign's default, shoal_core::integrity::chunk_size_for)."""
     segment = bitrate_mbit * 1_000_000 * 2 / 8
     size = 16 * 1024
     while size < 64 * 1024 and segment / size > 16:

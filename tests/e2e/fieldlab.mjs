@@ -10,6 +10,11 @@
 //           port per destination);
 //   viewer: namespace on the home's LAN, 192.168.i.(10+j), default route via the router.
 //
+// Links can be shaped per viewer (`lab.shape`): `tc` token buckets on the viewer's side
+// of its LAN link for its upload and on the router's side for its download, random loss
+// with iptables' `statistic` match. This machine's kernel has no `netem` (nor fq_codel
+// or cake), so no propagation delay is added: a shaped link's latency is its queue.
+//
 // Needs root, iproute2, nsenter and iptables (scripts/setup.sh installs iptables).
 
 import { execFileSync, spawn } from 'node:child_process';
@@ -94,11 +99,39 @@ export async function createFieldLab(homes) {
       inNs(pid, ['ip', 'addr', 'add', `${ip}/24`, 'dev', 'eth0']);
       inNs(pid, ['ip', 'link', 'set', 'eth0', 'up']);
       inNs(pid, ['ip', 'route', 'add', 'default', 'via', `192.168.${i}.1`]);
-      viewers.push({ home: h, nat: home.nat, index: j, pid, ip, name: `home${i}-${home.nat}-${j}` });
+      viewers.push({ home: h, nat: home.nat, index: j, pid, router, link, ip, name: `home${i}-${home.nat}-${j}` });
     }
   }
   return {
     viewers,
+    /**
+     * Shapes a viewer's link: `up` and `down` in bits per second (a token bucket each,
+     * its queue holding `queueMs` at that rate), `loss` a fraction of packets dropped at
+     * random each way. Applied once per viewer.
+     */
+    shape(viewer, { up, down, loss = 0, queueMs = 200 }) {
+      const bucket = (pid, dev, rate) => {
+        // Burst: at least one full-size packet, about 10 ms at the rate otherwise.
+        const burst = Math.max(3000, Math.round(rate / 8 / 100));
+        const limit = Math.max(2 * burst, Math.round((rate / 8) * (queueMs / 1000)));
+        inNs(pid, ['tc', 'qdisc', 'add', 'dev', dev, 'root', 'tbf', 'rate', `${Math.round(rate)}bit`,
+          'burst', String(burst), 'limit', String(limit)]);
+      };
+      if (up) bucket(viewer.pid, 'eth0', up);
+      if (down) bucket(viewer.router, viewer.link, down);
+      if (loss > 0) {
+        for (const chain of ['OUTPUT', 'INPUT']) {
+          inNs(viewer.pid, ['iptables', '-A', chain, '-m', 'statistic', '--mode', 'random',
+            '--probability', String(loss), '-j', 'DROP']);
+        }
+      }
+    },
+    /** Bytes the viewer's link carried each way so far (its interface counters). */
+    counters(viewer) {
+      // Over netlink: /sys would show the host's interfaces, not the namespace's.
+      const [link] = JSON.parse(inNs(viewer.pid, ['ip', '-j', '-s', 'link', 'show', 'dev', 'eth0']));
+      return { sent: link.stats64.tx.bytes, received: link.stats64.rx.bytes };
+    },
     /** A browser (default WebRTC privacy) running in the viewer's namespace. */
     async launch(viewer) {
       const wrapper = join(dir, `chromium-${viewer.pid}`);

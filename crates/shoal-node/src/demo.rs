@@ -192,13 +192,7 @@ impl DemoStream {
         if let Some(bytes) = cache.get(&n) {
             return bytes.clone();
         }
-        let bytes = publish::sign_segment(
-            &self.publisher,
-            self.format.swarm(),
-            n,
-            &self.segment(n).data,
-            publish::DEFAULT_CHUNK_SIZE,
-        );
+        let bytes = publish::sign_segment(&self.publisher, self.format.swarm(), n, &self.segment(n).data, None);
         cache.insert(n, bytes.clone());
         while cache.len() > RECORD_CACHE {
             cache.pop_first();
@@ -239,7 +233,6 @@ async fn publisher(State(demo): State<DemoState>) -> impl IntoResponse {
     let body = serde_json::json!({
         "publicKey": demo.public_key_hex(),
         "swarm": demo.format.swarm(),
-        "chunkSize": publish::DEFAULT_CHUNK_SIZE,
     });
     ([(header::CACHE_CONTROL, "no-cache")], axum::Json(body))
 }

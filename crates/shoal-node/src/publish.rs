@@ -13,12 +13,11 @@ use std::{
 };
 
 use bytes::{Bytes, BytesMut};
+use shoal_core::integrity::chunk_size_for;
 use shoal_core::{Message, Publisher, PublisherKey, SegmentId, SegmentRecord, StreamId};
 
 use crate::NodeError;
 
-/// Chunk size of the records: the unit peers verify and exchange one at a time.
-pub const DEFAULT_CHUNK_SIZE: u32 = 64 * 1024;
 /// What a record's URL adds to its segment's URL (the browser's default `recordSuffix`).
 pub const RECORD_SUFFIX: &str = ".shoal";
 
@@ -55,7 +54,11 @@ pub fn unix_ms_now() -> u64 {
 /// published now: one wire frame, the exact bytes to serve at `<segment URL>.shoal`.
 /// (The stamp lets live viewers refuse last run's records if a restarted stream
 /// numbers its segments from zero again.)
-pub fn sign_segment(publisher: &Publisher, swarm: &str, sequence: u64, data: &[u8], chunk_size: u32) -> Bytes {
+///
+/// `chunk_size` is the unit peers verify and exchange; `None` picks it from the
+/// segment's size ([`chunk_size_for`]).
+pub fn sign_segment(publisher: &Publisher, swarm: &str, sequence: u64, data: &[u8], chunk_size: Option<u32>) -> Bytes {
+    let chunk_size = chunk_size.unwrap_or_else(|| chunk_size_for(data.len() as u64));
     let record = SegmentRecord::for_data(StreamId::from_name(swarm), SegmentId(sequence), data, chunk_size)
         .published_at(unix_ms_now());
     let mut frame = BytesMut::new();
@@ -104,7 +107,7 @@ pub fn sign_playlist(
     publisher: &Publisher,
     swarm: &str,
     playlist: &Path,
-    chunk_size: u32,
+    chunk_size: Option<u32>,
 ) -> Result<SignReport, NodeError> {
     let text = fs::read_to_string(playlist)
         .map_err(|source| NodeError::Io { context: format!("reading {}", playlist.display()), source })?;
@@ -182,7 +185,7 @@ mod tests {
         )
         .unwrap();
 
-        let report = sign_playlist(&publisher, "site/live", &playlist, 65536).unwrap();
+        let report = sign_playlist(&publisher, "site/live", &playlist, Some(65536)).unwrap();
         assert_eq!(report.signed.len(), 2);
         assert_eq!(report.skipped, vec!["missing.ts".to_owned(), "https://cdn.example/c.ts".to_owned()]);
 
@@ -197,7 +200,7 @@ mod tests {
         assert_eq!(record_b.record.segment, SegmentId(11));
 
         // A second run finds everything signed.
-        let again = sign_playlist(&publisher, "site/live", &playlist, 65536).unwrap();
+        let again = sign_playlist(&publisher, "site/live", &playlist, Some(65536)).unwrap();
         assert_eq!((again.signed.len(), again.already_signed), (0, 2));
     }
 

@@ -12,17 +12,13 @@ use shoal_sim::{Rate, RateMix, Report, Scenario, run};
 /// chunk size a publisher would pick (about 16 chunks per segment, 16–64 KiB).
 fn corner(bitrate_mbit: u64, ratio: f64) -> Scenario {
     let bitrate_bps = bitrate_mbit * 1_000_000;
-    let segment_bytes = bitrate_bps * 2 / 8;
-    let mut chunk_size = 16 * 1024;
-    while chunk_size < 64 * 1024 && segment_bytes / chunk_size > 16 {
-        chunk_size *= 2;
-    }
+    let chunk_size = shoal_core::integrity::chunk_size_for(bitrate_bps * 2 / 8);
     Scenario {
         viewers: 120,
         duration: Duration::from_secs(120),
         join_over: Duration::from_secs(20),
         bitrate_bps,
-        chunk_size: chunk_size as u32,
+        chunk_size,
         upload: RateMix::fixed(Rate::TimesBitrate(ratio)),
         ..Scenario::default()
     }

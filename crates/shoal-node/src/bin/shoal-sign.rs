@@ -36,9 +36,9 @@ enum Command {
         /// The swarm id pages join for this rendition (ShoalHls `swarmId`).
         #[arg(long)]
         swarm: String,
-        /// Bytes per verified chunk.
-        #[arg(long, default_value_t = publish::DEFAULT_CHUNK_SIZE, value_parser = clap::value_parser!(u32).range(1024..=1_048_576))]
-        chunk_size: u32,
+        /// Bytes per verified chunk [default: per segment, about 16 chunks, 16–64 KiB].
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1024..=262_144))]
+        chunk_size: Option<u32>,
         /// Keep going: re-read the playlist every this many seconds (live streams).
         #[arg(long)]
         watch: Option<f64>,
@@ -53,8 +53,9 @@ enum Command {
         swarm: String,
         #[arg(long)]
         sequence: u64,
-        #[arg(long, default_value_t = publish::DEFAULT_CHUNK_SIZE, value_parser = clap::value_parser!(u32).range(1024..=1_048_576))]
-        chunk_size: u32,
+        /// Bytes per verified chunk [default: about 16 chunks, 16–64 KiB].
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1024..=262_144))]
+        chunk_size: Option<u32>,
         file: PathBuf,
     },
 }
