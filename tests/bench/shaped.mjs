@@ -89,11 +89,17 @@ try {
   const browsers = await Promise.all(lab.viewers.map((v) => lab.launch(v)));
   const format = FORMAT === 'ts' ? '&format=ts' : '';
 
+  const httpStarted = Date.now();
   const http = await play(browsers, node, `shoal=0${format}`);
+  const since = (start, times) => times.map((w) => `${((w - start) / 1000).toFixed(1)} s`).join(', ') || '-';
   console.log(`HTTP-only (plain hls.js): stalls ${http.stalls}, waiting ${http.waiting}, fatal ${http.fatal.length}, ` +
-    `latency ${http.latency.toFixed(1)} s, start-up median ${http.startup.median.toFixed(0)} ms (max ${http.startup.max.toFixed(0)})`);
+    `latency ${http.latency.toFixed(1)} s, start-up median ${http.startup.median.toFixed(0)} ms (max ${http.startup.max.toFixed(0)}); ` +
+    `discontinuities crossed at ${since(httpStarted, http.perTab[0].discontinuityTimes)} (first viewer)` +
+    (http.stalls ? `; stalls at ${since(httpStarted, http.perTab.flatMap((t) => t.stallTimes))}` : ''));
 
   let sentAtStart = [];
+  const shoalStarted = Date.now();
+  const at = (times) => since(shoalStarted, times);
   const shoal = await play(browsers, node, format.slice(1), () => {
     sentAtStart = lab.viewers.map((v) => lab.counters(v).sent);
   });
@@ -111,7 +117,8 @@ try {
   console.log('per viewer (whole run): MB from peers / over HTTP, stalls, waiting, HTTP seeds / urgent / early / hedges of segments, peers');
   for (const [i, t] of shoal.perTab.entries()) {
     console.log(`  ${lab.viewers[i].name}: ${(t.fromPeers / 1e6).toFixed(1)} / ${(t.fromHttp / 1e6).toFixed(1)} MB, stalls ${t.stalls}, ` +
-      `waiting ${t.waiting}, ${t.seeds} / ${t.urgent} / ${t.early} / ${t.hedges} of ${t.segments}, ${t.peers} peers, uplink used ${uplinkUsed[i].toFixed(2)}`);
+      `waiting ${t.waiting}, ${t.seeds} / ${t.urgent} / ${t.early} / ${t.hedges} of ${t.segments}, ${t.peers} peers, uplink used ${uplinkUsed[i].toFixed(2)}` +
+      (t.stalls ? `; stalled at ${at(t.stallTimes)}` : '') + `; discontinuities at ${at(t.discontinuityTimes)}`);
   }
   await Promise.all(browsers.map((b) => b.close().catch(() => {})));
 } finally {

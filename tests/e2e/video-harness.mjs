@@ -32,6 +32,9 @@ export function readTab(page) {
       startedAt: demo.playback.startedAt,
       waiting: demo.playback.waiting,
       stalls: demo.playback.stalls.length,
+      // Wall-clock times (ms since the epoch) of each stall, comparable across tabs.
+      stallTimes: demo.playback.stalls.map((t) => Math.round(performance.timeOrigin + t)),
+      discontinuityTimes: demo.playback.discontinuities.map((t) => Math.round(performance.timeOrigin + t)),
       fatal: demo.playback.errors.filter((e) => e.fatal).map((e) => e.details),
       errors: demo.playback.errors.map((e) => e.details),
       fromPeers: c.fromPeers,

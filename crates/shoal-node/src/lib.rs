@@ -16,6 +16,7 @@
 pub mod config;
 mod demo;
 mod federation;
+mod fmp4;
 mod http;
 mod ice;
 mod identity;
