@@ -409,8 +409,12 @@ impl World {
                     Inbound::Peer { size, .. } => (*size, v.down_bps),
                     Inbound::Http { body, rate, .. } => (body.len() as u64, *rate),
                 };
-                let done = now.max(v.downlink_free) + transfer_time(size, rate);
-                v.downlink_free = done;
+                // The link is busy for the bytes at its own speed; a response the origin
+                // sends slower than that takes longer without holding up the rest of
+                // the link (a hedge, or peer data, passes it as on a real shared link).
+                let start = now.max(v.downlink_free);
+                v.downlink_free = start + transfer_time(size, v.down_bps);
+                let done = v.downlink_free.max(now + transfer_time(size, rate));
                 match inbound {
                     Inbound::Peer { from, message, .. } => self.schedule(done, Event::Deliver { from, to, message }),
                     Inbound::Http { id, body, .. } => self.schedule(done, Event::Http { viewer: to, id, body }),
