@@ -128,3 +128,55 @@ test('viewers that crash while uploading do not stall the others', async (t) => 
     assert.ok(!peers.some((p) => doomedIds.includes(p)), 'the crashed tabs are no longer counted as peers');
   }
 });
+
+test('a starved page sheds its own load (uploads paused, says so) and resumes once it keeps up; the others play on', async (t) => {
+  const { node, browser } = await startNodeAndBrowser(t);
+  const { pages } = await openViewers(browser, node, { tabs: 4 });
+  // Its own context, so its own renderer process: its busy main thread is its alone.
+  const [starved] = (await openViewers(browser, node, { tabs: 1 })).pages;
+  const all = [...pages, starved];
+  await waitFor(async () => (await Promise.all(all.map(readTab))).every((tab) => tab.started), {
+    timeout: 60000,
+    message: 'every tab to start playing',
+  });
+  await starved.evaluate(() => {
+    window.sheds = [];
+    window.shoalDemo.shoal.addEventListener('load-shedding', (e) => window.sheds.push(e.detail));
+  });
+  await sleep(10000);
+  const stallsBefore = await Promise.all(pages.map(async (p) => (await readTab(p)).stalls));
+  const stats = () => starved.evaluate(() => window.shoalDemo.shoal.stats());
+  assert.equal((await stats()).loadShedding, false, 'a page that keeps up does not shed');
+  const peersBefore = (await stats()).connections.length;
+  assert.ok(peersBefore > 3, `connected to every other tab first: ${peersBefore}`);
+
+  // A weak device: the main thread busy 250 ms of every 260.
+  await starved.evaluate(() => {
+    window.hog = setInterval(() => { const t = performance.now(); while (performance.now() - t < 250); }, 10);
+  });
+  const shedAt = Date.now();
+  await waitFor(async () => (await stats()).loadShedding, { timeout: 15000, interval: 500, message: 'the starved page to shed load' });
+  const shedMs = Date.now() - shedAt;
+  const uploaded = async () => Object.values((await stats()).pieces).reduce((n, s) => n + s.bytesUploaded, 0);
+  await sleep(2000); // what was already handed to the network leaves
+  const before = await uploaded();
+  await sleep(6000);
+  const during = (await uploaded()) - before;
+  const peersWhileShedding = (await stats()).connections.length;
+
+  await starved.evaluate(() => clearInterval(window.hog));
+  const calmAt = Date.now();
+  await waitFor(async () => !(await stats()).loadShedding, { timeout: 30000, message: 'the page to stop shedding once it keeps up' });
+  const resumedMs = Date.now() - calmAt;
+  const sheds = await starved.evaluate(() => window.sheds);
+  const s = await stats();
+  console.log(`shedding after ${shedMs} ms of a busy main thread (timers ${sheds[0]?.timerLateMs.toFixed(0)} ms late), ` +
+    `uploaded ${during} B in 6 s while shedding, ${peersBefore} -> ${peersWhileShedding} peers; resumed ${resumedMs} ms after the page calmed`);
+  assert.deepEqual(sheds.map((e) => e.active), [true, false], 'told when shedding began and ended');
+  assert.ok(sheds[0].timerLateMs >= 60, `timers late (smoothed) past the 60 ms threshold: ${sheds[0].timerLateMs}`);
+  assert.equal(s.loadSheddingEpisodes, 1);
+  assert.ok(during < 64 * 1024, `uploads paused while shedding: ${during} B in 6 s`);
+  assert.ok(peersWhileShedding <= 3, `at most 3 neighbours while shedding: ${peersWhileShedding}`);
+  const stallsAfter = await Promise.all(pages.map(async (p) => (await readTab(p)).stalls));
+  assert.deepEqual(stallsAfter, stallsBefore, 'the other viewers did not stall');
+});

@@ -98,6 +98,11 @@ export interface ShoalStats {
   peerConnectionsCreated: number;
   nodeReconnects: number;
   bannedPeers: number;
+  /** Whether the page sheds its own load now (see the `load-shedding` event), the smoothed
+   *  lateness of its timers, and how many times it began shedding. */
+  loadShedding: boolean;
+  timerLateMs: number;
+  loadSheddingEpisodes: number;
   /**
    * `duplicates`: copies of messages already seen (each arrives once per path);
    * `rateLimited`: dropped past a neighbour's rate limit; `expired`: stamped too far from our clock.
@@ -137,6 +142,12 @@ export interface ShoalEventMap {
   'peer-path': CustomEvent<{ peer: string; local: string; remote: string; relayed: boolean }>;
   'peer-disconnected': CustomEvent<{ peer: string; reason: string }>;
   'peer-banned': CustomEvent<{ peer: string; reason: string }>;
+  /**
+   * The page's timers run late (the device or tab cannot keep up with the player): Shoal
+   * pauses uploads, keeps at most 3 neighbours and fetches what is due within 4 s over
+   * HTTP, until its timers have been on time for 10 s (`active: false`).
+   */
+  'load-shedding': CustomEvent<{ active: boolean; timerLateMs: number }>;
   /**
    * A record from the origin did not verify (once per swarm): segments still play over
    * HTTP but nothing is shared. `reason` says what to check (swarm id vs the publisher's

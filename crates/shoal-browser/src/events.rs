@@ -73,6 +73,15 @@ pub enum Event {
         segment: u64,
         reason: String,
     },
+    /// The page's timers run late (the device or tab cannot keep up): Shoal sheds its own
+    /// load — uploads paused, at most a few neighbours, what is due within 4 s over HTTP
+    /// — until they have been on time for 10 s (`active: false`).
+    LoadShedding {
+        active: bool,
+        /// The page's timer lateness, smoothed over about 2 s.
+        #[serde(rename = "timerLateMs")]
+        timer_late_ms: f64,
+    },
     /// A segment was delivered to the player; `fromPeers`/`fromHttp` count the bytes
     /// that crossed the network for it (0 and 0 when it was already held).
     SegmentLoaded {
@@ -204,6 +213,11 @@ pub struct Snapshot {
     pub peer_connections_created: u32,
     pub node_reconnects: u32,
     pub banned_peers: usize,
+    /// Whether the page sheds load now (see [`Event::LoadShedding`]), the smoothed
+    /// lateness of its timers, and how many times it began shedding.
+    pub load_shedding: bool,
+    pub timer_late_ms: f64,
+    pub load_shedding_episodes: u32,
     pub gossip: GossipStats,
     pub pieces: HashMap<String, SwarmStats>,
 }

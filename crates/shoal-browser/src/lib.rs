@@ -8,6 +8,7 @@
 //! - [`gossiping`]: the page's gossip (signatures, the page's validators);
 //! - [`events`] and [`error`]: what JavaScript hears and the errors it gets;
 //! - [`config`]: the options objects JavaScript passes, checked;
+//! - [`load`]: whether the page is starved of CPU (and sheds its own load);
 //! - [`bulk`]: a verifiable bulk-transfer protocol (tests, benchmarks).
 //!
 //! In the browser (wasm32):
@@ -24,6 +25,7 @@ pub mod config;
 pub mod error;
 pub mod events;
 pub mod gossiping;
+pub mod load;
 pub mod node_choice;
 pub mod pieces;
 

@@ -87,7 +87,15 @@ pub struct Pieces<P: PeerKey> {
     /// Peers the engine knows.
     peers: VecSet<P>,
     effects: VecDeque<Effect<P>>,
+    /// Uploads as the page asked (`setUploadEnabled`); paused anyway while shedding load.
+    upload_wanted: bool,
+    shedding: bool,
+    urgent_window: Duration,
 }
+
+/// The urgent window while the page sheds load: what is due within it comes over HTTP,
+/// about two segments, instead of waiting on peers while the page cannot keep up.
+pub const SHED_URGENT_WINDOW: Duration = Duration::from_secs(4);
 
 /// Most player fetches waiting on one segment (a player asks once; this bounds a page
 /// that asks in a loop).
@@ -96,7 +104,12 @@ const MAX_PENDING_PER_SEGMENT: usize = 16;
 impl<P: PeerKey + Display> Pieces<P> {
     pub fn new(options: PiecesOptions, seed: u64, now: Instant) -> Self {
         let stream_id = StreamId::from_name(&options.name);
+        let upload_wanted = options.engine.upload_enabled;
+        let urgent_window = options.engine.urgent_window;
         Self {
+            upload_wanted,
+            shedding: false,
+            urgent_window,
             engine: Engine::new(options.engine, stream_id, options.publisher, seed, now),
             name: options.name,
             stream_id,
@@ -201,11 +214,24 @@ impl<P: PeerKey + Display> Pieces<P> {
 
     pub fn set_switches(&mut self, upload: Option<bool>, p2p_download: Option<bool>, now: Instant) {
         if let Some(upload) = upload {
-            self.engine.set_upload_enabled(upload, now);
+            self.upload_wanted = upload;
+            self.engine.set_upload_enabled(upload && !self.shedding, now);
         }
         if let Some(download) = p2p_download {
             self.engine.set_p2p_download_enabled(download, now);
         }
+    }
+
+    /// The page is starved of CPU (see `load`): uploads pause and what is due within
+    /// [`SHED_URGENT_WINDOW`] comes over HTTP; or it recovered.
+    pub fn set_shedding(&mut self, shedding: bool, now: Instant) {
+        if self.shedding == shedding {
+            return;
+        }
+        self.shedding = shedding;
+        self.engine.set_upload_enabled(self.upload_wanted && !shedding, now);
+        let window = if shedding { self.urgent_window.max(SHED_URGENT_WINDOW) } else { self.urgent_window };
+        self.engine.set_urgent_window(window, now);
     }
 
     /// Fetch `id` ended: its body (or why not), and its record if one was fetched.

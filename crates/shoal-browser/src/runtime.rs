@@ -59,6 +59,7 @@ use crate::{
     gossiping::{GossipEffect, Gossiping, Validator},
     http,
     links::{self, INPUT_QUEUE, LinkId, LinkInput, Writer},
+    load::{self, Starvation},
     node_choice::NodeChoice,
     pieces::{self, Effect, Pieces, PiecesOptions},
     streams::{self, OpenError},
@@ -255,6 +256,8 @@ pub(crate) fn start(config: Config, nodes: Vec<Multiaddr>, emit: EventSink) -> R
         timer: Delay::new(Duration::ZERO).fuse(),
         timer_at: Some(Instant::ZERO),
         timer_expected: Instant::ZERO,
+        starvation: Starvation::default(),
+        probe_at: now() + load::PROBE_MAX,
         config,
     };
     if let Some(swarm) = runtime.config.swarm.clone() {
@@ -514,7 +517,13 @@ struct Runtime {
     /// When the armed timer should fire: its due time, or the arming time for a due
     /// time already past. How late it fires tells a frozen page.
     timer_expected: Instant,
+    /// Whether the page is starved of CPU, and when to probe its timer next.
+    starvation: Starvation,
+    probe_at: Instant,
 }
+
+/// Most direct neighbours while the page sheds load (see [`Starvation`]).
+const SHED_PEERS: usize = 3;
 
 /// `foreign` keys: the peer, and whether the protocol is gossip.
 const PIECES_PROTOCOL: bool = false;
@@ -545,6 +554,7 @@ impl Runtime {
                     self.on_timer(self.timer_expected);
                 }
             }
+            self.probe_load();
             self.drain();
             self.snapshot_due.get_or_insert_with(|| now() + SNAPSHOT_EVERY);
         }
@@ -563,6 +573,7 @@ impl Runtime {
             at(m.pieces.as_ref().and_then(|p| p.pieces.poll_timeout()));
         }
         at(self.gossip.poll_timeout());
+        at(Some(self.probe_at));
         if !self.node.connected && !self.node.dialing {
             at(Some(self.node.next_attempt));
         }
@@ -594,6 +605,47 @@ impl Runtime {
         }
     }
 
+    /// The first moment the loop runs after a probe was due tells how late the page's
+    /// timers fire (see [`Starvation`]).
+    fn probe_load(&mut self) {
+        let now = now();
+        if now < self.probe_at {
+            return;
+        }
+        let change = self.starvation.probe(self.probe_at, now);
+        self.probe_at = now + load::probe_wait(js_sys::Math::random());
+        if let Some(shedding) = change {
+            self.set_shedding(shedding, now);
+        }
+    }
+
+    fn set_shedding(&mut self, shedding: bool, now: Instant) {
+        tracing::info!(shedding, late = ?self.starvation.lateness(), "page load");
+        for p in self.memberships.values_mut().filter_map(|m| m.pieces.as_mut()) {
+            p.pieces.set_shedding(shedding, now);
+        }
+        if shedding && self.direct.len() > SHED_PEERS {
+            // Keep the closest neighbours (lowest round trip): each WebRTC connection
+            // costs the page timers and SCTP work.
+            let mut peers: Vec<(PeerId, Duration)> = self
+                .direct
+                .keys()
+                .map(|p| (*p, self.rtt.get(p).copied().unwrap_or(Duration::MAX)))
+                .collect();
+            peers.sort_by_key(|(_, rtt)| *rtt);
+            for (peer, _) in peers.into_iter().skip(SHED_PEERS) {
+                let _ = self.swarm.disconnect_peer_id(peer);
+            }
+        }
+        let timer_late_ms = self.starvation.lateness().as_secs_f64() * 1000.0;
+        self.emit(Event::LoadShedding { active: shedding, timer_late_ms });
+    }
+
+    /// Most direct neighbours now: `maxPeers`, fewer while shedding load.
+    fn peer_limit(&self) -> usize {
+        if self.starvation.shedding() { self.config.max_peers.min(SHED_PEERS) } else { self.config.max_peers }
+    }
+
     /// Events that report a change `stats()` shows are emitted after the snapshot has
     /// it: a page that reads `stats()` in (or after) its handler sees the new state, not
     /// one up to [`SNAPSHOT_EVERY`] old.
@@ -607,6 +659,7 @@ impl Runtime {
                 | Event::PeerConnected { .. }
                 | Event::PeerPath { .. }
                 | Event::PeerDisconnected { .. }
+                | Event::LoadShedding { .. }
         ) {
             self.refresh_snapshot();
         }
@@ -1124,6 +1177,7 @@ impl Runtime {
         if let (Some(options), None) = (options, &membership.pieces) {
             let mut pieces = Pieces::new(*options, random_seed(), now);
             pieces.set_swarm_size(membership.size_hint);
+            pieces.set_shedding(self.starvation.shedding(), now);
             membership.pieces = Some(PieceSwarm {
                 pieces,
                 links: VecMap::new(),
@@ -1645,7 +1699,7 @@ impl Runtime {
                 }
                 continue;
             }
-            if self.direct.len() >= self.config.max_peers {
+            if self.direct.len() >= self.peer_limit() {
                 continue;
             }
             let addrs: Vec<Multiaddr> = member
@@ -1684,6 +1738,9 @@ impl Runtime {
         snapshot.node_reconnects = self.node.connections_made.saturating_sub(1);
         let now = now();
         snapshot.banned_peers = self.banned.values().filter(|until| **until > now).count();
+        snapshot.load_shedding = self.starvation.shedding();
+        snapshot.timer_late_ms = self.starvation.lateness().as_secs_f64() * 1000.0;
+        snapshot.load_shedding_episodes = self.starvation.episodes();
         snapshot.gossip = self.gossip.stats().clone();
         snapshot.connections = self
             .direct

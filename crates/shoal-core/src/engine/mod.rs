@@ -393,6 +393,13 @@ impl<P: PeerKey> Engine<P> {
         self.drive(now);
     }
 
+    /// Changes the urgent window at runtime ([`Config::urgent_window`]): a page that
+    /// cannot keep up widens it so that more of what is due soon comes over HTTP.
+    pub fn set_urgent_window(&mut self, window: Duration, now: Instant) {
+        self.config.urgent_window = window;
+        self.drive(now);
+    }
+
     /// Turns downloading from peers on or off at runtime.
     pub fn set_p2p_download_enabled(&mut self, enabled: bool, now: Instant) {
         self.config.p2p_download_enabled = enabled;
