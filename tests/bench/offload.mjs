@@ -102,7 +102,9 @@ console.log(`warm-up ${WARMUP / 1000} s, measured ${MEASURE / 1000} s; demo stre
 const rows = [];
 for (const tabs of TABS) {
   const shoal = await run(tabs, `format=${FORMAT}`);
-  console.log(`shoal     ${describe(shoal)}, dropped frames ${shoal.droppedFrames}, CPU ${shoal.cpuCores.toFixed(2)} cores, PSS ${mb(shoal.pss)}`);
+  const shed = shoal.perTab.filter((t) => t.sheddingEpisodes > 0).length;
+  console.log(`shoal     ${describe(shoal)}, dropped frames ${shoal.droppedFrames}, CPU ${shoal.cpuCores.toFixed(2)} cores, PSS ${mb(shoal.pss)}, ` +
+    `tabs that shed load ${shed} (shedding at the end ${shoal.perTab.filter((t) => t.shedding).length})`);
   const plain = await run(tabs, `format=${FORMAT}&shoal=0`);
   console.log(`http-only ${describe(plain)}, dropped frames ${plain.droppedFrames}, CPU ${plain.cpuCores.toFixed(2)} cores, PSS ${mb(plain.pss)}`);
   // Per tab, in opening order: a tab opened later starts beside more tabs already playing.

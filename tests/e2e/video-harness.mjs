@@ -51,6 +51,9 @@ export function readTab(page) {
       latency: demo.hls.latency,
       droppedFrames: video.getVideoPlaybackQuality().droppedVideoFrames,
       wasmMemory: demo.shoal ? demo.shoal.stats().wasmMemoryBytes : 0,
+      // Times this tab began shedding its own load (its timers ran late).
+      sheddingEpisodes: demo.shoal ? demo.shoal.stats().loadSheddingEpisodes : 0,
+      shedding: demo.shoal ? demo.shoal.stats().loadShedding : false,
       currentTime: video.currentTime,
     };
   });

@@ -131,7 +131,7 @@ test('viewers that crash while uploading do not stall the others', async (t) => 
 
 test('a starved page sheds its own load (uploads paused, says so) and resumes once it keeps up; the others play on', async (t) => {
   const { node, browser } = await startNodeAndBrowser(t);
-  const { pages } = await openViewers(browser, node, { tabs: 4 });
+  const { pages } = await openViewers(browser, node, { tabs: 3 });
   // Its own context, so its own renderer process: its busy main thread is its alone.
   const [starved] = (await openViewers(browser, node, { tabs: 1 })).pages;
   const all = [...pages, starved];
@@ -148,7 +148,7 @@ test('a starved page sheds its own load (uploads paused, says so) and resumes on
   const stats = () => starved.evaluate(() => window.shoalDemo.shoal.stats());
   assert.equal((await stats()).loadShedding, false, 'a page that keeps up does not shed');
   const peersBefore = (await stats()).connections.length;
-  assert.ok(peersBefore > 3, `connected to every other tab first: ${peersBefore}`);
+  assert.ok(peersBefore > 0, `connected to other tabs first: ${peersBefore}`);
 
   // A weak device: the main thread busy 250 ms of every 260.
   await starved.evaluate(() => {
@@ -176,7 +176,9 @@ test('a starved page sheds its own load (uploads paused, says so) and resumes on
   assert.ok(sheds[0].timerLateMs >= 60, `timers late (smoothed) past the 60 ms threshold: ${sheds[0].timerLateMs}`);
   assert.equal(s.loadSheddingEpisodes, 1);
   assert.ok(during < 64 * 1024, `uploads paused while shedding: ${during} B in 6 s`);
-  assert.ok(peersWhileShedding <= 3, `at most 3 neighbours while shedding: ${peersWhileShedding}`);
+  assert.equal(peersWhileShedding, 0, 'no direct connections while shedding');
+  const bypassed = await starved.evaluate(() => window.shoalDemo.integration.segments.bypassed);
+  assert.ok(bypassed > 0, 'hls.js loaded fragments itself while Shoal shed its load');
   const stallsAfter = await Promise.all(pages.map(async (p) => (await readTab(p)).stalls));
   assert.deepEqual(stallsAfter, stallsBefore, 'the other viewers did not stall');
 });

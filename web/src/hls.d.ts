@@ -31,8 +31,14 @@ export class ShoalHls {
   /** Why Shoal failed to start, if it did; playback goes on over HTTP. */
   readonly error: unknown;
   readonly options: ShoalHlsOptions;
-  /** Bytes received per source, and segments that fell back to hls.js's own loader. */
-  readonly segments: { fromPeers: number; fromHttp: number; fallbacks: number };
+  /**
+   * Bytes received per source through Shoal; segments that fell back to hls.js's own
+   * loader; and the fragments (and their bytes) hls.js's loader fetched directly while
+   * Shoal shed its load (`load-shedding`: the page could not keep up).
+   */
+  readonly segments: { fromPeers: number; fromHttp: number; fallbacks: number; bypassed: number; bypassedBytes: number };
+  /** Whether fragments bypass Shoal now because it sheds load. */
+  readonly shedding: boolean;
   /**
    * Milliseconds hls.js has lately needed between a fragment's bytes arriving and its
    * being buffered (rises at once with a slow one, up to 4 s; decays slowly); taken off

@@ -58,9 +58,15 @@ export class ShoalHls {
     if (typeof shoal === 'function') this.#factory = shoal;
     else if (shoal && typeof shoal.then === 'function') this.#adopt(shoal);
     else this.shoal = shoal ?? null;
+    this.#watch(this.shoal);
     this.hls = null;
     this.joined = new Set();
-    this.segments = { fromPeers: 0, fromHttp: 0, fallbacks: 0 };
+    // `bypassed`/`bypassedBytes`: media fragments hls.js's own loader fetched while Shoal
+    // shed its load (the page could not keep up: see the `load-shedding` event).
+    this.segments = { fromPeers: 0, fromHttp: 0, fallbacks: 0, bypassed: 0, bypassedBytes: 0 };
+    // While Shoal sheds load, fragments skip it entirely: the page's main thread is the
+    // scarce thing, and hls.js's loader costs it least.
+    this.shedding = false;
     // Before playback has a position: where it will start (the first fragment asked for).
     this.startFrom = null;
     // Time from a fragment's bytes reaching hls.js to its being buffered: taken off each
@@ -108,8 +114,19 @@ export class ShoalHls {
         }
       }
 
-      #httpLoad(context, config, callbacks) {
+      #httpLoad(context, config, callbacks, bypass = false) {
         this.usingHttp = true;
+        if (bypass) {
+          const onSuccess = callbacks.onSuccess;
+          callbacks = {
+            ...callbacks,
+            onSuccess: (response, stats, ...rest) => {
+              integration.segments.bypassed += 1;
+              integration.segments.bypassedBytes += stats?.loaded ?? response?.data?.byteLength ?? 0;
+              onSuccess(response, stats, ...rest);
+            },
+          };
+        }
         // hls.js destroys a loader from inside the callbacks it gave it, and hls.js 1.7's
         // loaders report `onAbort` from abort() even when the load is over, which turns
         // every finished HTTP load into INTERNAL_ABORTED: once the inner loader has
@@ -139,6 +156,7 @@ export class ShoalHls {
         if (!shoal || !frag || typeof frag.sn !== 'number' || byteRange || !integration.options.publisherKey) {
           return this.#httpLoad(context, config, callbacks);
         }
+        if (integration.shedding) return this.#httpLoad(context, config, callbacks, true);
         const swarm = integration.swarmFor(frag.baseurl ?? context.url);
         integration.ensureJoined(swarm);
         this.context = context;
@@ -231,11 +249,18 @@ export class ShoalHls {
     setTimeout(start, START_FALLBACK_MS);
   }
 
+  /** Follows `shoal`'s load shedding (fragments bypass it meanwhile). */
+  #watch(shoal) {
+    if (typeof shoal?.addEventListener !== 'function') return;
+    shoal.addEventListener('load-shedding', (event) => { this.shedding = Boolean(event.detail?.active); });
+  }
+
   /** Uses the Shoal `pending` resolves to from now on; HTTP only if it fails. */
   #adopt(pending) {
     pending.then(
       (shoal) => {
         this.shoal = shoal;
+        this.#watch(shoal);
         if (!this.options.publisherKey) return;
         for (const [url, playlist] of this.#levels) {
           const swarm = this.swarmFor(url);

@@ -144,8 +144,9 @@ export interface ShoalEventMap {
   'peer-banned': CustomEvent<{ peer: string; reason: string }>;
   /**
    * The page's timers run late (the device or tab cannot keep up with the player): Shoal
-   * pauses uploads, keeps at most 3 neighbours and fetches what is due within 4 s over
-   * HTTP, until its timers have been on time for 10 s (`active: false`).
+   * pauses uploads, closes its direct connections and fetches what is due within 4 s over
+   * HTTP (ShoalHls hands fragments to hls.js's own loader meanwhile), until its timers
+   * have been on time for 10 s (`active: false`).
    */
   'load-shedding': CustomEvent<{ active: boolean; timerLateMs: number }>;
   /**

@@ -74,8 +74,9 @@ pub enum Event {
         reason: String,
     },
     /// The page's timers run late (the device or tab cannot keep up): Shoal sheds its own
-    /// load — uploads paused, at most a few neighbours, what is due within 4 s over HTTP
-    /// — until they have been on time for 10 s (`active: false`).
+    /// load — uploads paused, direct connections closed, what is due within 4 s over HTTP
+    /// (the hls.js integration bypasses Shoal altogether) — until they have been on time
+    /// for 10 s (`active: false`).
     LoadShedding {
         active: bool,
         /// The page's timer lateness, smoothed over about 2 s.

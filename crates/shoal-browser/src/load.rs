@@ -6,9 +6,8 @@
 //! player its frames. The runtime probes its timer every [`PROBE_MIN`]–[`PROBE_MAX`],
 //! at random (a fixed period can fall in step with a page's busy cycle and only ever
 //! see the gaps); the lateness smoothed over about two seconds decides: past
-//! [`ENTER_LATE`] the page sheds load
-//! (uploads paused, fewer neighbours, more of what is due soon over HTTP); it stops
-//! once lateness stayed under [`LEAVE_LATE`] for [`LEAVE_AFTER`], so that it does not
+//! [`ENTER_LATE`] the page sheds load (uploads paused, direct connections closed, what
+//! is due soon over HTTP); it stops once lateness stayed under [`LEAVE_LATE`] for [`LEAVE_AFTER`], so that it does not
 //! flap while the page is on the edge. A page frozen by the browser (a background tab)
 //! wakes once very late: one probe is not starvation, and a wake-up more than
 //! [`FROZEN`] late is not counted.
