@@ -628,11 +628,8 @@ impl Runtime {
         }
         if shedding && self.direct.len() > SHED_PEERS {
             // Keep the closest neighbours (lowest round trip), if any are kept.
-            let mut peers: Vec<(PeerId, Duration)> = self
-                .direct
-                .keys()
-                .map(|p| (*p, self.rtt.get(p).copied().unwrap_or(Duration::MAX)))
-                .collect();
+            let mut peers: Vec<(PeerId, Duration)> =
+                self.direct.keys().map(|p| (*p, self.rtt.get(p).copied().unwrap_or(Duration::MAX))).collect();
             peers.sort_by_key(|(_, rtt)| *rtt);
             for (peer, _) in peers.into_iter().skip(SHED_PEERS) {
                 let _ = self.swarm.disconnect_peer_id(peer);

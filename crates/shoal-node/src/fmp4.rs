@@ -128,11 +128,8 @@ fn fragments(segment: &[u8], trex: &BTreeMap<u32, (u32, u32)>) -> Result<Vec<Fra
             if tfhd_flags & 0x02 != 0 {
                 at += 4; // sample_description_index
             }
-            let default_duration = if tfhd_flags & 0x08 != 0 {
-                u32_at(segment, at)?
-            } else {
-                trex.get(&track).map_or(0, |&(_, d)| d)
-            };
+            let default_duration =
+                if tfhd_flags & 0x08 != 0 { u32_at(segment, at)? } else { trex.get(&track).map_or(0, |&(_, d)| d) };
             let (tfdt, _) = find(&traf, b"tfdt").ok_or(Fmp4Error::Missing("traf", "tfdt"))?;
             if byte_at(segment, tfdt)? != 1 {
                 return Err(Fmp4Error::ShortTfdt);
@@ -154,7 +151,11 @@ fn fragments(segment: &[u8], trex: &BTreeMap<u32, (u32, u32)>) -> Result<Vec<Fra
                 }
                 let per_sample = [0x100, 0x200, 0x400, 0x800].iter().filter(|f| flags & **f != 0).count() * 4;
                 for _ in 0..count {
-                    duration = duration.saturating_add(u64::from(if flags & 0x100 != 0 { u32_at(segment, at)? } else { default_duration }));
+                    duration = duration.saturating_add(u64::from(if flags & 0x100 != 0 {
+                        u32_at(segment, at)?
+                    } else {
+                        default_duration
+                    }));
                     at += per_sample;
                 }
             }
@@ -253,7 +254,12 @@ mod tests {
             boxed(b"trak", &[full(b"tkhd", 0, 3, &tkhd), mdia].concat())
         };
         let trex = |id: u32, duration: u32| {
-            full(b"trex", 0, 0, &[id.to_be_bytes(), 1u32.to_be_bytes(), duration.to_be_bytes(), [0; 4], [0; 4]].concat())
+            full(
+                b"trex",
+                0,
+                0,
+                &[id.to_be_bytes(), 1u32.to_be_bytes(), duration.to_be_bytes(), [0; 4], [0; 4]].concat(),
+            )
         };
         let mvex = boxed(b"mvex", &[trex(1, 512), trex(2, 1024)].concat());
         [boxed(b"ftyp", b"iso6"), boxed(b"moov", &[trak(1, 12800), trak(2, 48000), mvex].concat())].concat()
@@ -265,15 +271,35 @@ mod tests {
         let traf = |track: u32, time: u64, trun: Vec<u8>| {
             boxed(
                 b"traf",
-                &[full(b"tfhd", 0, 0x020000, &track.to_be_bytes()), full(b"tfdt", 1, 0, &time.to_be_bytes()), trun].concat(),
+                &[full(b"tfhd", 0, 0x020000, &track.to_be_bytes()), full(b"tfdt", 1, 0, &time.to_be_bytes()), trun]
+                    .concat(),
             )
         };
-        let video_samples: Vec<u8> = (0..50).flat_map(|_| [256u32.to_be_bytes(), 7u32.to_be_bytes()].concat()).collect();
+        let video_samples: Vec<u8> =
+            (0..50).flat_map(|_| [256u32.to_be_bytes(), 7u32.to_be_bytes()].concat()).collect();
         let video_trun = full(b"trun", 0, 0x100 | 0x200, &[50u32.to_be_bytes().to_vec(), video_samples].concat());
         // Sample sizes only: durations come from trex.
-        let audio_trun = full(b"trun", 0, 0x200, &[audio_frames.to_be_bytes().to_vec(), vec![0; 4 * audio_frames as usize]].concat());
-        let moof = boxed(b"moof", &[full(b"mfhd", 0, 0, &1u32.to_be_bytes()), traf(1, video_time, video_trun), traf(2, audio_time, audio_trun)].concat());
-        let sidx = full(b"sidx", 0, 0, &[1u32.to_be_bytes(), 12800u32.to_be_bytes(), (video_time as u32).to_be_bytes(), [0; 4]].concat());
+        let audio_trun = full(
+            b"trun",
+            0,
+            0x200,
+            &[audio_frames.to_be_bytes().to_vec(), vec![0; 4 * audio_frames as usize]].concat(),
+        );
+        let moof = boxed(
+            b"moof",
+            &[
+                full(b"mfhd", 0, 0, &1u32.to_be_bytes()),
+                traf(1, video_time, video_trun),
+                traf(2, audio_time, audio_trun),
+            ]
+            .concat(),
+        );
+        let sidx = full(
+            b"sidx",
+            0,
+            0,
+            &[1u32.to_be_bytes(), 12800u32.to_be_bytes(), (video_time as u32).to_be_bytes(), [0; 4]].concat(),
+        );
         Bytes::from([boxed(b"styp", b"msdh"), sidx, moof, boxed(b"mdat", &[0; 16])].concat())
     }
 
