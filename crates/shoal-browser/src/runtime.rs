@@ -81,6 +81,17 @@ fn time_origin_ms() -> u64 {
     if origin > 0.0 { origin as u64 } else { (js_sys::Date::now() - now_ms()).max(0.0) as u64 }
 }
 
+/// Whether the page is in a background tab (`document.hidden`; false where there is no
+/// document, as in a worker).
+fn page_hidden() -> bool {
+    js_sys::Reflect::get(&js_sys::global(), &"document".into())
+        .ok()
+        .filter(|d| d.is_object())
+        .and_then(|d| js_sys::Reflect::get(&d, &"hidden".into()).ok())
+        .and_then(|h| h.as_bool())
+        .unwrap_or(false)
+}
+
 fn random_seed() -> u64 {
     (js_sys::Math::random() * u64::MAX as f64) as u64
 }
@@ -522,11 +533,6 @@ struct Runtime {
     probe_at: Instant,
 }
 
-/// Most direct neighbours while the page sheds load (see [`Starvation`]): none. Keeping
-/// three cut a saturated 20-tab run's stalls from 79 to 36, none to 6-15 (plain hls.js:
-/// 0): every WebRTC connection costs a starved main thread timers and SCTP work.
-const SHED_PEERS: usize = 0;
-
 /// `foreign` keys: the peer, and whether the protocol is gossip.
 const PIECES_PROTOCOL: bool = false;
 const GOSSIP_PROTOCOL: bool = true;
@@ -614,6 +620,12 @@ impl Runtime {
         if now < self.probe_at {
             return;
         }
+        if page_hidden() {
+            // The browser throttles a hidden page's timers on purpose: that is not a
+            // starved page (and a background tab is a good uploader).
+            self.probe_at = now + load::PROBE_MAX;
+            return;
+        }
         let change = self.starvation.probe(self.probe_at, now);
         self.probe_at = now + load::probe_wait(js_sys::Math::random());
         if let Some(shedding) = change {
@@ -626,12 +638,12 @@ impl Runtime {
         for p in self.memberships.values_mut().filter_map(|m| m.pieces.as_mut()) {
             p.pieces.set_shedding(shedding, now);
         }
-        if shedding && self.direct.len() > SHED_PEERS {
-            // Keep the closest neighbours (lowest round trip), if any are kept.
-            let mut peers: Vec<(PeerId, Duration)> =
-                self.direct.keys().map(|p| (*p, self.rtt.get(p).copied().unwrap_or(Duration::MAX))).collect();
-            peers.sort_by_key(|(_, rtt)| *rtt);
-            for (peer, _) in peers.into_iter().skip(SHED_PEERS) {
+        if shedding {
+            // No direct neighbours while shedding: every WebRTC connection costs a starved
+            // main thread timers and SCTP work. (Keeping the three closest left a
+            // saturated 20-tab run with 36 stalls, none kept 9; plain hls.js 0.)
+            let peers: Vec<PeerId> = self.direct.keys().copied().collect();
+            for peer in peers {
                 let _ = self.swarm.disconnect_peer_id(peer);
             }
         }
@@ -639,9 +651,9 @@ impl Runtime {
         self.emit(Event::LoadShedding { active: shedding, timer_late_ms });
     }
 
-    /// Most direct neighbours now: `maxPeers`, fewer while shedding load.
+    /// Most direct neighbours now: `maxPeers`, none while shedding load.
     fn peer_limit(&self) -> usize {
-        if self.starvation.shedding() { self.config.max_peers.min(SHED_PEERS) } else { self.config.max_peers }
+        if self.starvation.shedding() { 0 } else { self.config.max_peers }
     }
 
     /// Events that report a change `stats()` shows are emitted after the snapshot has
@@ -1551,6 +1563,16 @@ impl Runtime {
         if !shoal_webrtc::addr::is_webrtc(&remote_addr) {
             // A relayed connection, used for signalling only.
             self.relayed.insert(id);
+            return;
+        }
+        if dial.is_none()
+            && self.starvation.shedding()
+            && !self.direct.contains_key(&peer)
+            && self.direct.len() >= self.peer_limit()
+        {
+            // Shedding load: no new neighbours (ours are not dialled meanwhile, except
+            // on the page's own `connect()`).
+            self.swarm.close_connection(id);
             return;
         }
         let dialer = endpoint.is_dialer();
