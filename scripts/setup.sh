@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what building and testing Shoal needs, skipping what is already there:
-# the wasm32 target, wasm-bindgen-cli at the version Cargo.lock pins, Debian's Chromium
-# ffmpeg and iptables, and the npm packages of package-lock.json.
+# the wasm32 target, wasm-bindgen-cli at the version Cargo.lock pins, Debian's Chromium,
+# Firefox ESR, ffmpeg and iptables, and the npm packages of package-lock.json.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -24,6 +24,8 @@ fi
 missing=()
 command -v chromium >/dev/null || missing+=(chromium)
 command -v chromedriver >/dev/null || missing+=(chromium-driver)
+# The end-to-end suite's second browser (tests/e2e/firefox.test.mjs), over WebDriver BiDi.
+command -v firefox-esr >/dev/null || missing+=(firefox-esr)
 command -v ffmpeg >/dev/null || missing+=(ffmpeg)
 # The field lab's NAT routers (tests/e2e/fieldlab.mjs).
 command -v iptables >/dev/null || missing+=(iptables)

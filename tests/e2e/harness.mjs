@@ -1,5 +1,6 @@
 // Shared pieces of the end-to-end tests and benchmarks: a real signalling node process,
-// a real headless Chromium, pages running the real wasm package.
+// a real headless Chromium (playwright-core) or Firefox ESR (puppeteer-core over WebDriver
+// BiDi), pages running the real wasm package.
 //
 // Everything runs inside the private network namespace that scripts/test.sh and
 // scripts/bench.sh create (loopback + 10.99.0.1 on a veth pair that never leaves it).
@@ -11,6 +12,7 @@ import { tmpdir } from 'node:os';
 import { extname, join, normalize } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { chromium } from 'playwright-core';
+import puppeteer from 'puppeteer-core';
 
 export const ROOT = new URL('../..', import.meta.url).pathname;
 export const NODE_BIN = process.env.SHOAL_NODE_BIN ?? join(ROOT, 'target/release/shoal-node');
@@ -142,6 +144,23 @@ export async function launchBrowser({ privacyDefaults = process.env.SHOAL_BROWSE
   return browser;
 }
 
+/**
+ * Debian's Firefox ESR with its default preferences (WebRTC privacy included: host
+ * candidates hidden behind mDNS names, no loopback candidates), driven over WebDriver
+ * BiDi. Its pages answer the same `evaluate`/`goto`/`waitForFunction` calls as
+ * Chromium's; `newContext` and `newViewerPage` paper over the rest.
+ */
+export async function launchFirefox() {
+  const browser = await puppeteer.launch({
+    browser: 'firefox',
+    executablePath: process.env.FIREFOX ?? '/usr/bin/firefox-esr',
+    headless: true,
+  });
+  browser.isFirefox = true;
+  browser.privacyDefaults = true;
+  return browser;
+}
+
 /** A signalling node and a browser for test `t`, both shut down when it ends. */
 export async function startNodeAndBrowser(t, nodeOptions) {
   const node = await startNode(nodeOptions);
@@ -166,6 +185,12 @@ export async function openHarness(context, node) {
 }
 
 export async function newContext(browser, node) {
+  if (browser.isFirefox) {
+    const context = await browser.createBrowserContext();
+    // Each page in a window of its own: a viewer watches in a foreground tab, and
+    // Firefox throttles the timers of background tabs (Chromium's are kept by a switch).
+    return { newPage: () => context.newPage({ type: 'window' }), close: () => context.close() };
+  }
   const context = await browser.newContext();
   // A page with camera/microphone permission gets plain host candidates: a viewer's
   // video page has none.
