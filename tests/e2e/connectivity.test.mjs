@@ -95,6 +95,19 @@ test('with default WebRTC privacy, tabs get the node STUN server and connect dir
     const pathEvents = await events(page, 'peer-path');
     assert.ok(pathEvents.length >= 2 && pathEvents.every((e) => e.relayed === false), JSON.stringify(pathEvents));
   }
+  // Each connection is counted once, by the page that dialled it, by candidate type,
+  // and the pages' reports add up on the node's /metrics.
+  const outcomes = await Promise.all(pages.map(async (p) => (await stats(p)).connectionOutcomes));
+  const sum = (key) => outcomes.reduce((n, o) => n + o[key], 0);
+  assert.equal(sum('host') + sum('srflx'), 3, `three pairs, three direct connections: ${JSON.stringify(outcomes)}`);
+  assert.equal(sum('relay') + sum('iceFailed') + sum('signallingTimeout') + sum('other'), 0, JSON.stringify(outcomes));
+  const counted = await waitFor(async () => {
+    const m = await node.metrics();
+    const host = m['shoal_peer_connections_total{outcome="host"}'] ?? 0;
+    const srflx = m['shoal_peer_connections_total{outcome="srflx"}'] ?? 0;
+    return host + srflx === 3 && { host, srflx };
+  }, { timeout: 20000, message: 'the node to count the three connections the pages reported' });
+  assert.deepEqual(counted, { host: sum('host'), srflx: sum('srflx') });
 });
 
 test('relay-only pages connect through the node TURN relay and move bytes intact', async (t) => {
@@ -118,6 +131,12 @@ test('relay-only pages connect through the node TURN relay and move bytes intact
     pages[1].evaluate(([peer, n]) => window.harness.sendBulk(peer, n), [ids[0], 4 * MiB]),
   ]);
   for (const result of sent) assert.deepEqual({ bytes: result.bytes, intact: result.intact }, { bytes: 4 * MiB, intact: true });
+  // Counted as relayed, once, by its dialer; the node hears of it.
+  const outcomes = await Promise.all(pages.map(async (p) => (await stats(p)).connectionOutcomes));
+  assert.equal(outcomes[0].relay + outcomes[1].relay, 1, JSON.stringify(outcomes));
+  assert.equal(outcomes[0].host + outcomes[1].host + outcomes[0].srflx + outcomes[1].srflx, 0, JSON.stringify(outcomes));
+  await waitFor(async () => (await node.metrics())['shoal_peer_connections_total{outcome="relay"}'] === 1,
+    { timeout: 20000, message: 'the node to count the relayed connection' });
   // The node's own connections stay direct (relay policy is for page-to-page links).
   for (const page of pages) {
     const server = (await page.evaluate(() => window.harness.report())).find((r) => r.server);

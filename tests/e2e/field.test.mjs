@@ -27,7 +27,7 @@ async function setUp(t, nodeArgs) {
     const page = await openHarness(await browser.newContext(), node);
     viewers.push({ ...viewer, page, id: await startPeer(page, { swarm: 'field' }) });
   }
-  return viewers;
+  return { viewers, node };
 }
 
 /** The selected candidate pair of `a`'s connection to `b`, once it is up. */
@@ -39,7 +39,7 @@ async function pairBetween(a, b) {
 const connected = async (a, b) => (await stats(a.page)).connections.some((c) => c.peer === b.id && c.direct);
 
 test('behind NATs with default privacy: STUN from the node connects cone NATs directly, its TURN relay the symmetric one', async (t) => {
-  const viewers = await setUp(t, ['--turn-relay', '--turn-secret', 'field-secret']);
+  const { viewers } = await setUp(t, ['--turn-relay', '--turn-secret', 'field-secret']);
   const pairs = [];
   for (let i = 0; i < viewers.length; i++) for (let j = i + 1; j < viewers.length; j++) pairs.push([viewers[i], viewers[j]]);
   await waitFor(async () => (await Promise.all(pairs.map(([a, b]) => connected(a, b)))).every(Boolean),
@@ -64,14 +64,36 @@ test('behind NATs with default privacy: STUN from the node connects cone NATs di
     assert.deepEqual({ bytes: moved.bytes, intact: moved.intact }, { bytes: MiB, intact: true }, lines.at(-1));
   }
   console.log(lines.join('\n'));
+  // Each pair counted once, by its dialer, by its first selected pair: the three pairs
+  // with the symmetric NAT as relayed.
+  const outcomes = await Promise.all(viewers.map(async (v) => (await stats(v.page)).connectionOutcomes));
+  const sum = (key) => outcomes.reduce((n, o) => n + o[key], 0);
+  console.log(`connection outcomes: host ${sum('host')}, srflx ${sum('srflx')}, relay ${sum('relay')}`);
+  assert.equal(sum('host') + sum('srflx') + sum('relay'), pairs.length, JSON.stringify(outcomes));
+  assert.ok(sum('relay') >= 3, JSON.stringify(outcomes));
 });
 
 test('behind NATs without ICE servers, viewers of different homes never connect', async (t) => {
-  const viewers = await setUp(t, ['--stun-listen', 'off']);
+  const { viewers, node } = await setUp(t, ['--stun-listen', 'off']);
   const [a1, a2, b] = viewers;
   // Same LAN: host candidates (mDNS names, resolved on the LAN) are enough.
   await waitFor(() => connected(a1, a2), { timeout: 30000, message: 'the two viewers of one LAN to connect' });
   // Across two NATs there is no candidate the other side can reach.
   const crossed = await waitFor(() => connected(a1, b), { timeout: 12000, message: 'never' }).then(() => true, () => false);
   assert.equal(crossed, false, 'without STUN, viewers behind different NATs did not connect');
+  // The pages say why: offer and answer crossed (through the node's relay), ICE never
+  // connected. And the node's /metrics counts what they reported.
+  const failures = await waitFor(async () => {
+    const all = (await Promise.all(viewers.map((v) => v.page.evaluate(() => window.harness.eventsOf('dial-failed'))))).flat();
+    return all.some((e) => e.kind === 'ice-failed') && all;
+  }, { timeout: 20000, message: 'a dial across the NATs to fail as ice-failed' });
+  console.log(`dial failures across the NATs: ${failures.map((e) => e.kind).join(', ')}`);
+  const outcomes = await Promise.all(viewers.map(async (v) => (await stats(v.page)).connectionOutcomes));
+  const sum = (key) => outcomes.reduce((n, o) => n + o[key], 0);
+  assert.equal(sum('host'), 1, `the LAN pair, counted once as host: ${JSON.stringify(outcomes)}`);
+  assert.equal(sum('srflx') + sum('relay'), 0, JSON.stringify(outcomes));
+  await waitFor(async () => {
+    const m = await node.metrics();
+    return m['shoal_peer_connections_total{outcome="host"}'] === 1 && m['shoal_peer_connections_total{outcome="ice_failed"}'] >= 1;
+  }, { timeout: 30000, message: 'the node to count the LAN connection and an ICE failure' });
 });

@@ -103,6 +103,14 @@ export interface ShoalStats {
   loadShedding: boolean;
   timerLateMs: number;
   loadSheddingEpisodes: number;
+  /** How this page's dials to other pages ended: connected, by the selected pair's candidate
+   *  types (`relay` if either end is a TURN relay, else `srflx` if either end came from STUN,
+   *  else `host`, peer-reflexive included), or failed, by `dial-failed` kind. The page reports
+   *  them to its node (`shoal_peer_connections_total` on the node's `/metrics`). */
+  connectionOutcomes: {
+    host: number; srflx: number; relay: number;
+    iceFailed: number; signallingTimeout: number; refused: number; other: number;
+  };
   /**
    * `duplicates`: copies of messages already seen (each arrives once per path);
    * `rateLimited`: dropped past a neighbour's rate limit; `expired`: stamped too far from our clock.
@@ -155,7 +163,11 @@ export interface ShoalEventMap {
    * `--swarm`, or `publisherKey`).
    */
   'record-refused': CustomEvent<{ swarm: string; segment: number; reason: string }>;
-  'dial-failed': CustomEvent<{ peer: string; error: string }>;
+  /** A dial of ours to another page failed. `kind`: `ice-failed` (offer and answer exchanged,
+   *  ICE/DTLS never connected), `signalling-timeout` (the other page never answered),
+   *  `refused` (no signalling stream: the relay or the page refused it, or the page is gone),
+   *  `other`. */
+  'dial-failed': CustomEvent<{ peer: string; kind: 'ice-failed' | 'signalling-timeout' | 'refused' | 'other'; error: string }>;
   'inbound-failed': CustomEvent<{ peer: string; error: string }>;
   'segment-loaded': CustomEvent<{ swarm: string; segment: number; bytes: number; fromPeers: number; fromHttp: number }>;
   'chunk-down': CustomEvent<{ swarm: string; peer: string; segment: number; bytes: number }>;

@@ -50,8 +50,13 @@ pub enum Event {
         peer: String,
         reason: String,
     },
+    /// A dial of ours to another page failed. `kind`: `ice-failed` (offer and answer
+    /// exchanged, ICE/DTLS never connected), `signalling-timeout` (the other page never
+    /// answered), `refused` (no signalling stream: the relay or the page refused it, or
+    /// the page is gone) or `other`; `error` says the rest.
     DialFailed {
         peer: String,
+        kind: String,
         error: String,
     },
     /// A peer's attempt to connect to us failed (bad signalling, handshake timeout...).
@@ -219,6 +224,8 @@ pub struct Snapshot {
     pub load_shedding: bool,
     pub timer_late_ms: f64,
     pub load_shedding_episodes: u32,
+    /// How this page's dials to other pages ended (see [`shoal_proto::ConnectionOutcomes`]).
+    pub connection_outcomes: shoal_proto::ConnectionOutcomes,
     pub gossip: GossipStats,
     pub pieces: HashMap<String, SwarmStats>,
 }

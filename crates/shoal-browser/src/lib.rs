@@ -27,6 +27,7 @@ pub mod events;
 pub mod gossiping;
 pub mod load;
 pub mod node_choice;
+pub mod outcomes;
 pub mod pieces;
 
 #[cfg(target_arch = "wasm32")]

@@ -50,6 +50,7 @@ use shoal_core::{
     vecmap::{VecMap, VecSet},
 };
 use shoal_proto::{MembershipRequest, MembershipResponse};
+use shoal_webrtc::outcome::{DialFailure, PathKind};
 
 use crate::{
     bulk,
@@ -61,6 +62,7 @@ use crate::{
     links::{self, INPUT_QUEUE, LinkId, LinkInput, Writer},
     load::{self, Starvation},
     node_choice::NodeChoice,
+    outcomes::OutcomeLog,
     pieces::{self, Effect, Pieces, PiecesOptions},
     streams::{self, OpenError},
     swarm::{self, Behaviour, BehaviourEvent},
@@ -260,6 +262,7 @@ pub(crate) fn start(config: Config, nodes: Vec<Multiaddr>, emit: EventSink) -> R
         dial_replies: VecMap::new(),
         rtt: VecMap::new(),
         paths: VecMap::new(),
+        outcomes: OutcomeLog::new(),
         banned: VecMap::new(),
         http: FuturesUnordered::new(),
         fetches: VecMap::new(),
@@ -518,6 +521,8 @@ struct Runtime {
     rtt: VecMap<PeerId, Duration>,
     /// Each direct peer's selected ICE pair types, `local/remote`.
     paths: VecMap<PeerId, String>,
+    /// How our dials to other pages ended, and what the node has heard of it.
+    outcomes: OutcomeLog<OutboundRequestId>,
     /// Banned peers, until when.
     banned: VecMap<PeerId, Instant>,
     http: FuturesUnordered<LocalBoxFuture<'static, HttpDone>>,
@@ -592,6 +597,7 @@ impl Runtime {
             at(Some(self.node.last_heard + NODE_SILENCE));
         }
         if self.node.address.is_some() {
+            at(self.outcomes.due());
             let rejoin = Duration::from_millis(u64::from(self.config.rejoin_interval_ms));
             for m in self.memberships.values().filter(|m| m.pending.is_none()) {
                 at(Some(m.last_join.map_or(Instant::ZERO, |t| t + rejoin_after(rejoin, m.answers))));
@@ -980,6 +986,12 @@ impl Runtime {
                 if self.paths.get(&peer) == Some(&path) {
                     return;
                 }
+                // Each connection counted once, by the page that dialled it.
+                if self.paths.get(&peer).is_none()
+                    && self.direct.get(&peer).is_some_and(|conns| conns.iter().any(|c| c.dialer))
+                {
+                    self.outcomes.connected(PathKind::of(&pair.local_type, &pair.remote_type));
+                }
                 self.paths.insert(peer, path);
                 self.emit(Event::PeerPath {
                     peer: peer.to_string(),
@@ -1356,6 +1368,14 @@ impl Runtime {
         if self.node.address.is_none() {
             return;
         }
+        if let Some(outcomes) = self.outcomes.take_report(now) {
+            let id = self
+                .swarm
+                .behaviour_mut()
+                .membership
+                .send_request(&self.node.peer, MembershipRequest::Report { outcomes });
+            self.outcomes.sent(id, outcomes, now);
+        }
         let rejoin = Duration::from_millis(u64::from(self.config.rejoin_interval_ms));
         let due: Vec<String> = self
             .memberships
@@ -1429,6 +1449,7 @@ impl Runtime {
         let node = self.node.peer;
         tracing::info!(%reason, "lost the signalling node");
         self.node.lost(now);
+        self.outcomes.node_lost();
         for m in self.memberships.values_mut() {
             m.joined = false;
             m.pending = None;
@@ -1471,7 +1492,9 @@ impl Runtime {
                     }
                 } else if ours {
                     tracing::debug!(%peer, error = %text, "dial failed");
-                    self.emit(Event::DialFailed { peer: peer.to_string(), error: text });
+                    let kind = DialFailure::of(&text);
+                    self.outcomes.failed(kind);
+                    self.emit(Event::DialFailed { peer: peer.to_string(), kind: kind.as_str().into(), error: text });
                 }
             }
             SwarmEvent::IncomingConnectionError { error, send_back_addr, .. } => {
@@ -1650,6 +1673,9 @@ impl Runtime {
                 message: request_response::Message::Response { request_id, response },
                 ..
             } => {
+                if self.outcomes.answered(request_id, response == MembershipResponse::Reported) {
+                    return;
+                }
                 let Some((name, membership)) = self.memberships.iter_mut().find(|(_, m)| m.pending == Some(request_id))
                 else {
                     return;
@@ -1684,10 +1710,11 @@ impl Runtime {
                             self.on_node_lost(now(), "the node is full".into());
                         }
                     }
-                    MembershipResponse::Left => {}
+                    MembershipResponse::Left | MembershipResponse::Reported => {}
                 }
             }
             request_response::Event::OutboundFailure { request_id, error, .. } => {
+                self.outcomes.answered(request_id, false);
                 if let Some(m) = self.memberships.values_mut().find(|m| m.pending == Some(request_id)) {
                     m.pending = None;
                     m.join_retry = Some(now() + JOIN_RETRY);
@@ -1762,6 +1789,7 @@ impl Runtime {
         snapshot.timer_late_ms = self.starvation.lateness().as_secs_f64() * 1000.0;
         snapshot.load_shedding_episodes = self.starvation.episodes();
         snapshot.gossip = self.gossip.stats().clone();
+        snapshot.connection_outcomes = self.outcomes.total();
         snapshot.connections = self
             .direct
             .iter()

@@ -422,7 +422,7 @@ async fn run_peer(
                         report(Outcome::Refused(format!("{reason:?}")));
                         return;
                     }
-                    MembershipResponse::Left => {}
+                    MembershipResponse::Left | MembershipResponse::Reported => {}
                 }
             }
             SwarmEvent::Behaviour(BehaviourEvent::Membership(request_response::Event::OutboundFailure {

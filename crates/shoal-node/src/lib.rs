@@ -23,6 +23,7 @@ mod identity;
 mod ip_limits;
 pub mod membership;
 mod metrics;
+mod outcome_reports;
 mod ping_repoll;
 pub mod publish;
 mod relay_server;
@@ -106,6 +107,8 @@ pub struct Node {
     listen_addrs: Vec<(ListenerId, Multiaddr)>,
     /// The address each connected peer reached us from (for the Sybil limits).
     peer_ips: HashMap<PeerId, IpAddr>,
+    /// Pages' connection outcome reports, rate-limited per peer.
+    reports: outcome_reports::ReportGate,
     rng: rand::rngs::StdRng,
     /// Set once the WebRTC leak budget is spent (see `webrtc_gate`): `run` then ends.
     leaked: Option<u64>,
@@ -233,6 +236,7 @@ impl Node {
             http,
             listen_addrs: Vec::new(),
             peer_ips: HashMap::new(),
+            reports: outcome_reports::ReportGate::default(),
             rng: rand::rngs::StdRng::from_entropy(),
             leaked: None,
             ice,
@@ -394,6 +398,7 @@ impl Node {
                 if num_established == 0 {
                     self.metrics.connected_peers.dec();
                     self.peer_ips.remove(&peer_id);
+                    self.reports.forget(&peer_id);
                     let removed = self.members.remove_peer(&peer_id);
                     if let Some(federation) = &mut self.federation {
                         for swarm in &removed {
@@ -486,6 +491,7 @@ impl Node {
                 }
                 ("leave", MembershipResponse::Left)
             }
+            MembershipRequest::Report { outcomes } => ("report", self.count_report(peer, &outcomes)),
         };
         let outcome = if let MembershipResponse::Refused { reason } = &response {
             let reason = match reason {
@@ -495,6 +501,7 @@ impl Node {
                 shoal_proto::RefusalReason::TooManySwarms => "too_many_swarms",
                 shoal_proto::RefusalReason::TooManyFromNetwork => "too_many_from_network",
                 shoal_proto::RefusalReason::TokensUnsupported => "tokens_unsupported",
+                shoal_proto::RefusalReason::TooFrequent => "reports_too_frequent",
             };
             self.metrics.refusals.get_or_create(&ReasonLabels { reason }).inc();
             "refused"
@@ -506,6 +513,18 @@ impl Node {
         if self.swarm.behaviour_mut().membership.send_response(channel, response).is_err() {
             tracing::debug!(%peer, "membership response undeliverable: peer went away");
         }
+    }
+
+    /// Adds a page's connection outcomes to `shoal_peer_connections_total`.
+    fn count_report(&mut self, peer: PeerId, outcomes: &shoal_proto::ConnectionOutcomes) -> MembershipResponse {
+        let Some(figures) = self.reports.admit(peer, outcomes, Instant::now()) else {
+            return MembershipResponse::Refused { reason: shoal_proto::RefusalReason::TooFrequent };
+        };
+        for (outcome, count) in figures {
+            self.metrics.peer_connections.get_or_create(&OutcomeLabels { outcome }).inc_by(count);
+        }
+        tracing::debug!(%peer, ?outcomes, "connection outcomes reported");
+        MembershipResponse::Reported
     }
 
     fn on_relay(&mut self, event: relay::Event) {

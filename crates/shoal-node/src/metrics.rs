@@ -34,6 +34,8 @@ pub struct Metrics {
     pub circuits: Gauge,
     pub circuit_requests: Family<OutcomeLabels, Counter>,
     pub connection_errors: Counter,
+    /// How pages' dials to other pages ended, as the pages report them.
+    pub peer_connections: Family<OutcomeLabels, Counter>,
     /// Refusals by reason: connection limits, membership refusals, HTTP limits.
     pub refusals: Family<ReasonLabels, Counter>,
     pub http_refused_total: Counter,
@@ -67,6 +69,7 @@ impl Default for Metrics {
             circuits: Gauge::default(),
             circuit_requests: Family::default(),
             connection_errors: Counter::default(),
+            peer_connections: Family::default(),
             refusals: Family::default(),
             http_refused_total: Counter::default(),
             http_refused_per_ip: Counter::default(),
@@ -94,6 +97,11 @@ impl Metrics {
         r.register("relay_circuits", "Open relayed circuits", self.circuits.clone());
         r.register("relay_circuit_requests", "Circuit requests by outcome", self.circuit_requests.clone());
         r.register("connection_errors", "Failed incoming or outgoing connections", self.connection_errors.clone());
+        r.register(
+            "peer_connections",
+            "Pages' dials to other pages, as the pages report them: connected by candidate type (host, srflx, relay) or failed by reason (ice_failed, signalling_timeout, refused, other)",
+            self.peer_connections.clone(),
+        );
         r.register("refusals", "Requests and connections refused, by reason", self.refusals.clone());
         r.register(
             "http_refused_full",

@@ -35,6 +35,70 @@ pub enum MembershipRequest {
     },
     /// Stop being a member of `swarm`.
     Leave { swarm: String },
+    /// How this page's own dials to other pages ended since its last report, so the
+    /// operator sees how viewers connect (`shoal_peer_connections_total` on `/metrics`).
+    /// A node counts at most one report per peer per [`REPORT_INTERVAL_MIN_SECS`], each
+    /// figure capped at [`MAX_REPORTED_OUTCOMES`].
+    Report { outcomes: ConnectionOutcomes },
+}
+
+/// Shortest interval between two counted [`MembershipRequest::Report`]s of one peer.
+pub const REPORT_INTERVAL_MIN_SECS: u64 = 10;
+
+/// Largest figure of one report a node counts (a page creates at most a few hundred
+/// `RTCPeerConnection`s in its life).
+pub const MAX_REPORTED_OUTCOMES: u32 = 256;
+
+/// How dials to other pages ended. A connection is classed by its selected ICE pair:
+/// `relay` if either end is a TURN relay candidate, else `srflx` if either end is
+/// server-reflexive (an address learnt from STUN), else `host` (host or peer-reflexive
+/// candidates: the same network, or an address learnt during the checks themselves).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct ConnectionOutcomes {
+    pub host: u32,
+    pub srflx: u32,
+    pub relay: u32,
+    /// Offer and answer were exchanged but ICE/DTLS never connected.
+    pub ice_failed: u32,
+    /// The other page did not answer in time (signalling stream open, no answer).
+    pub signalling_timeout: u32,
+    /// No signalling stream: the relay or the other page refused it, or the page is gone.
+    pub refused: u32,
+    /// Anything else (malformed answers, the page's connection budget spent...).
+    pub other: u32,
+}
+
+impl ConnectionOutcomes {
+    pub fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
+
+    /// Each figure with its label on `/metrics`.
+    pub fn labelled(&self) -> [(&'static str, u32); 7] {
+        [
+            ("host", self.host),
+            ("srflx", self.srflx),
+            ("relay", self.relay),
+            ("ice_failed", self.ice_failed),
+            ("signalling_timeout", self.signalling_timeout),
+            ("refused", self.refused),
+            ("other", self.other),
+        ]
+    }
+
+    /// What is left of `self` once `sent` is accounted for (figures never go negative).
+    pub fn minus(&self, sent: &Self) -> Self {
+        Self {
+            host: self.host.saturating_sub(sent.host),
+            srflx: self.srflx.saturating_sub(sent.srflx),
+            relay: self.relay.saturating_sub(sent.relay),
+            ice_failed: self.ice_failed.saturating_sub(sent.ice_failed),
+            signalling_timeout: self.signalling_timeout.saturating_sub(sent.signalling_timeout),
+            refused: self.refused.saturating_sub(sent.refused),
+            other: self.other.saturating_sub(sent.other),
+        }
+    }
 }
 
 /// A node's answer.
@@ -49,6 +113,8 @@ pub enum MembershipResponse {
         size: u64,
     },
     Left,
+    /// A report was counted.
+    Reported,
     /// The request was refused; nothing changed.
     Refused {
         reason: RefusalReason,
@@ -71,6 +137,8 @@ pub enum RefusalReason {
     TooManyFromNetwork,
     #[error("this node does not support private swarms (access tokens) yet")]
     TokensUnsupported,
+    #[error("reports come at most once every {REPORT_INTERVAL_MIN_SECS} s")]
+    TooFrequent,
 }
 
 /// A member of a swarm, as a node describes it.
@@ -142,6 +210,30 @@ mod tests {
         assert_eq!(serde_json::to_string(&refused).unwrap(), r#"{"type":"refused","reason":"unauthorized"}"#);
         let parsed: MembershipRequest = serde_json::from_str(r#"{"type":"leave","swarm":"x"}"#).unwrap();
         assert_eq!(parsed, MembershipRequest::Leave { swarm: "x".into() });
+    }
+
+    #[test]
+    fn reports_have_a_stable_json_shape() {
+        let report = MembershipRequest::Report {
+            outcomes: ConnectionOutcomes { srflx: 2, ice_failed: 1, ..Default::default() },
+        };
+        let json = serde_json::to_string(&report).unwrap();
+        assert_eq!(
+            json,
+            r#"{"type":"report","outcomes":{"host":0,"srflx":2,"relay":0,"iceFailed":1,"signallingTimeout":0,"refused":0,"other":0}}"#
+        );
+        // Figures a page does not know yet default to zero; negative ones are errors.
+        let sparse: MembershipRequest = serde_json::from_str(r#"{"type":"report","outcomes":{"relay":3}}"#).unwrap();
+        assert_eq!(
+            sparse,
+            MembershipRequest::Report { outcomes: ConnectionOutcomes { relay: 3, ..Default::default() } }
+        );
+        assert!(serde_json::from_str::<MembershipRequest>(r#"{"type":"report","outcomes":{"relay":-1}}"#).is_err());
+        assert!(serde_json::from_str::<MembershipRequest>(r#"{"type":"report","outcomes":{"relay":1e12}}"#).is_err());
+        let sent = ConnectionOutcomes { host: 3, refused: 1, ..Default::default() };
+        let now = ConnectionOutcomes { host: 5, refused: 1, other: 1, ..Default::default() };
+        assert_eq!(now.minus(&sent), ConnectionOutcomes { host: 2, other: 1, ..Default::default() });
+        assert!(sent.minus(&now).is_empty());
     }
 
     #[test]

@@ -8,7 +8,8 @@
 //!
 //! Layout:
 //! - pure, tested natively: [`signaling`] (wire codec, SDP checks), [`handshake`] (the
-//!   offer/answer state machine), [`frame`] (stream framing and half-close), [`addr`];
+//!   offer/answer state machine), [`frame`] (stream framing and half-close), [`addr`],
+//!   [`outcome`] (how dials end, for stats and metrics);
 //! - [`Behaviour`]: the swarm side — dials relayed connections and carries signalling
 //!   streams between them and the transport;
 //! - wasm32 only: `Transport`, `Connection`, `Stream` over `web_sys` WebRTC.
@@ -18,6 +19,7 @@ mod behaviour;
 pub mod frame;
 pub mod handshake;
 pub mod json;
+pub mod outcome;
 mod proto;
 pub mod signaling;
 
