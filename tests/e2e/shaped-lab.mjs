@@ -15,7 +15,7 @@
 import { setTimeout as sleep } from 'node:timers/promises';
 import { startNode } from './harness.mjs';
 import { PUBLIC_IP, createFieldLab } from './fieldlab.mjs';
-import { measurePlayback } from './video-harness.mjs';
+import { measurePlayback, openViewers } from './video-harness.mjs';
 
 /** The stream's bitrate in bits/s: bytes of the newest segments over their duration. */
 export async function streamBitrate(node, format) {
@@ -39,21 +39,15 @@ export async function streamBitrate(node, format) {
 
 /** Plays the stream on every viewer (one page each, 1 s apart) and measures it. */
 async function play(browsers, node, query, { warmup, measure, onMeasureStart }) {
-  const contexts = [];
-  const pages = [];
-  for (const [i, browser] of browsers.entries()) {
-    const context = await browser.newContext();
-    contexts.push(context);
-    const page = await context.newPage();
-    page.on('pageerror', (error) => console.error(`[viewer ${i}] ${error.stack ?? error}`));
-    await page.goto(`${node.url}/?${query}`);
-    pages.push(page);
+  const opened = [];
+  for (const browser of browsers) {
+    opened.push(await openViewers(browser, node, { tabs: 1, query }));
     await sleep(1000);
   }
   try {
-    return await measurePlayback(pages, { warmup, measure, onMeasureStart });
+    return await measurePlayback(opened.flatMap((o) => o.pages), { warmup, measure, onMeasureStart });
   } finally {
-    await Promise.all(contexts.map((c) => c.close().catch(() => {})));
+    await Promise.all(opened.map((o) => o.context.close().catch(() => {})));
   }
 }
 

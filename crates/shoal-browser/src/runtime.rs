@@ -272,6 +272,7 @@ pub(crate) fn start(config: Config, nodes: Vec<Multiaddr>, emit: EventSink) -> R
         timer_expected: Instant::ZERO,
         starvation: Starvation::default(),
         probe_at: now() + load::PROBE_MAX,
+        playing_until: None,
         config,
     };
     if let Some(swarm) = runtime.config.swarm.clone() {
@@ -536,7 +537,13 @@ struct Runtime {
     /// Whether the page is starved of CPU, and when to probe its timer next.
     starvation: Starvation,
     probe_at: Instant,
+    /// Until when the page counts as playing (a segment was asked for recently): only
+    /// then is its load probed, so an idle page is not woken ten times a second.
+    playing_until: Option<Instant>,
 }
+
+/// How long after its last segment request a page counts as playing (load probed).
+const PLAYING_FOR: Duration = Duration::from_secs(30);
 
 /// `foreign` keys: the peer, and whether the protocol is gossip.
 const PIECES_PROTOCOL: bool = false;
@@ -586,7 +593,9 @@ impl Runtime {
             at(m.pieces.as_ref().and_then(|p| p.pieces.poll_timeout()));
         }
         at(self.gossip.poll_timeout());
-        at(Some(self.probe_at));
+        if self.load_matters(now()) {
+            at(Some(self.probe_at));
+        }
         if !self.node.connected && !self.node.dialing {
             at(Some(self.node.next_attempt));
         }
@@ -621,9 +630,14 @@ impl Runtime {
 
     /// The first moment the loop runs after a probe was due tells how late the page's
     /// timers fire (see [`Starvation`]).
+    /// Whether the page's load is worth probing: it plays (or recovers from shedding).
+    fn load_matters(&self, now: Instant) -> bool {
+        self.starvation.shedding() || self.playing_until.is_some_and(|until| now < until)
+    }
+
     fn probe_load(&mut self) {
         let now = now();
-        if now < self.probe_at {
+        if now < self.probe_at || !self.load_matters(now) {
             return;
         }
         if page_hidden() {
@@ -1153,12 +1167,19 @@ impl Runtime {
                     pieces.set_playlist(segments, now);
                 }
             }
-            Command::FetchSegment { swarm, id, url, deadline, reply } => match self.pieces_of(&swarm) {
-                Ok(pieces) => pieces.fetch_segment(id, url, deadline, reply, now),
-                Err(error) => {
-                    let _ = reply.send(Err(error));
+            Command::FetchSegment { swarm, id, url, deadline, reply } => {
+                if !self.load_matters(now) {
+                    // Probing resumes from now, not from a probe due while it idled.
+                    self.probe_at = now + load::probe_wait(js_sys::Math::random());
                 }
-            },
+                self.playing_until = Some(now + PLAYING_FOR);
+                match self.pieces_of(&swarm) {
+                    Ok(pieces) => pieces.fetch_segment(id, url, deadline, reply, now),
+                    Err(error) => {
+                        let _ = reply.send(Err(error));
+                    }
+                }
+            }
             Command::CancelSegment { swarm, id } => {
                 if let Ok(pieces) = self.pieces_of(&swarm) {
                     pieces.cancel_segment(id, now);

@@ -32,6 +32,11 @@ pub struct SegmentId(pub u64);
 pub const MIN_CHUNK_SIZE: u32 = 1024;
 pub const MAX_CHUNK_SIZE: u32 = 256 * 1024;
 
+/// Largest segment size accepted (a 4K segment is a few tens of MB).
+pub const MAX_SEGMENT_SIZE: u64 = 256 * 1024 * 1024;
+/// Most chunks per segment.
+pub const MAX_CHUNKS: usize = 16_384;
+
 /// The chunk size a publisher should pick for a segment of `segment_len` bytes: about
 /// 16 chunks per segment, a power of two between 16 KiB and 64 KiB.
 ///
@@ -47,10 +52,6 @@ pub fn chunk_size_for(segment_len: u64) -> u32 {
     }
     size
 }
-/// Largest segment size accepted (a 4K segment is a few tens of MB).
-pub const MAX_SEGMENT_SIZE: u64 = 256 * 1024 * 1024;
-/// Most chunks per segment.
-pub const MAX_CHUNKS: usize = 16_384;
 
 /// What the publisher vouches for about one segment.
 #[derive(Debug, Clone, PartialEq, Eq)]

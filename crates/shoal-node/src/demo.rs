@@ -175,8 +175,9 @@ impl DemoStream {
     /// The bytes of live segment `n`.
     fn segment_data(&self, n: u64) -> Bytes {
         let data = &self.segment(n).data;
+        let len = self.segments.len() as u64;
         match &self.looped {
-            Some(looped) => looped.renumber(data, n / self.segments.len() as u64).unwrap_or_else(|_| data.clone()),
+            Some(looped) => looped.renumber((n % len) as usize, data, n / len).unwrap_or_else(|_| data.clone()),
             None => data.clone(),
         }
     }

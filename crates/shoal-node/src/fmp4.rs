@@ -22,6 +22,8 @@ pub enum Fmp4Error {
     Missing(&'static str, &'static str),
     #[error("32-bit tfdt: the loop cannot be renumbered in place")]
     ShortTfdt,
+    #[error("a 32-bit sidx time overflows after {0} passes")]
+    SidxOverflow(u64),
 }
 
 /// Each child box of `data[start..end]`: (type, payload start, box end).
@@ -168,10 +170,42 @@ fn fragments(segment: &[u8], trex: &BTreeMap<u32, (u32, u32)>) -> Result<Vec<Fra
     Ok(out)
 }
 
-/// A looped fMP4 rendition: its segments, and how far each track's clock moves per loop.
+/// A decode time that moves with each pass: where it sits in its segment, whether it is
+/// 64 bits wide, its track, and its value in pass 0.
+struct Stamp {
+    at: usize,
+    wide: bool,
+    track: u32,
+    value: u64,
+}
+
+/// Every decode time of one segment: each fragment's `tfdt` and each `sidx`'s earliest
+/// presentation time (its timescale is the track's in ffmpeg's output).
+fn stamps(segment: &[u8], trex: &BTreeMap<u32, (u32, u32)>) -> Result<(Vec<Fragment>, Vec<Stamp>), Fmp4Error> {
+    let fragments = fragments(segment, trex)?;
+    let mut stamps: Vec<Stamp> =
+        fragments.iter().map(|f| Stamp { at: f.tfdt_at, wide: true, track: f.track, value: f.decode_time }).collect();
+    // sidx: version/flags, reference_ID, timescale, earliest_presentation_time (32 or 64 bits).
+    for (kind, s, _) in children(segment, 0, segment.len())? {
+        if &kind != b"sidx" {
+            continue;
+        }
+        let track = u32_at(segment, s + 4)?;
+        let at = s + 12;
+        let wide = byte_at(segment, s)? == 1;
+        let value = if wide { u64::from_be_bytes(read8(segment, at)?) } else { u64::from(u32_at(segment, at)?) };
+        stamps.push(Stamp { at, wide, track, value });
+    }
+    Ok((fragments, stamps))
+}
+
+/// A looped fMP4 rendition: how far each track's clock moves per loop, and where each
+/// segment's decode times sit (found once, so a request only patches bytes).
 pub struct Looped {
     /// Per track: the length of one pass over all segments, in its timescale.
     loop_length: BTreeMap<u32, u64>,
+    /// Per segment, in loop order.
+    stamps: Vec<Vec<Stamp>>,
 }
 
 impl Looped {
@@ -182,42 +216,38 @@ impl Looped {
         let trex = tracks(init)?;
         let mut first = BTreeMap::new();
         let mut end = BTreeMap::new();
+        let mut all = Vec::with_capacity(segments.len());
         for segment in segments {
-            for f in fragments(segment, &trex)? {
+            let (fragments, stamps) = stamps(segment, &trex)?;
+            for f in fragments {
                 first.entry(f.track).or_insert(f.decode_time);
                 end.insert(f.track, f.decode_time.saturating_add(f.duration));
             }
+            all.push(stamps);
         }
         let loop_length =
             end.iter().map(|(track, e)| (*track, e.saturating_sub(first.get(track).copied().unwrap_or(0)))).collect();
-        Ok(Self { loop_length })
+        Ok(Self { loop_length, stamps: all })
     }
 
-    /// `segment` as it plays in pass `pass` (0 is the original).
-    pub fn renumber(&self, segment: &Bytes, pass: u64) -> Result<Bytes, Fmp4Error> {
+    /// Segment `index` of the loop (`segment`, as given to [`Looped::new`]) as it plays
+    /// in pass `pass` (0 is the original).
+    pub fn renumber(&self, index: usize, segment: &Bytes, pass: u64) -> Result<Bytes, Fmp4Error> {
         if pass == 0 {
             return Ok(segment.clone());
         }
-        let shift = |track: u32| self.loop_length.get(&track).map_or(0, |l| l.saturating_mul(pass));
+        let stamps = self.stamps.get(index).ok_or(Fmp4Error::Missing("loop", "segment"))?;
         let mut out = BytesMut::from(&segment[..]);
-        for f in fragments(segment, &BTreeMap::new())? {
-            out[f.tfdt_at..f.tfdt_at + 8].copy_from_slice(&f.decode_time.saturating_add(shift(f.track)).to_be_bytes());
-        }
-        // sidx: version/flags, reference_ID, timescale, earliest_presentation_time (32 or
-        // 64 bits). Its timescale is the track's in ffmpeg's output.
-        for (kind, s, _) in children(segment, 0, segment.len())? {
-            if &kind != b"sidx" {
-                continue;
-            }
-            let track = u32_at(segment, s + 4)?;
-            let at = s + 12;
-            if byte_at(segment, s)? == 1 {
-                let t = u64::from_be_bytes(read8(segment, at)?).saturating_add(shift(track));
-                out[at..at + 8].copy_from_slice(&t.to_be_bytes());
+        for stamp in stamps {
+            let shift = self.loop_length.get(&stamp.track).map_or(0, |l| l.saturating_mul(pass));
+            let value = stamp.value.saturating_add(shift);
+            let width = if stamp.wide { 8 } else { 4 };
+            let slot = out.get_mut(stamp.at..stamp.at + width).ok_or(Fmp4Error::Truncated(stamp.at))?;
+            if stamp.wide {
+                slot.copy_from_slice(&value.to_be_bytes());
             } else {
-                let t = u64::from(u32_at(segment, at)?).saturating_add(shift(track));
-                let t = u32::try_from(t).map_err(|_| Fmp4Error::ShortTfdt)?;
-                out[at..at + 4].copy_from_slice(&t.to_be_bytes());
+                let value = u32::try_from(value).map_err(|_| Fmp4Error::SidxOverflow(pass))?;
+                slot.copy_from_slice(&value.to_be_bytes());
             }
         }
         Ok(out.freeze())
@@ -316,8 +346,8 @@ mod tests {
         assert_eq!(looped.loop_length[&1], 25_600);
         assert_eq!(looped.loop_length[&2], 93 * 1024);
 
-        assert_eq!(looped.renumber(&segments[0], 0).unwrap(), segments[0]);
-        let third_pass = looped.renumber(&segments[1], 2).unwrap();
+        assert_eq!(looped.renumber(0, &segments[0], 0).unwrap(), segments[0]);
+        let third_pass = looped.renumber(1, &segments[1], 2).unwrap();
         assert_eq!(decode_times(&third_pass), vec![(1, 12_800 + 2 * 25_600), (2, 47 * 1024 + 2 * 93 * 1024)]);
         // sidx moved with its track; nothing else changed.
         // styp (12 bytes), then sidx: header, version/flags, reference_ID, timescale.
@@ -325,6 +355,7 @@ mod tests {
         assert_eq!(sidx_time(&third_pass), 12_800 + 2 * 25_600);
         assert_eq!(third_pass.len(), segments[1].len());
         assert_eq!(third_pass[third_pass.len() - 24..], segments[1][segments[1].len() - 24..], "media untouched");
+        assert!(looped.renumber(2, &segments[1], 1).is_err(), "no third segment in this loop");
     }
 
     #[test]
