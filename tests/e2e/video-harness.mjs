@@ -48,7 +48,7 @@ export function readTab(page) {
       fallbacks: c.fallbacks,
       peers: c.peers,
       fragmentBytes: demo.fragmentBytes,
-      latency: demo.hls.latency,
+      latency: demo.latency(),
       droppedFrames: video.getVideoPlaybackQuality().droppedVideoFrames,
       wasmMemory: demo.shoal ? demo.shoal.stats().wasmMemoryBytes : 0,
       // Times this tab began shedding its own load (its timers ran late).

@@ -12,14 +12,14 @@
 import { swarmIdFromUrl } from './index.js';
 
 /** Seconds of media from the start position that always come over HTTP at startup. */
-const STARTUP_URGENT_S = 6;
+export const STARTUP_URGENT_S = 6;
 
 /**
  * What hls.js needs, after a fragment's bytes arrive, before they are in the buffer
  * (transmuxing in its worker, appending to MSE), assumed before anything is measured:
  * up to ~0.7 s in a page that is still starting under load here, tens of ms later.
  */
-const INITIAL_PROCESSING_MS = 1000;
+export const INITIAL_PROCESSING_MS = 1000;
 /** Per fragment buffered, the allowance falls towards what is measured by this factor. */
 const PROCESSING_DECAY = 0.9;
 /**
@@ -28,7 +28,34 @@ const PROCESSING_DECAY = 0.9;
  */
 const MAX_PROCESSING_MS = 4000;
 /** A factory waits for playback this long after the first buffered fragment, at most. */
-const START_FALLBACK_MS = 3000;
+export const START_FALLBACK_MS = 3000;
+
+/**
+ * The player's processing allowance after a fragment took `measuredMs` from delivery to
+ * buffer: rises at once with a slow one (capped), decays slowly.
+ */
+export function nextProcessingMs(currentMs, measuredMs) {
+  return Math.max(Math.min(measuredMs, MAX_PROCESSING_MS), currentMs * PROCESSING_DECAY);
+}
+
+/**
+ * When a segment starting at media time `start` must be in the player's hands, on the
+ * `performance.now()` clock: when playback reaches it, less `processingMs`. Before
+ * playback has a position, counted from `startFrom` (where it will start), and what lies
+ * within `STARTUP_URGENT_S` of it is due at once (see `ShoalHls.deadlineFor`).
+ */
+export function segmentDeadline(start, media, startFrom, processingMs, now = performance.now()) {
+  let ahead;
+  if (media && media.currentTime > 0) {
+    ahead = start - media.currentTime;
+  } else {
+    ahead = start - startFrom;
+    if (ahead < STARTUP_URGENT_S) return now;
+  }
+  if (!(ahead > 0)) return now;
+  const rate = media && !media.paused ? Math.max(media.playbackRate || 1, 0.1) : 1;
+  return Math.max(now, now + (ahead * 1000) / rate - processingMs);
+}
 
 export class ShoalHls {
   #deliveredAt;
@@ -211,8 +238,7 @@ export class ShoalHls {
       const at = this.#deliveredAt.get(data.frag?.sn);
       if (at === undefined) return;
       this.#deliveredAt.delete(data.frag.sn);
-      const measured = Math.min(performance.now() - at, MAX_PROCESSING_MS);
-      this.processingMs = Math.max(measured, this.processingMs * PROCESSING_DECAY);
+      this.processingMs = nextProcessingMs(this.processingMs, performance.now() - at);
     });
     hls.on(Events.LEVEL_LOADED, (_event, data) => {
       const details = data.details;
@@ -310,19 +336,9 @@ export class ShoalHls {
    * seek buffering ahead) keeps its slack and may come from peers.
    */
   deadlineFor(frag) {
-    const now = performance.now();
     const media = this.hls?.media;
-    let ahead;
-    if (media && media.currentTime > 0) {
-      this.startFrom = null;
-      ahead = frag.start - media.currentTime;
-    } else {
-      this.startFrom ??= frag.start;
-      ahead = frag.start - this.startFrom;
-      if (ahead < STARTUP_URGENT_S) return now;
-    }
-    if (!(ahead > 0)) return now;
-    const rate = media && !media.paused ? Math.max(media.playbackRate || 1, 0.1) : 1;
-    return Math.max(now, now + (ahead * 1000) / rate - this.processingMs);
+    if (media && media.currentTime > 0) this.startFrom = null;
+    else this.startFrom ??= frag.start;
+    return segmentDeadline(frag.start, media, this.startFrom, this.processingMs);
   }
 }
