@@ -5,7 +5,8 @@
 // (PSS of every Chromium process, and per tab the JS heap and the wasm heap).
 //
 // Run: scripts/bench.sh offload   (inside the test network namespace)
-// Env: BENCH_TABS="4 8 12", BENCH_WARMUP_S=20, BENCH_MEASURE_S=40, BENCH_FORMAT=fmp4|ts
+// Env: BENCH_TABS="4 8 12", BENCH_WARMUP_S=20, BENCH_MEASURE_S=40, BENCH_FORMAT=fmp4|ts,
+//      BENCH_PLAYER=hls|shaka (Shaka Player through shoal/shaka, against plain Shaka)
 
 import { readFileSync, readdirSync } from 'node:fs';
 import { startNode } from '../e2e/harness.mjs';
@@ -15,6 +16,7 @@ const TABS = (process.env.BENCH_TABS ?? '4 8 12').split(/\s+/).filter(Boolean).m
 const WARMUP = Number(process.env.BENCH_WARMUP_S ?? 20) * 1000;
 const MEASURE = Number(process.env.BENCH_MEASURE_S ?? 40) * 1000;
 const FORMAT = process.env.BENCH_FORMAT ?? 'fmp4';
+const PLAYER = process.env.BENCH_PLAYER ?? 'hls';
 const CLOCK_TICKS = 100; // USER_HZ on Linux
 
 /** Every process descended from this one (the browser and its children). */
@@ -98,14 +100,14 @@ async function run(tabs, query) {
 }
 
 const mb = (n) => `${(n / 1e6).toFixed(1)} MB`;
-console.log(`warm-up ${WARMUP / 1000} s, measured ${MEASURE / 1000} s; demo stream (${FORMAT}): 2 s segments, 3 segments behind live`);
+console.log(`warm-up ${WARMUP / 1000} s, measured ${MEASURE / 1000} s; demo stream (${FORMAT}): 2 s segments, 3 segments behind live; player ${PLAYER}`);
 const rows = [];
 for (const tabs of TABS) {
-  const shoal = await run(tabs, `format=${FORMAT}`);
+  const shoal = await run(tabs, `format=${FORMAT}&player=${PLAYER}`);
   const shed = shoal.perTab.filter((t) => t.sheddingEpisodes > 0).length;
   console.log(`shoal     ${describe(shoal)}, dropped frames ${shoal.droppedFrames}, CPU ${shoal.cpuCores.toFixed(2)} cores, PSS ${mb(shoal.pss)}, ` +
     `tabs that shed load ${shed} (shedding at the end ${shoal.perTab.filter((t) => t.shedding).length})`);
-  const plain = await run(tabs, `format=${FORMAT}&shoal=0`);
+  const plain = await run(tabs, `format=${FORMAT}&player=${PLAYER}&shoal=0`);
   console.log(`http-only ${describe(plain)}, dropped frames ${plain.droppedFrames}, CPU ${plain.cpuCores.toFixed(2)} cores, PSS ${mb(plain.pss)}`);
   // Per tab, in opening order: a tab opened later starts beside more tabs already playing.
   const order = (r) => r.perTab.map((t) => Math.round(t.startedAt)).join(' ');
@@ -121,7 +123,7 @@ for (const { tabs, shoal, plain } of rows) {
     `${shoal.stalls} / ${plain.stalls} | ${shoal.waiting} / ${plain.waiting} | ${shoal.droppedFrames} / ${plain.droppedFrames} | ` +
     `${shoal.latency.toFixed(1)} / ${plain.latency.toFixed(1)} | ${originRatio.toFixed(3)} | ${shoal.cpuCores.toFixed(2)} / ${plain.cpuCores.toFixed(2)} |`);
 }
-console.log('\n| tabs | start-up median ms (Shoal / plain hls.js) | ratio | start-up max ms (Shoal / plain) |');
+console.log(`\n| tabs | start-up median ms (Shoal / plain ${PLAYER}) | ratio | start-up max ms (Shoal / plain) |`);
 console.log('|---|---|---|---|');
 for (const { tabs, shoal, plain } of rows) {
   console.log(`| ${tabs} | ${shoal.startup.median.toFixed(0)} / ${plain.startup.median.toFixed(0)} | ` +
