@@ -70,3 +70,15 @@ if [ ! -f "$media/fmp4/stream.m3u8" ]; then
     "$media/fmp4/stream.m3u8.tmp"
   mv "$media/fmp4/stream.m3u8.tmp" "$media/fmp4/stream.m3u8"
 fi
+
+# And as DASH (a static MPD, one representation each for video and audio, numbered
+# SegmentTemplate): what the Shaka Player DASH test signs with `shoal-sign mpd`.
+if [ ! -f "$media/dash/stream.mpd" ]; then
+  step "remuxing the demo stream to DASH"
+  rm -rf "$media/dash.tmp" && mkdir -p "$media/dash.tmp"
+  ffmpeg -hide_banner -loglevel error -y -i "$media/fmp4/stream.m3u8" -c copy -map 0:v -map 0:a \
+    -f dash -seg_duration 2 -use_template 1 -use_timeline 0 \
+    -init_seg_name 'init-$RepresentationID$.m4s' -media_seg_name 'seg-$RepresentationID$-$Number%03d$.m4s' \
+    "$media/dash.tmp/stream.mpd"
+  rm -rf "$media/dash" && mv "$media/dash.tmp" "$media/dash"
+fi

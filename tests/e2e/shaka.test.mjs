@@ -1,10 +1,16 @@
 // End-to-end: the demo's live stream played by Shaka Player (5.x, its own HLS parser and
 // transmuxer) through `shoal/shaka`, segments shared over real WebRTC, integrity checked
-// against the node's signatures; and Shaka and hls.js viewers sharing one swarm.
+// against the node's signatures; Shaka and hls.js viewers sharing one swarm; and a DASH
+// VOD stream a site signed with `shoal-sign mpd`, served by a static server.
 
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { startNodeAndBrowser } from './harness.mjs';
+import { execFileSync } from 'node:child_process';
+import { cpSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { ROOT, newContext, serveDir, startNodeAndBrowser, waitFor } from './harness.mjs';
 import { describe, measurePlayback, openViewers, readTab } from './video-harness.mjs';
 
 function assertClean(result) {
@@ -66,4 +72,110 @@ test('Shaka Player and hls.js viewers of one stream share segments with each oth
     assert.ok((await readTab(page)).fromPeers > 0);
   }
   assert.ok(result.offload >= 0.5, describe(result));
+});
+
+/** A site's Shaka Player page for a DASH VOD stream it signed with `shoal-sign mpd`. */
+const DASH_SWARM = 'site.test/dash/$RepresentationID$';
+const DASH_PAGE = `<!doctype html>
+<meta charset="utf-8">
+<link rel="icon" href="data:,">
+<video id="video" muted playsinline></video>
+<script src="./shaka-player.compiled.js"></script>
+<script type="module">
+import { Shoal } from './pkg/index.js';
+import { ShoalShaka } from './pkg/shaka.js';
+
+const params = new URLSearchParams(location.search);
+const vod = (window.vod = { started: false, startedAt: 0, waiting: 0, stalls: 0, stallsAt: [], errors: [] });
+// ?shoal=0: plain Shaka, the baseline.
+const plain = params.get('shoal') === '0';
+const shoal = plain ? null : await Shoal.create({ wellKnownUrl: params.get('wellKnown') });
+const player = new shaka.Player();
+const integration = plain ? { segments: { fallbacks: 0 } } : new ShoalShaka(shoal, { publisherKey: params.get('key'), swarmId: '${DASH_SWARM}', live: false }).attach(player, shaka);
+const video = document.getElementById('video');
+player.addEventListener('error', (e) => vod.errors.push(e.detail?.code));
+player.addEventListener('buffering', (e) => {
+  if (e.buffering && vod.started) {
+    vod.stalls += 1;
+    vod.stallsAt.push({ after: Math.round(performance.now() - vod.startedAt), at: video.currentTime, buffered: [...Array(video.buffered.length).keys()].map((i) => [video.buffered.start(i), video.buffered.end(i)]) });
+  }
+});
+video.addEventListener('playing', () => { if (!vod.started) vod.startedAt = performance.now(); vod.started = true; });
+video.addEventListener('waiting', () => { if (vod.started) vod.waiting += 1; });
+await player.attach(video);
+await player.load('./dash/stream.mpd', Number(params.get('start')));
+video.play().catch(() => {});
+vod.read = () => {
+  const pieces = shoal ? shoal.stats().pieces : {};
+  const sum = (key) => Object.values(pieces).reduce((n, s) => n + s[key], 0);
+  return {
+    started: vod.started, waiting: vod.waiting, stalls: vod.stalls, stallsAt: vod.stallsAt, errors: vod.errors, currentTime: video.currentTime,
+    swarms: Object.keys(pieces).sort(), fromPeers: sum('bytesFromPeers'), fromHttp: sum('bytesFromHttp'),
+    rejected: sum('chunksRejected'), recordsRefused: sum('recordsRefused'), fallbacks: integration.segments.fallbacks,
+  };
+};
+window.vodReady = true;
+</script>
+`;
+
+test('Shaka Player, DASH VOD signed with shoal-sign mpd: one swarm per representation, viewers share, no stall plain Shaka lacks', async (t) => {
+  const site = mkdtempSync(join(tmpdir(), 'shoal-dash-'));
+  t.after(() => rmSync(site, { recursive: true, force: true }));
+  cpSync(join(ROOT, 'target/demo-media/dash'), join(site, 'dash'), { recursive: true });
+  cpSync(join(ROOT, 'pkg'), join(site, 'pkg'), { recursive: true });
+  cpSync(join(ROOT, 'web/vendor/shaka-player.compiled.js'), join(site, 'shaka-player.compiled.js'));
+  writeFileSync(join(site, 'index.html'), DASH_PAGE);
+
+  const sign = join(ROOT, 'target/release/shoal-sign');
+  const keyFile = join(site, 'publisher.key');
+  const publicKey = execFileSync(sign, ['keygen', '--key', keyFile], { encoding: 'utf8' }).trim().split(/\s+/).pop();
+  // One swarm per representation: without $RepresentationID$ the two would collide.
+  assert.throws(() => execFileSync(sign, ['mpd', '--key', keyFile, '--swarm', 'site.test/dash', join(site, 'dash/stream.mpd')], { stdio: 'pipe' }),
+    /RepresentationID/);
+  const signed = execFileSync(sign, ['mpd', '--key', keyFile, '--swarm', DASH_SWARM, join(site, 'dash/stream.mpd')], { encoding: 'utf8' });
+  assert.equal(signed.split('\n').filter((l) => l.startsWith('signed ')).length, 60, 'every segment of video and audio signed');
+  rmSync(keyFile);
+
+  const origin = await serveDir(site);
+  const { node, browser } = await startNodeAndBrowser(t);
+  t.after(() => origin.close());
+  // The same three viewers twice: plain Shaka (`shoal=0`, the HTTP-only baseline), then
+  // with Shoal. The first watches from the start; once it is 20 s in, one more starts from
+  // the start and one from 15 s (inside what the first holds).
+  const watch = async (shoal) => {
+    const context = await newContext(browser, node);
+    const open = async (start) => {
+      const page = await context.newPage();
+      page.on('pageerror', (error) => console.error(`[dash tab @${start}s] ${error.stack ?? error}`));
+      const query = new URLSearchParams({ wellKnown: `${node.url}/.well-known/shoal.json`, key: publicKey, start: String(start), shoal: shoal ? '1' : '0' });
+      await page.goto(`${origin.url}/index.html?${query}`);
+      await page.waitForFunction(() => window.vodReady === true, { timeout: 30000 });
+      return page;
+    };
+    const read = (page) => page.evaluate(() => window.vod.read());
+    const first = await open(0);
+    await waitFor(async () => (await read(first)).currentTime >= 20, { timeout: 60000, message: 'the first viewer to play 20 s' });
+    const later = [await open(0), await open(15)];
+    await waitFor(async () => (await Promise.all(later.map(read))).every((r) => r.started), { timeout: 30000, message: 'the later viewers to start' });
+    await sleep(15000);
+    const tabs = await Promise.all([first, ...later].map(read));
+    await context.close();
+    return tabs;
+  };
+  const plain = await watch(false);
+  const tabs = await watch(true);
+
+  const line = (r) => `at ${r.currentTime.toFixed(1)} s, ${(r.fromPeers / 1e6).toFixed(2)} MB from peers, ${(r.fromHttp / 1e6).toFixed(2)} MB over HTTP, stalls ${JSON.stringify(r.stallsAt)}`;
+  console.log(tabs.map((r, i) => `DASH tab ${i}: Shoal ${line(r)}; plain Shaka: stalls ${JSON.stringify(plain[i].stallsAt)}`).join('\n'));
+  for (const [i, r] of tabs.entries()) {
+    const detail = `tab ${i}: ${JSON.stringify(r)}; plain Shaka ${JSON.stringify(plain[i])}`;
+    assert.deepEqual(r.swarms, ['site.test/dash/0', 'site.test/dash/1'], `video and audio, a swarm each: ${detail}`);
+    // Peers never make it worse: no stall plain Shaka does not have at the same position.
+    assert.ok(r.stalls <= plain[i].stalls && r.waiting <= plain[i].waiting, detail);
+    assert.deepEqual(r.errors, [], detail);
+    assert.equal(r.rejected + r.recordsRefused, 0, `every chunk and record matched the site's signatures: ${detail}`);
+    assert.equal(r.fallbacks, 0, detail);
+  }
+  assert.ok(tabs[1].fromPeers > tabs[1].fromHttp, `the viewer behind got most of its bytes from peers: ${JSON.stringify(tabs[1])}`);
+  assert.ok(tabs[2].fromPeers > 0, 'the viewer in the middle got some from peers');
 });

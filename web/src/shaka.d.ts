@@ -1,11 +1,17 @@
 import type { Shoal } from './index.js';
 import type { ShoalHlsOptions } from './hls.js';
 
-/** As `ShoalHlsOptions`; `swarmId` as a function takes the media playlist URL. */
-export type ShoalShakaOptions = ShoalHlsOptions;
+/**
+ * As `ShoalHlsOptions`, except `swarmId`: a function of the HLS media playlist URL, or of
+ * the DASH manifest URL and representation id; or a string, in which `$RepresentationID$`
+ * stands for a DASH representation's id (as in `shoal-sign mpd --swarm`).
+ */
+export type ShoalShakaOptions = Omit<ShoalHlsOptions, 'swarmId'> & {
+  swarmId?: string | ((playlistUrl: string, representationId?: string) => string);
+};
 
 /**
- * Shaka Player integration (HLS): media segments through Shoal, with HTTP fallback through
+ * Shaka Player integration (HLS, and DASH with `$Number$` templates): media segments through Shoal, with HTTP fallback through
  * Shaka's own HTTP plugin. Until Shoal is ready, every request is Shaka's own.
  */
 export class ShoalShaka {
@@ -31,10 +37,17 @@ export class ShoalShaka {
    * namespace (default: the global `shaka`).
    */
   attach(player: unknown, shaka?: unknown): this;
-  swarmFor(url: string): string;
+  swarmFor(url: string, representationId?: string | null): string;
   /** When the segment starting at `start` (presentation time, s) is due, on the `performance.now()` clock. */
   deadlineFor(start: number): number;
 }
 
 /** Each media segment of an HLS media playlist; null if `text` is not one. */
 export function parseMediaPlaylist(text: string, url: string): { id: number; url: string; byteRange: boolean }[] | null;
+
+/**
+ * Each representation of a DASH manifest whose `SegmentTemplate` numbers segments: a
+ * pattern whose first group is a segment URL's number, and (static manifests) its
+ * segments. Null if `text` is not an MPD.
+ */
+export function parseMpd(text: string, url: string): { id: string; pattern: RegExp; segments: { id: number; url: string }[] }[] | null;

@@ -1,4 +1,4 @@
-// Shaka Player integration: media segments of HLS streams go through Shoal, with the
+// Shaka Player integration: media segments of HLS and DASH streams go through Shoal, with the
 // deadline at which playback reaches them; Shoal fetches from other viewers when there is
 // time and over HTTP when not, and if it fails Shaka's own HTTP plugin takes over, so
 // playback never waits on peers. Until Shoal is ready every request is Shaka's own.
@@ -9,9 +9,11 @@
 //   await player.load(url);
 //
 // How it hooks in, through Shaka's public networking API only:
-// - a response filter reads each HLS media playlist Shaka loads: segment URL → (swarm,
-//   media sequence number), and hands the playlist to Shoal (Shaka's segment references
-//   carry no sequence number, and the publisher's records are numbered by it);
+// - a response filter reads each HLS media playlist and DASH manifest Shaka loads:
+//   segment URL → (swarm, number), and hands the segment list to Shoal (Shaka's segment
+//   references carry no number, and the publisher's records are numbered: the media
+//   sequence number in HLS, `$Number$` of a DASH `SegmentTemplate`, one swarm per
+//   representation);
 // - a request filter marks a known media segment for Shoal, with its deadline from the
 //   segment's start time (Shoal's deadline and HTTP fallback replace Shaka's connection
 //   and stall timers for it); init segments, byte ranges and everything else are left
@@ -82,16 +84,95 @@ export function parseMediaPlaylist(text, url) {
   return segments;
 }
 
+/** The first child element of `node` named `name`. */
+function child(node, name) {
+  if (!node) return null;
+  for (const c of node.children) if (c.localName === name) return c;
+  return null;
+}
+
+/** An ISO 8601 duration as DASH writes it (`PT1M0.0S`), in seconds; NaN if unreadable. */
+function isoSeconds(text) {
+  const m = /^P(?:(\d+(?:\.\d+)?)D)?(?:T(?:(\d+(?:\.\d+)?)H)?(?:(\d+(?:\.\d+)?)M)?(?:(\d+(?:\.\d+)?)S)?)?$/.exec(text ?? '');
+  if (!m) return NaN;
+  const [d, h, min, sec] = m.slice(1).map((v) => Number(v ?? 0));
+  return d * 86400 + h * 3600 + min * 60 + sec;
+}
+
+const escapeRegExp = (text) => text.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
+
+/**
+ * Each representation of a DASH manifest whose `SegmentTemplate` numbers its segments
+ * (`$Number$`): a pattern that tells a segment URL's number, and (static manifests) its
+ * segments. Templates addressed by `$Time$`, and `SegmentBase`/`SegmentList`, are left
+ * out: their segments stay on Shaka's own path. Null if `text` is not an MPD.
+ * The same listing as `shoal-sign mpd` (crates/shoal-node/src/dash.rs).
+ */
+export function parseMpd(text, url) {
+  if (!text.includes('<MPD')) return null;
+  const doc = new DOMParser().parseFromString(text, 'application/xml');
+  const mpd = doc.documentElement;
+  if (mpd?.localName !== 'MPD') return null;
+  const dynamic = mpd.getAttribute('type') === 'dynamic';
+  const total = isoSeconds(mpd.getAttribute('mediaPresentationDuration'));
+  const base = (node) => child(node, 'BaseURL')?.textContent.trim() ?? '';
+  const out = [];
+  for (const period of mpd.children) {
+    if (period.localName !== 'Period') continue;
+    const length = period.hasAttribute('duration') ? isoSeconds(period.getAttribute('duration')) : total;
+    for (const set of period.children) {
+      if (set.localName !== 'AdaptationSet') continue;
+      for (const rep of set.children) {
+        if (rep.localName !== 'Representation' || !rep.id) continue;
+        const templates = [child(rep, 'SegmentTemplate'), child(set, 'SegmentTemplate'), child(period, 'SegmentTemplate')].filter(Boolean);
+        const attr = (name) => templates.find((t) => t.hasAttribute(name))?.getAttribute(name) ?? null;
+        const media = attr('media');
+        if (!media || !/\$Number(%0\d+d)?\$/.test(media) || media.includes('$Time')) continue;
+        const named = media
+          .replaceAll('$RepresentationID$', rep.id)
+          .replace(/\$Bandwidth\$/g, rep.getAttribute('bandwidth') ?? '')
+          .replaceAll('$$', '$');
+        const template = new URL(base(mpd) + base(period) + base(set) + base(rep) + named, url).href;
+        const parts = template.split(/\$Number(?:%0(\d+)d)?\$/);
+        // split() interleaves the captured widths: texts at even indices.
+        const texts = parts.filter((_, i) => i % 2 === 0);
+        const width = Number(parts[1] ?? 0);
+        const pattern = new RegExp(`^${texts.map(escapeRegExp).join('(\\d+)')}$`);
+        const number = (n) => texts.join(String(n).padStart(width, '0'));
+        const start = Number(attr('startNumber') ?? 1);
+        let count = 0;
+        const timeline = templates.map((t) => child(t, 'SegmentTimeline')).find(Boolean);
+        if (timeline) {
+          for (const s of timeline.children) if (s.localName === 'S') count += 1 + Number(s.getAttribute('r') ?? 0);
+        } else if (!dynamic) {
+          const timescale = Number(attr('timescale') ?? 1) || 1;
+          const duration = Number(attr('duration') ?? 0) / timescale;
+          if (duration > 0 && length > 0) count = Math.ceil(length / duration - 1e-6);
+        }
+        const segments = dynamic ? [] : Array.from({ length: Math.min(count, MAX_KNOWN_SEGMENTS) }, (_, i) => ({ id: start + i, url: number(start + i) }));
+        out.push({ id: rep.id, pattern, segments });
+      }
+    }
+  }
+  return out;
+}
+
 export class ShoalShaka {
   #factory = null;
   #startScheduled = false;
-  /** Segment URL → { playlist: its media playlist's URL, id }. */
+  /**
+   * Segment URL → { playlist: the URL of its media playlist (HLS) or manifest (DASH),
+   * rep: its DASH representation, id }.
+   */
   #known = new Map();
   /**
-   * The latest segments of each media playlist (by URL), handed to Shoal when it becomes
-   * ready. Swarms are named when used: `options.swarmId` may be set only then.
+   * The latest segments of each rendition (by playlist URL and representation), handed
+   * to Shoal when it becomes ready. Swarms are named when used: `options.swarmId` may be
+   * set only then.
    */
   #playlists = new Map();
+  /** DASH representations whose segment URLs tell their number: { playlist, rep, pattern }. */
+  #patterns = [];
   /** Segment start time → when we delivered it (for the processing allowance). */
   #deliveredAt = new Map();
 
@@ -132,7 +213,7 @@ export class ShoalShaka {
     const { RequestType } = shaka.net.NetworkingEngine;
     const engine = player.getNetworkingEngine();
     engine.registerResponseFilter((type, response) => {
-      if (type === RequestType.MANIFEST) this.#onPlaylist(response);
+      if (type === RequestType.MANIFEST) this.#onManifest(response);
     });
     engine.registerRequestFilter((type, request, context) => {
       if (type === RequestType.SEGMENT) this.#route(request, context);
@@ -147,7 +228,7 @@ export class ShoalShaka {
     return this;
   }
 
-  #onPlaylist(response) {
+  #onManifest(response) {
     let text;
     try {
       text = new TextDecoder().decode(response.data);
@@ -156,26 +237,50 @@ export class ShoalShaka {
     }
     const url = response.uri;
     const segments = parseMediaPlaylist(text, url);
-    if (!segments) return;
+    if (segments) {
+      this.#remember(url, null, segments.filter((s) => !s.byteRange));
+      return;
+    }
+    const representations = parseMpd(text, url);
+    if (!representations) return;
+    this.#patterns = this.#patterns.filter((p) => p.playlist !== url);
+    for (const rep of representations) {
+      this.#patterns.push({ playlist: url, rep: rep.id, pattern: rep.pattern });
+      if (rep.segments.length) this.#remember(url, rep.id, rep.segments);
+    }
+  }
+
+  /** A rendition's segments: known by URL from now on, and Shoal's playlist for it. */
+  #remember(url, rep, segments) {
     const playlist = [];
     for (const segment of segments) {
-      if (segment.byteRange) continue;
       this.#known.delete(segment.url);
-      this.#known.set(segment.url, { playlist: url, id: segment.id });
+      this.#known.set(segment.url, { playlist: url, rep, id: segment.id });
       playlist.push({ id: segment.id, url: segment.url });
     }
     while (this.#known.size > MAX_KNOWN_SEGMENTS) this.#known.delete(this.#known.keys().next().value);
-    this.#playlists.set(url, playlist);
+    this.#playlists.set(`${url}#${rep ?? ''}`, { url, rep, playlist });
     if (!this.shoal || !this.options.publisherKey) return;
-    const swarm = this.swarmFor(url);
+    const swarm = this.swarmFor(url, rep);
     this.ensureJoined(swarm);
     this.shoal.setPlaylist(swarm, playlist);
+  }
+
+  /** What a segment URL is, if a playlist or manifest named it. */
+  #lookup(url) {
+    const known = this.#known.get(url);
+    if (known) return known;
+    for (const { playlist, rep, pattern } of this.#patterns) {
+      const m = pattern.exec(url);
+      if (m) return { playlist, rep, id: Number(m[1]) };
+    }
+    return null;
   }
 
   /** Marks a known media segment for Shoal; leaves the rest to Shaka. */
   #route(request, context) {
     delete request.shoalFetch;
-    const known = this.#known.get(request.uris[request.attempt % request.uris.length]);
+    const known = this.#lookup(request.uris[request.attempt % request.uris.length]);
     if (!known || context?.type === this.shakaLib.net.NetworkingEngine.AdvancedRequestType?.INIT_SEGMENT) return;
     if (request.headers?.Range || request.headers?.range) return;
     // The first media segment starts the clock for Shoal's own start.
@@ -184,7 +289,7 @@ export class ShoalShaka {
     const bypass = this.shedding;
     const start = context?.segment?.startTime;
     const deadline = typeof start === 'number' ? this.deadlineFor(start) : performance.now();
-    request.shoalFetch = { integration: this, swarm: this.swarmFor(known.playlist), id: known.id, start, deadline, bypass };
+    request.shoalFetch = { integration: this, swarm: this.swarmFor(known.playlist, known.rep), id: known.id, start, deadline, bypass };
     // Shoal's deadline, and its HTTP fallback, decide when a segment is late; Shaka's
     // timers would abort a peer fetch that is on time. (While shedding, Shaka's own.)
     if (!bypass) request.retryParameters = { ...request.retryParameters, connectionTimeout: 0, stallTimeout: 0 };
@@ -263,8 +368,8 @@ export class ShoalShaka {
         this.shoal = shoal;
         this.#watch(shoal);
         if (!this.options.publisherKey) return;
-        for (const [url, playlist] of this.#playlists) {
-          const swarm = this.swarmFor(url);
+        for (const { url, rep, playlist } of this.#playlists.values()) {
+          const swarm = this.swarmFor(url, rep);
           this.ensureJoined(swarm);
           shoal.setPlaylist(swarm, playlist);
         }
@@ -276,11 +381,18 @@ export class ShoalShaka {
     );
   }
 
-  /** The swarm of a rendition: as `ShoalHls.swarmFor`, of the media playlist URL. */
-  swarmFor(url) {
+  /**
+   * The swarm of a rendition: `options.swarmId` (a function of the media playlist URL,
+   * or for DASH of the manifest URL and the representation id; or a string, in which
+   * `$RepresentationID$` stands for the representation's id, as in `shoal-sign mpd
+   * --swarm`), else the playlist URL without query (HLS), or the manifest's and
+   * `#<representation id>` (DASH).
+   */
+  swarmFor(url, representation = null) {
     const { swarmId } = this.options;
-    if (typeof swarmId === 'function') return swarmId(url);
-    return swarmId ?? swarmIdFromUrl(url);
+    if (typeof swarmId === 'function') return representation === null ? swarmId(url) : swarmId(url, representation);
+    if (typeof swarmId === 'string') return representation === null ? swarmId : swarmId.replaceAll('$RepresentationID$', representation);
+    return representation === null ? swarmIdFromUrl(url) : `${swarmIdFromUrl(url)}#${representation}`;
   }
 
   ensureJoined(swarm) {

@@ -14,6 +14,7 @@
 //! The binary (`main.rs`) is a thin wrapper over [`Node`].
 
 pub mod config;
+pub mod dash;
 mod demo;
 mod federation;
 mod fmp4;
@@ -76,6 +77,8 @@ pub enum NodeError {
     Listen { addr: Multiaddr, reason: String },
     #[error("invalid configuration: {0}")]
     Config(String),
+    #[error("{}: {reason}", path.display())]
+    Manifest { path: PathBuf, reason: String },
     #[error("setting up transports: {0}")]
     Transport(String),
     /// See `webrtc_gate`: a supervisor should restart the node.

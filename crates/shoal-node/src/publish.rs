@@ -113,7 +113,50 @@ pub fn sign_playlist(
         .map_err(|source| NodeError::Io { context: format!("reading {}", playlist.display()), source })?;
     let dir = playlist.parent().unwrap_or(Path::new("."));
     let mut report = SignReport::default();
-    for segment in parse_media_playlist(&text) {
+    sign_listed(publisher, swarm, dir, parse_media_playlist(&text), chunk_size, &mut report)?;
+    Ok(report)
+}
+
+/// Writes `<segment>.shoal` for the media segments of every representation of the static
+/// DASH manifest at `mpd` (see [`crate::dash`]) that have none yet, or an older one.
+/// `swarm` names each representation's swarm: `$RepresentationID$` in it is replaced by
+/// the representation's id, and it is required when the manifest has more than one
+/// (their segment numbers repeat, so they cannot share a swarm).
+pub fn sign_mpd(
+    publisher: &Publisher,
+    swarm: &str,
+    mpd: &Path,
+    chunk_size: Option<u32>,
+) -> Result<SignReport, NodeError> {
+    let text = fs::read_to_string(mpd)
+        .map_err(|source| NodeError::Io { context: format!("reading {}", mpd.display()), source })?;
+    let invalid = |reason: String| NodeError::Manifest { path: mpd.to_owned(), reason };
+    let representations = crate::dash::list(&text).map_err(invalid)?;
+    if representations.len() > 1 && !swarm.contains("$RepresentationID$") {
+        return Err(invalid(format!(
+            "{} representations: --swarm must contain $RepresentationID$ (one swarm each)",
+            representations.len()
+        )));
+    }
+    let dir = mpd.parent().unwrap_or(Path::new("."));
+    let mut report = SignReport::default();
+    for representation in representations {
+        let swarm = swarm.replace("$RepresentationID$", &representation.id);
+        sign_listed(publisher, &swarm, dir, representation.segments, chunk_size, &mut report)?;
+    }
+    Ok(report)
+}
+
+/// Signs the listed segments (local files under `dir`) that have no up-to-date record.
+fn sign_listed(
+    publisher: &Publisher,
+    swarm: &str,
+    dir: &Path,
+    segments: Vec<ListedSegment>,
+    chunk_size: Option<u32>,
+    report: &mut SignReport,
+) -> Result<(), NodeError> {
+    for segment in segments {
         let path_part = segment.uri.split(['?', '#']).next().unwrap_or_default();
         if segment.uri.contains("://") || path_part.starts_with('/') || path_part.contains("..") {
             report.skipped.push(segment.uri);
@@ -140,7 +183,7 @@ pub fn sign_playlist(
         fs::rename(&tmp, &record_path).map_err(io)?;
         report.signed.push(record_path);
     }
-    Ok(report)
+    Ok(())
 }
 
 #[cfg(test)]

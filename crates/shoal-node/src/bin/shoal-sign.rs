@@ -10,7 +10,7 @@ use shoal_core::Publisher;
 use shoal_node::publish;
 
 #[derive(Debug, Parser)]
-#[command(name = "shoal-sign", version, about = "Sign HLS segments for Shoal (publisher side).")]
+#[command(name = "shoal-sign", version, about = "Sign HLS and DASH segments for Shoal (publisher side).")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -44,6 +44,21 @@ enum Command {
         watch: Option<f64>,
         /// The media playlist (`.m3u8`), with its segments next to it.
         playlist: PathBuf,
+    },
+    /// Sign the media segments of every representation of a static DASH manifest
+    /// (`SegmentTemplate` with `$Number$`: segment ids are those numbers).
+    Mpd {
+        #[arg(long, env = "SHOAL_PUBLISHER_KEY")]
+        key: PathBuf,
+        /// The swarm id of each representation (ShoalShaka `swarmId`), with
+        /// `$RepresentationID$` standing for the representation's id.
+        #[arg(long)]
+        swarm: String,
+        /// Bytes per verified chunk [default: per segment, about 16 chunks, 16–64 KiB].
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1024..=262_144))]
+        chunk_size: Option<u32>,
+        /// The manifest (`.mpd`), with its segments next to it.
+        mpd: PathBuf,
     },
     /// Sign one segment file, given its media sequence number.
     Segment {
@@ -94,6 +109,16 @@ fn run(command: Command) -> Result<(), shoal_node::NodeError> {
                     Some(seconds) if seconds > 0.0 => std::thread::sleep(Duration::from_secs_f64(seconds)),
                     _ => break,
                 }
+            }
+        }
+        Command::Mpd { key, swarm, chunk_size, mpd } => {
+            let publisher = Publisher::from_secret(publish::load_secret(&key)?);
+            let report = publish::sign_mpd(&publisher, &swarm, &mpd, chunk_size)?;
+            for path in &report.signed {
+                println!("signed {}", path.display());
+            }
+            for uri in &report.skipped {
+                eprintln!("skipped {uri}: not a local file next to the manifest");
             }
         }
         Command::Segment { key, swarm, sequence, chunk_size, file } => {
