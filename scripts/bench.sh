@@ -7,6 +7,7 @@
 #   node       node capacity: browser-like peers (shoal-load) over WebSocket and /webrtc-direct
 #   node-probes  the node under hostile connections and a 100k-datagram spoofed STUN flood
 #   fieldlab   NAT pairs x {STUN, STUN + TURN}: connection success and time (field lab)
+#   join       fresh pages joining one swarm: 100 pairs and 20 bursts of 8, time to neighbours
 #   shaped     6 viewers on shaped links (upload 1.5x the bitrate, loss): offload vs bound, stalls vs HTTP-only
 #   grid       the scarce-upload simulator grid (500 viewers, bitrate x upload), vs its bound
 #   profile    where a viewer tab's main thread spends its time (V8 CPU profile)
