@@ -15,7 +15,7 @@ node_modules/binaryen/bin/wasm-opt -O1 --strip-producers \
   --enable-nontrapping-float-to-int --enable-reference-types --enable-multivalue \
   pkg/shoal_bg.wasm -o pkg/shoal_bg.wasm
 # The hand-written JS layer and types of the npm package (sources in web/src/).
-cp web/src/index.js web/src/index.d.ts web/src/hls.js web/src/hls.d.ts web/src/shaka.js web/src/shaka.d.ts pkg/
+cp web/src/index.js web/src/index.d.ts web/src/integration.js web/src/hls.js web/src/hls.d.ts web/src/shaka.js web/src/shaka.d.ts pkg/
 # The demo page loads hls.js from here (no CDN: the demo works offline).
 mkdir -p web/vendor
 cp node_modules/hls.js/dist/hls.min.js web/vendor/hls.min.js

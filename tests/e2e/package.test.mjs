@@ -41,7 +41,7 @@ test('the packed npm package works from a Vite build and from a plain page', asy
   writeFileSync(join(app, 'package.json'), JSON.stringify({ name: 'app', private: true, type: 'module', dependencies: { shoal: `file:../${tarball}` } }));
   execFileSync('npm', ['install', '--offline', '--no-audit', '--no-fund', '--silent'], { cwd: app, stdio: 'pipe' });
   const installed = readdirSync(join(app, 'node_modules/shoal')).sort();
-  for (const file of ['index.js', 'index.d.ts', 'hls.js', 'shoal.js', 'shoal_bg.wasm', 'package.json']) {
+  for (const file of ['index.js', 'index.d.ts', 'integration.js', 'hls.js', 'shaka.js', 'shaka.d.ts', 'shoal.js', 'shoal_bg.wasm', 'package.json']) {
     assert.ok(installed.includes(file), `the package ships ${file} (has ${installed.join(', ')})`);
   }
 

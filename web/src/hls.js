@@ -10,58 +10,11 @@
 //   integration.attach(hls);
 
 import { swarmIdFromUrl } from './index.js';
+import { PlayerIntegration } from './integration.js';
 
-/** Seconds of media from the start position that always come over HTTP at startup. */
-export const STARTUP_URGENT_S = 6;
-
-/**
- * What hls.js needs, after a fragment's bytes arrive, before they are in the buffer
- * (transmuxing in its worker, appending to MSE), assumed before anything is measured:
- * up to ~0.7 s in a page that is still starting under load here, tens of ms later.
- */
-export const INITIAL_PROCESSING_MS = 1000;
-/** Per fragment buffered, the allowance falls towards what is measured by this factor. */
-const PROCESSING_DECAY = 0.9;
-/**
- * Most allowance taken: a tab in the background has its timers throttled and may report
- * many seconds once, which must not send every fragment of the next minute to HTTP.
- */
-const MAX_PROCESSING_MS = 4000;
-/** A factory waits for playback this long after the first buffered fragment, at most. */
-export const START_FALLBACK_MS = 3000;
-
-/**
- * The player's processing allowance after a fragment took `measuredMs` from delivery to
- * buffer: rises at once with a slow one (capped), decays slowly.
- */
-export function nextProcessingMs(currentMs, measuredMs) {
-  return Math.max(Math.min(measuredMs, MAX_PROCESSING_MS), currentMs * PROCESSING_DECAY);
-}
-
-/**
- * When a segment starting at media time `start` must be in the player's hands, on the
- * `performance.now()` clock: when playback reaches it, less `processingMs`. Before
- * playback has a position, counted from `startFrom` (where it will start), and what lies
- * within `STARTUP_URGENT_S` of it is due at once (see `ShoalHls.deadlineFor`).
- */
-export function segmentDeadline(start, media, startFrom, processingMs, now = performance.now()) {
-  let ahead;
-  if (media && media.currentTime > 0) {
-    ahead = start - media.currentTime;
-  } else {
-    ahead = start - startFrom;
-    if (ahead < STARTUP_URGENT_S) return now;
-  }
-  if (!(ahead > 0)) return now;
-  const rate = media && !media.paused ? Math.max(media.playbackRate || 1, 0.1) : 1;
-  return Math.max(now, now + (ahead * 1000) / rate - processingMs);
-}
-
-export class ShoalHls {
-  #deliveredAt;
-  #factory;
-  #startScheduled = false;
-  #levels;
+export class ShoalHls extends PlayerIntegration {
+  /** The latest playlist of each rendition (by playlist URL), for Shoal when it is ready. */
+  #levels = new Map();
 
   /**
    * @param shoal a started `Shoal`; a promise of one; or a function returning one (or a
@@ -74,33 +27,8 @@ export class ShoalHls {
    *   `recordSuffix`, `urgentWindowMs`
    */
   constructor(shoal, options = {}) {
-    this.shoal = null;
-    /** Why Shoal could not be started, if it could not (playback goes on over HTTP). */
-    this.error = null;
-    this.options = options;
-    this.#factory = null;
-    // The latest playlist of each rendition (by playlist URL), handed to Shoal when it
-    // becomes ready.
-    this.#levels = new Map();
-    if (typeof shoal === 'function') this.#factory = shoal;
-    else if (shoal && typeof shoal.then === 'function') this.#adopt(shoal);
-    else this.shoal = shoal ?? null;
-    this.#watch(this.shoal);
+    super(shoal, options);
     this.hls = null;
-    this.joined = new Set();
-    // `bypassed`/`bypassedBytes`: media fragments hls.js's own loader fetched while Shoal
-    // shed its load (the page could not keep up: see the `load-shedding` event).
-    this.segments = { fromPeers: 0, fromHttp: 0, fallbacks: 0, bypassed: 0, bypassedBytes: 0 };
-    // While Shoal sheds load, fragments skip it entirely: the page's main thread is the
-    // scarce thing, and hls.js's loader costs it least.
-    this.shedding = false;
-    // Before playback has a position: where it will start (the first fragment asked for).
-    this.startFrom = null;
-    // Time from a fragment's bytes reaching hls.js to its being buffered: taken off each
-    // deadline, as a fragment delivered "just in time" that still has to be transmuxed
-    // stalls playback. Rises at once with a slow measurement, decays slowly.
-    this.processingMs = INITIAL_PROCESSING_MS;
-    this.#deliveredAt = new Map();
   }
 
   /** hls.js configuration to merge into `new Hls({...})`: the fragment loader. */
@@ -199,7 +127,7 @@ export class ShoalHls {
             stats.loading.first = start + (end - start) / 2;
             stats.loading.end = end;
             stats.loaded = stats.total = result.data.byteLength;
-            integration.#delivered(frag.sn, end);
+            integration.delivered(frag.sn, end);
             integration.segments.fromPeers += result.fromPeers;
             integration.segments.fromHttp += result.fromHttp;
             // fetchSegment's array owns its whole buffer: hand that over, no copy.
@@ -234,11 +162,8 @@ export class ShoalHls {
     hls.on(Events.MANIFEST_LOADING, () => { this.startFrom = null; });
     hls.on(Events.MEDIA_ATTACHED, () => { this.startFrom = null; });
     hls.on(Events.FRAG_BUFFERED, (_event, data) => {
-      if (this.#factory && !this.#startScheduled) this.#scheduleStart(hls.media);
-      const at = this.#deliveredAt.get(data.frag?.sn);
-      if (at === undefined) return;
-      this.#deliveredAt.delete(data.frag.sn);
-      this.processingMs = nextProcessingMs(this.processingMs, performance.now() - at);
+      this.scheduleStart(hls.media);
+      if (data.frag) this.buffered(data.frag.sn);
     });
     hls.on(Events.LEVEL_LOADED, (_event, data) => {
       const details = data.details;
@@ -254,51 +179,12 @@ export class ShoalHls {
     return this;
   }
 
-  /**
-   * Calls the factory once playback has started (the first frame never waits for the
-   * wasm compile and the node connection), or after START_FALLBACK_MS if it has not
-   * started by then (autoplay blocked: nothing to compete with).
-   */
-  #scheduleStart(media) {
-    this.#startScheduled = true;
-    const start = () => {
-      if (!this.#factory) return;
-      const factory = this.#factory;
-      this.#factory = null;
-      this.#adopt(Promise.resolve().then(factory));
-    };
-    if (typeof media?.addEventListener !== 'function' || (!media.paused && media.readyState >= 3)) {
-      start();
-      return;
+  onShoalReady(shoal) {
+    for (const [url, playlist] of this.#levels) {
+      const swarm = this.swarmFor(url);
+      this.ensureJoined(swarm);
+      shoal.setPlaylist(swarm, playlist);
     }
-    media.addEventListener('playing', start, { once: true });
-    setTimeout(start, START_FALLBACK_MS);
-  }
-
-  /** Follows `shoal`'s load shedding (fragments bypass it meanwhile). */
-  #watch(shoal) {
-    if (typeof shoal?.addEventListener !== 'function') return;
-    shoal.addEventListener('load-shedding', (event) => { this.shedding = Boolean(event.detail?.active); });
-  }
-
-  /** Uses the Shoal `pending` resolves to from now on; HTTP only if it fails. */
-  #adopt(pending) {
-    pending.then(
-      (shoal) => {
-        this.shoal = shoal;
-        this.#watch(shoal);
-        if (!this.options.publisherKey) return;
-        for (const [url, playlist] of this.#levels) {
-          const swarm = this.swarmFor(url);
-          this.ensureJoined(swarm);
-          shoal.setPlaylist(swarm, playlist);
-        }
-      },
-      (error) => {
-        this.error = error;
-        console.warn('Shoal could not start; playing over HTTP only:', error);
-      },
-    );
   }
 
   /**
@@ -312,20 +198,6 @@ export class ShoalHls {
     return swarmId ?? swarmIdFromUrl(url);
   }
 
-  ensureJoined(swarm) {
-    if (!this.shoal || this.joined.has(swarm)) return;
-    const { publisherKey, live, recordSuffix, urgentWindowMs } = this.options;
-    this.shoal.join(swarm, { publisherKey, live, recordSuffix, urgentWindowMs });
-    this.joined.add(swarm);
-  }
-
-  /** Our loader handed fragment `sn` to hls.js at `at`. */
-  #delivered(sn, at) {
-    this.#deliveredAt.set(sn, at);
-    // Fragments aborted after delivery are never buffered: keep the map small.
-    if (this.#deliveredAt.size > 16) this.#deliveredAt.delete(this.#deliveredAt.keys().next().value);
-  }
-
   /**
    * When `frag`'s bytes must be in hls.js's hands, on the `performance.now()` clock:
    * when playback reaches it, less the time hls.js has lately needed to buffer a
@@ -336,9 +208,6 @@ export class ShoalHls {
    * seek buffering ahead) keeps its slack and may come from peers.
    */
   deadlineFor(frag) {
-    const media = this.hls?.media;
-    if (media && media.currentTime > 0) this.startFrom = null;
-    else this.startFrom ??= frag.start;
-    return segmentDeadline(frag.start, media, this.startFrom, this.processingMs);
+    return this.deadlineAt(frag.start, this.hls?.media);
   }
 }

@@ -24,10 +24,8 @@
 //   stall handling untouched. (Shaka picks the plugin before request filters run, so a
 //   filter cannot send a request to a scheme of its own.)
 
-import {
-  INITIAL_PROCESSING_MS, START_FALLBACK_MS, nextProcessingMs, segmentDeadline,
-} from './hls.js';
 import { swarmIdFromUrl } from './index.js';
+import { PlayerIntegration } from './integration.js';
 
 /** Segment URLs remembered at most (the newest win): a few playlists' worth. */
 const MAX_KNOWN_SEGMENTS = 4096;
@@ -157,9 +155,7 @@ export function parseMpd(text, url) {
   return out;
 }
 
-export class ShoalShaka {
-  #factory = null;
-  #startScheduled = false;
+export class ShoalShaka extends PlayerIntegration {
   /**
    * Segment URL → { playlist: the URL of its media playlist (HLS) or manifest (DASH),
    * rep: its DASH representation, id }.
@@ -173,8 +169,6 @@ export class ShoalShaka {
   #playlists = new Map();
   /** DASH representations whose segment URLs tell their number: { playlist, rep, pattern }. */
   #patterns = [];
-  /** Segment start time → when we delivered it (for the processing allowance). */
-  #deliveredAt = new Map();
 
   /**
    * @param shoal a started `Shoal`; a promise of one; or a function returning one (or a
@@ -186,19 +180,8 @@ export class ShoalShaka {
    *   `recordSuffix`, `urgentWindowMs` — as `ShoalHls`.
    */
   constructor(shoal, options = {}) {
-    this.shoal = null;
-    this.error = null;
-    this.options = options;
+    super(shoal, options);
     this.player = null;
-    this.joined = new Set();
-    this.segments = { fromPeers: 0, fromHttp: 0, fallbacks: 0, bypassed: 0, bypassedBytes: 0 };
-    this.shedding = false;
-    this.startFrom = null;
-    this.processingMs = INITIAL_PROCESSING_MS;
-    if (typeof shoal === 'function') this.#factory = shoal;
-    else if (shoal && typeof shoal.then === 'function') this.#adopt(shoal);
-    else this.shoal = shoal ?? null;
-    this.#watch(this.shoal);
   }
 
   /**
@@ -219,12 +202,7 @@ export class ShoalShaka {
       if (type === RequestType.SEGMENT) this.#route(request, context);
     });
     player.addEventListener('loading', () => { this.startFrom = null; });
-    player.addEventListener('segmentappended', (event) => {
-      const at = this.#deliveredAt.get(event.start);
-      if (at === undefined) return;
-      this.#deliveredAt.delete(event.start);
-      this.processingMs = nextProcessingMs(this.processingMs, performance.now() - at);
-    });
+    player.addEventListener('segmentappended', (event) => this.buffered(event.start));
     return this;
   }
 
@@ -284,7 +262,7 @@ export class ShoalShaka {
     if (!known || context?.type === this.shakaLib.net.NetworkingEngine.AdvancedRequestType?.INIT_SEGMENT) return;
     if (request.headers?.Range || request.headers?.range) return;
     // The first media segment starts the clock for Shoal's own start.
-    if (this.#factory && !this.#startScheduled) this.#scheduleStart(this.player.getMediaElement());
+    this.scheduleStart(this.player.getMediaElement());
     if (!this.shoal || !this.options.publisherKey) return;
     const bypass = this.shedding;
     const start = context?.segment?.startTime;
@@ -316,7 +294,7 @@ export class ShoalShaka {
       (result) => {
         if (aborted) throw abortedError(shaka);
         const end = performance.now();
-        if (typeof job.start === 'number') this.#delivered(job.start, end);
+        if (typeof job.start === 'number') this.delivered(job.start, end);
         this.segments.fromPeers += result.fromPeers;
         this.segments.fromHttp += result.fromHttp;
         const bytes = result.data;
@@ -341,44 +319,12 @@ export class ShoalShaka {
     });
   }
 
-  #scheduleStart(media) {
-    this.#startScheduled = true;
-    const start = () => {
-      if (!this.#factory) return;
-      const factory = this.#factory;
-      this.#factory = null;
-      this.#adopt(Promise.resolve().then(factory));
-    };
-    if (typeof media?.addEventListener !== 'function' || (!media.paused && media.readyState >= 3)) {
-      setTimeout(start, 0);
-      return;
+  onShoalReady(shoal) {
+    for (const { url, rep, playlist } of this.#playlists.values()) {
+      const swarm = this.swarmFor(url, rep);
+      this.ensureJoined(swarm);
+      shoal.setPlaylist(swarm, playlist);
     }
-    media.addEventListener('playing', start, { once: true });
-    setTimeout(start, START_FALLBACK_MS);
-  }
-
-  #watch(shoal) {
-    if (typeof shoal?.addEventListener !== 'function') return;
-    shoal.addEventListener('load-shedding', (event) => { this.shedding = Boolean(event.detail?.active); });
-  }
-
-  #adopt(pending) {
-    pending.then(
-      (shoal) => {
-        this.shoal = shoal;
-        this.#watch(shoal);
-        if (!this.options.publisherKey) return;
-        for (const { url, rep, playlist } of this.#playlists.values()) {
-          const swarm = this.swarmFor(url, rep);
-          this.ensureJoined(swarm);
-          shoal.setPlaylist(swarm, playlist);
-        }
-      },
-      (error) => {
-        this.error = error;
-        console.warn('Shoal could not start; playing over HTTP only:', error);
-      },
-    );
   }
 
   /**
@@ -395,24 +341,9 @@ export class ShoalShaka {
     return representation === null ? swarmIdFromUrl(url) : `${swarmIdFromUrl(url)}#${representation}`;
   }
 
-  ensureJoined(swarm) {
-    if (!this.shoal || this.joined.has(swarm)) return;
-    const { publisherKey, live, recordSuffix, urgentWindowMs } = this.options;
-    this.shoal.join(swarm, { publisherKey, live, recordSuffix, urgentWindowMs });
-    this.joined.add(swarm);
-  }
-
-  #delivered(start, at) {
-    this.#deliveredAt.set(start, at);
-    if (this.#deliveredAt.size > 16) this.#deliveredAt.delete(this.#deliveredAt.keys().next().value);
-  }
-
   /** When the segment starting at `start` (presentation time) is due: see `ShoalHls.deadlineFor`. */
   deadlineFor(start) {
-    const media = this.player?.getMediaElement();
-    if (media && media.currentTime > 0) this.startFrom = null;
-    else this.startFrom ??= start;
-    return segmentDeadline(start, media, this.startFrom, this.processingMs);
+    return this.deadlineAt(start, this.player?.getMediaElement());
   }
 }
 
