@@ -186,12 +186,11 @@ const NODE_BACKOFF_MAX: Duration = Duration::from_secs(8);
 /// connection: 40 bytes a second each); a page with one node pings every
 /// [`SOLE_NODE_PING`] and finds a dead node by the ping timeout (8 s).
 const NODE_SILENCE: Duration = Duration::from_secs(3);
-
+const NODE_PING: Duration = Duration::from_secs(1);
+const SOLE_NODE_PING: Duration = Duration::from_secs(4);
 /// A node dial not through after this gets a second one beside it (median node link on
 /// loopback: ~0.5 s; a hung one waits out the 10 s handshake timeout).
 const NODE_DIAL_HEDGE: Duration = Duration::from_millis(1500);
-const NODE_PING: Duration = Duration::from_secs(1);
-const SOLE_NODE_PING: Duration = Duration::from_secs(4);
 /// How long a new piece stream may take to say `Hello`.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 /// How stale `stats()` may be while things happen.
@@ -644,13 +643,13 @@ impl Runtime {
         }
     }
 
-    /// The first moment the loop runs after a probe was due tells how late the page's
-    /// timers fire (see [`Starvation`]).
     /// Whether the page's load is worth probing: it plays (or recovers from shedding).
     fn load_matters(&self, now: Instant) -> bool {
         self.starvation.shedding() || self.playing_until.is_some_and(|until| now < until)
     }
 
+    /// The first moment the loop runs after a probe was due tells how late the page's
+    /// timers fire (see [`Starvation`]).
     fn probe_load(&mut self) {
         let now = now();
         if now < self.probe_at || !self.load_matters(now) {
