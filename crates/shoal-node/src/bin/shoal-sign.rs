@@ -1,11 +1,12 @@
 //! `shoal-sign`: the publisher's tool. Creates the publisher key and writes a signed
-//! record (`<segment>.shoal`) next to every segment of an HLS media playlist, so that
+//! record (`<segment>.shoal`) next to every segment of an HLS media playlist or a DASH
+//! manifest, so that
 //! browsers can check segments they receive from other viewers. Run it beside the
 //! packager (`--watch` for live), and serve the `.shoal` files with the segments.
 
 use std::{path::PathBuf, process::ExitCode, time::Duration};
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 use shoal_core::Publisher;
 use shoal_node::publish;
 
@@ -31,14 +32,8 @@ enum Command {
     },
     /// Sign every segment a media playlist lists that has no up-to-date record yet.
     Playlist {
-        #[arg(long, env = "SHOAL_PUBLISHER_KEY")]
-        key: PathBuf,
-        /// The swarm id pages join for this rendition (ShoalHls `swarmId`).
-        #[arg(long)]
-        swarm: String,
-        /// Bytes per verified chunk [default: per segment, about 16 chunks, 16–64 KiB].
-        #[arg(long, value_parser = clap::value_parser!(u32).range(1024..=262_144))]
-        chunk_size: Option<u32>,
+        #[command(flatten)]
+        sign: SignArgs,
         /// Keep going: re-read the playlist every this many seconds (live streams).
         #[arg(long)]
         watch: Option<f64>,
@@ -48,31 +43,33 @@ enum Command {
     /// Sign the media segments of every representation of a static DASH manifest
     /// (`SegmentTemplate` with `$Number$`: segment ids are those numbers).
     Mpd {
-        #[arg(long, env = "SHOAL_PUBLISHER_KEY")]
-        key: PathBuf,
-        /// The swarm id of each representation (ShoalShaka `swarmId`), with
-        /// `$RepresentationID$` standing for the representation's id.
-        #[arg(long)]
-        swarm: String,
-        /// Bytes per verified chunk [default: per segment, about 16 chunks, 16–64 KiB].
-        #[arg(long, value_parser = clap::value_parser!(u32).range(1024..=262_144))]
-        chunk_size: Option<u32>,
+        #[command(flatten)]
+        sign: SignArgs,
         /// The manifest (`.mpd`), with its segments next to it.
         mpd: PathBuf,
     },
     /// Sign one segment file, given its media sequence number.
     Segment {
-        #[arg(long, env = "SHOAL_PUBLISHER_KEY")]
-        key: PathBuf,
-        #[arg(long)]
-        swarm: String,
+        #[command(flatten)]
+        sign: SignArgs,
         #[arg(long)]
         sequence: u64,
-        /// Bytes per verified chunk [default: about 16 chunks, 16–64 KiB].
-        #[arg(long, value_parser = clap::value_parser!(u32).range(1024..=262_144))]
-        chunk_size: Option<u32>,
         file: PathBuf,
     },
+}
+
+/// What every signing command takes.
+#[derive(Debug, Args)]
+struct SignArgs {
+    #[arg(long, env = "SHOAL_PUBLISHER_KEY")]
+    key: PathBuf,
+    /// The swarm id pages join (`swarmId`); for `mpd`, `$RepresentationID$` stands for
+    /// each representation's id.
+    #[arg(long)]
+    swarm: String,
+    /// Bytes per verified chunk [default: per segment, about 16 chunks, 16–64 KiB].
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1024..=262_144))]
+    chunk_size: Option<u32>,
 }
 
 fn main() -> ExitCode {
@@ -95,7 +92,7 @@ fn run(command: Command) -> Result<(), shoal_node::NodeError> {
             let publisher = Publisher::from_secret(publish::load_secret(&key)?);
             println!("{}", publish::public_key_hex(&publisher.public_key()));
         }
-        Command::Playlist { key, swarm, chunk_size, watch, playlist } => {
+        Command::Playlist { sign: SignArgs { key, swarm, chunk_size }, watch, playlist } => {
             let publisher = Publisher::from_secret(publish::load_secret(&key)?);
             loop {
                 let report = publish::sign_playlist(&publisher, &swarm, &playlist, chunk_size)?;
@@ -111,7 +108,7 @@ fn run(command: Command) -> Result<(), shoal_node::NodeError> {
                 }
             }
         }
-        Command::Mpd { key, swarm, chunk_size, mpd } => {
+        Command::Mpd { sign: SignArgs { key, swarm, chunk_size }, mpd } => {
             let publisher = Publisher::from_secret(publish::load_secret(&key)?);
             let report = publish::sign_mpd(&publisher, &swarm, &mpd, chunk_size)?;
             for path in &report.signed {
@@ -121,7 +118,7 @@ fn run(command: Command) -> Result<(), shoal_node::NodeError> {
                 eprintln!("skipped {uri}: not a local file next to the manifest");
             }
         }
-        Command::Segment { key, swarm, sequence, chunk_size, file } => {
+        Command::Segment { sign: SignArgs { key, swarm, chunk_size }, sequence, file } => {
             let publisher = Publisher::from_secret(publish::load_secret(&key)?);
             let data = std::fs::read(&file).map_err(|source| shoal_node::NodeError::Io {
                 context: format!("reading {}", file.display()),
