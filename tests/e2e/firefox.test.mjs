@@ -89,21 +89,28 @@ test('Firefox and Chromium viewers play the live stream and share segments both 
   assert.equal(result.waiting, 0, 'no `waiting` after playback started');
   assert.equal(result.stalls, 0, 'no hls.js buffer stall');
   assert.deepEqual(result.fatal, []);
-  // Firefox tabs both fetch from peers and serve them; with 4 viewers the swarm carries
-  // most of the stream.
-  for (const [i, page] of fox.pages.entries()) {
-    const tab = await readTab(page);
-    assert.ok(tab.fromPeers > 0, `Firefox tab ${i} received segments from peers: ${JSON.stringify(tab)}`);
-    assert.ok(tab.uploaded > 0, `Firefox tab ${i} served segments to peers: ${JSON.stringify(tab)}`);
+  // Every Firefox tab takes part, and Firefox tabs both fetch from peers and serve them.
+  // Which tab fetches a segment over HTTP is the scheduler's choice (the tab nearest the
+  // live edge may seed every segment and never need a peer), so one tab need not do both.
+  const foxTabs = await Promise.all(fox.pages.map((page) => readTab(page)));
+  for (const [i, tab] of foxTabs.entries()) {
+    assert.ok(tab.fromPeers + tab.uploaded > 0, `Firefox tab ${i} exchanged segments with peers: ${JSON.stringify(tab)}`);
   }
-  // Bytes crossed between the browsers: each Chromium tab's peers include a Firefox tab
-  // it fetched from or served.
+  assert.ok(foxTabs.some((tab) => tab.fromPeers > 0), `a Firefox tab received segments from peers: ${JSON.stringify(foxTabs)}`);
+  assert.ok(foxTabs.some((tab) => tab.uploaded > 0), `a Firefox tab served segments to peers: ${JSON.stringify(foxTabs)}`);
   const foxIds = new Set(await Promise.all(fox.pages.map((p) => p.evaluate(() => window.shoalDemo.shoal.peerId))));
+  let fromFox = 0;
+  let toFox = 0;
   for (const page of chrome.pages) {
     const s = await page.evaluate(() => window.shoalDemo.shoal.stats());
     const perPeer = Object.values(s.pieces).flatMap((swarm) => Object.entries(swarm.perPeer));
-    const withFox = perPeer.filter(([peer]) => foxIds.has(peer));
+    const withFox = perPeer.filter(([peer, traffic]) => foxIds.has(peer) && traffic.down + traffic.up > 0);
     assert.ok(withFox.length > 0, `a Chromium tab exchanged pieces with Firefox: ${JSON.stringify(perPeer)}`);
+    for (const [, traffic] of withFox) {
+      fromFox += traffic.down;
+      toFox += traffic.up;
+    }
   }
+  console.log(`Chromium tabs received ${fromFox} B from Firefox tabs and sent them ${toFox} B`);
   assert.ok(result.offload >= 0.5, describe(result));
 });
