@@ -218,8 +218,23 @@ export async function serveDir(dir) {
     const file = join(dir, path.endsWith('/') ? `${path}index.html` : path);
     try {
       if (!file.startsWith(dir) || !statSync(file).isFile()) throw new Error('not a file');
-      res.writeHead(200, { 'content-type': TYPES[extname(file)] ?? 'application/octet-stream' });
-      res.end(readFileSync(file));
+      const type = TYPES[extname(file)] ?? 'application/octet-stream';
+      const body = readFileSync(file);
+      // One `bytes=a-b` range, as static hosts and CDNs answer it (byte-range playlists).
+      const range = /^bytes=(\d+)-(\d*)$/.exec(req.headers.range ?? '');
+      if (range) {
+        const start = Number(range[1]);
+        const end = Math.min(range[2] === '' ? body.length - 1 : Number(range[2]), body.length - 1);
+        if (start > end) {
+          res.writeHead(416, { 'content-range': `bytes */${body.length}` }).end();
+          return;
+        }
+        res.writeHead(206, { 'content-type': type, 'content-range': `bytes ${start}-${end}/${body.length}` });
+        res.end(body.subarray(start, end + 1));
+        return;
+      }
+      res.writeHead(200, { 'content-type': type });
+      res.end(body);
     } catch {
       res.writeHead(404).end();
     }

@@ -1,18 +1,50 @@
 // End-to-end: video on demand the way a site would run it. The site (a static server,
 // not the node) serves an HLS VOD rendition whose records it signed with `shoal-sign`,
 // and a page that adds Shoal to hls.js with the npm package's loader. Viewers at
-// different positions share what they have already fetched, with no stall.
+// different positions share what they have already fetched, with no stall. Two shapes:
+// a file per segment (MPEG-TS), and one fMP4 file whose segments are byte ranges
+// (`EXT-X-BYTERANGE`, what packagers write with a "single file" option).
 
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
-import { cpSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { cpSync, existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { ROOT, newContext, serveDir, startNodeAndBrowser, waitFor } from './harness.mjs';
 
 const SWARM = 'site.test/vod/360p';
+
+/**
+ * The fMP4 rendition as one file (init segment, then every media segment) and a
+ * playlist of byte ranges into it; all but the first range give no offset (each starts
+ * where the previous one ended). Returns the ranges.
+ */
+function writeSingleFile(fmp4, out) {
+  const playlist = readFileSync(join(fmp4, 'stream.m3u8'), 'utf8');
+  const parts = [readFileSync(join(fmp4, 'init.mp4'))];
+  const lines = [];
+  const ranges = [];
+  let offset = parts[0].length;
+  for (const line of playlist.split('\n')) {
+    if (line.startsWith('#EXT-X-MAP:')) {
+      lines.push(`#EXT-X-MAP:URI="stream.mp4",BYTERANGE="${parts[0].length}@0"`);
+    } else if (line.endsWith('.m4s')) {
+      const data = readFileSync(join(fmp4, line));
+      parts.push(data);
+      lines.push(ranges.length === 0 ? `#EXT-X-BYTERANGE:${data.length}@${offset}` : `#EXT-X-BYTERANGE:${data.length}`, 'stream.mp4');
+      ranges.push([offset, offset + data.length]);
+      offset += data.length;
+    } else {
+      lines.push(line);
+    }
+  }
+  mkdirSync(out, { recursive: true });
+  writeFileSync(join(out, 'stream.mp4'), Buffer.concat(parts));
+  writeFileSync(join(out, 'stream.m3u8'), lines.join('\n'));
+  return ranges;
+}
 
 /** The site's player page: plain hls.js plus Shoal in a few lines. */
 const PAGE = `<!doctype html>
@@ -52,10 +84,15 @@ window.vodReady = true;
 </script>
 `;
 
-test('VOD from a site that signs its own segments: viewers at different positions share, no stall', async (t) => {
+async function vodTest(t, shape) {
   const site = mkdtempSync(join(tmpdir(), 'shoal-vod-'));
   t.after(() => rmSync(site, { recursive: true, force: true }));
-  cpSync(join(ROOT, 'target/demo-media'), join(site, 'vod'), { recursive: true });
+  let ranges = null;
+  if (shape === 'byte-range') {
+    ranges = writeSingleFile(join(ROOT, 'target/demo-media/fmp4'), join(site, 'vod'));
+  } else {
+    cpSync(join(ROOT, 'target/demo-media'), join(site, 'vod'), { recursive: true });
+  }
   cpSync(join(ROOT, 'pkg'), join(site, 'pkg'), { recursive: true });
   cpSync(join(ROOT, 'web/vendor/hls.min.js'), join(site, 'hls.min.js'));
   writeFileSync(join(site, 'index.html'), PAGE);
@@ -69,6 +106,13 @@ test('VOD from a site that signs its own segments: viewers at different position
   const signed = execFileSync(sign, ['playlist', '--key', keyFile, '--swarm', SWARM, join(site, 'vod/stream.m3u8')], { encoding: 'utf8' });
   assert.equal(signed.split('\n').filter((l) => l.startsWith('signed ')).length, 30, 'every segment of the rendition signed');
   rmSync(join(site, 'keys'), { recursive: true });
+  if (ranges) {
+    // One record per range, named by its bytes, and none for the file as a whole.
+    for (const [start, end] of ranges) {
+      assert.ok(existsSync(join(site, `vod/stream.mp4.${start}-${end}.shoal`)), `a record for bytes ${start}-${end}`);
+    }
+    assert.equal(readdirSync(join(site, 'vod')).filter((f) => f.endsWith('.shoal')).length, ranges.length);
+  }
 
   const origin = await serveDir(site);
   const { node, browser } = await startNodeAndBrowser(t);
@@ -109,4 +153,8 @@ test('VOD from a site that signs its own segments: viewers at different position
   const behind = tabs[1];
   assert.ok(behind.fromPeers > behind.fromHttp, `the viewer behind got most of its bytes from peers (${JSON.stringify(behind)})`);
   assert.ok(tabs[2].fromPeers > 0, 'the viewer in the middle got some from peers');
-});
+}
+
+test('VOD from a site that signs its own segments: viewers at different positions share, no stall', (t) => vodTest(t, 'files'));
+
+test('VOD of byte-range segments in one fMP4 file: each range shares under its own record, no stall', (t) => vodTest(t, 'byte-range'));

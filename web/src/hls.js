@@ -12,6 +12,17 @@
 import { swarmIdFromUrl } from './index.js';
 import { PlayerIntegration } from './integration.js';
 
+/**
+ * The byte range of a fragment load: null for a whole file, `[start, end)` for a
+ * byte-range fragment, undefined for an open-ended one (left to HTTP).
+ */
+function byteRangeOf(context) {
+  const start = context.rangeStart ?? 0;
+  const end = context.rangeEnd ?? 0;
+  if (start === 0 && end === 0) return null;
+  return end > start ? [start, end] : undefined;
+}
+
 export class ShoalHls extends PlayerIntegration {
   /** The latest playlist of each rendition (by playlist URL), for Shoal when it is ready. */
   #levels = new Map();
@@ -104,13 +115,16 @@ export class ShoalHls extends PlayerIntegration {
 
       load(context, config, callbacks) {
         const frag = context.frag;
-        // hls.js sets rangeStart/rangeEnd to 0 when the fragment is a whole file.
-        const byteRange = (context.rangeStart ?? 0) > 0 || (context.rangeEnd ?? 0) > 0;
         const shoal = integration.shoal;
-        // Init segments (`sn` is "initSegment") and byte ranges stay on HTTP.
-        if (!shoal || !frag || typeof frag.sn !== 'number' || byteRange || !integration.options.publisherKey) {
+        // Init segments (`sn` is "initSegment") stay on HTTP: small, once per page.
+        if (!shoal || !frag || typeof frag.sn !== 'number' || !integration.options.publisherKey) {
           return this.#httpLoad(context, config, callbacks);
         }
+        // hls.js sets rangeStart/rangeEnd to 0 when the fragment is a whole file; a
+        // byte-range fragment (`EXT-X-BYTERANGE`) is bytes [rangeStart, rangeEnd) of it,
+        // shared like any segment, its record at `<url>.<start>-<end>.shoal`.
+        const range = byteRangeOf(context);
+        if (range === undefined) return this.#httpLoad(context, config, callbacks);
         if (integration.shedding) return this.#httpLoad(context, config, callbacks, true);
         const swarm = integration.swarmFor(frag.baseurl ?? context.url);
         integration.ensureJoined(swarm);
@@ -119,7 +133,7 @@ export class ShoalHls extends PlayerIntegration {
         const stats = this.stats;
         stats.loading.start = start;
         const request = (this.request = { swarm, id: frag.sn, aborted: false });
-        shoal.fetchSegment(swarm, frag.sn, context.url, integration.deadlineFor(frag)).then(
+        shoal.fetchSegment(swarm, frag.sn, context.url, integration.deadlineFor(frag), range ?? undefined).then(
           (result) => {
             if (request.aborted) return;
             this.request = null;
@@ -168,7 +182,12 @@ export class ShoalHls extends PlayerIntegration {
     hls.on(Events.LEVEL_LOADED, (_event, data) => {
       const details = data.details;
       if (!details?.fragments?.length) return;
-      const playlist = details.fragments.filter((f) => typeof f.sn === 'number').map((f) => ({ id: f.sn, url: f.url }));
+      const playlist = details.fragments
+        .filter((f) => typeof f.sn === 'number')
+        .map((f) => {
+          const [start, end] = f.byteRange ?? [];
+          return end > 0 ? { id: f.sn, url: f.url, range: [start, end] } : { id: f.sn, url: f.url };
+        });
       // Kept even before Shoal or the publisher key is there: a VOD playlist loads once.
       this.#levels.set(details.url, playlist);
       if (!this.shoal || !this.options.publisherKey) return;

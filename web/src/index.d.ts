@@ -203,8 +203,9 @@ export class Shoal extends EventTarget {
   connect(addr: string): Promise<void>;
   join(swarm: string, options?: SwarmOptions): void;
   leave(swarm: string): void;
-  setPlaylist(swarm: string, segments: { id: number; url: string }[]): void;
-  fetchSegment(swarm: string, id: number, url: string, deadline: number): Promise<LoadedSegment>;
+  /** `range`: bytes `[start, end)` of `url`, for a byte-range (`EXT-X-BYTERANGE`) segment. */
+  setPlaylist(swarm: string, segments: { id: number; url: string; range?: [number, number] }[]): void;
+  fetchSegment(swarm: string, id: number, url: string, deadline: number, range?: [number, number]): Promise<LoadedSegment>;
   cancelSegment(swarm: string, id: number): void;
   /** Resolves once the bytes match the segment's signed record (rejects with 'integrity' otherwise). */
   offerSegment(swarm: string, id: number, data: Uint8Array): Promise<void>;

@@ -92,17 +92,22 @@ export class Shoal extends EventTarget {
     this.#live().leave(swarm);
   }
 
-  /** The segments the playlist lists now: `[{ id, url }]` (lets peers prefetch). */
+  /**
+   * The segments the playlist lists now: `[{ id, url, range? }]` (lets peers prefetch);
+   * `range` is `[start, end)` of `url` for a byte-range segment.
+   */
   setPlaylist(swarm, segments) {
     this.#live().setPlaylist(swarm, segments);
   }
 
   /**
    * Fetches a segment by `deadline` (a `performance.now()` time): from peers when there
-   * is time, from `url` over HTTP when not. Resolves to `{ data, fromPeers, fromHttp }`.
+   * is time, from `url` over HTTP when not (bytes `range = [start, end)` of it for a
+   * byte-range segment, whose record is at `<url>.<start>-<end>.shoal`). Resolves to
+   * `{ data, fromPeers, fromHttp }`.
    */
-  fetchSegment(swarm, id, url, deadline) {
-    return this.#live().fetchSegment(swarm, id, url, deadline);
+  fetchSegment(swarm, id, url, deadline, range) {
+    return this.#live().fetchSegment(swarm, id, url, deadline, range);
   }
 
   cancelSegment(swarm, id) {

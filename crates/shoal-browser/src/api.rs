@@ -18,7 +18,7 @@ use crate::{
     config::{Config, SwarmOptions, parse_publisher_key},
     error::ShoalError,
     events::Event,
-    pieces::PiecesOptions,
+    pieces::{PiecesOptions, SegmentLocation},
     runtime::{self, Command, EventSink, Handle},
 };
 
@@ -46,6 +46,21 @@ pub struct ShoalPeer {
 struct PlaylistEntry {
     id: f64,
     url: String,
+    /// Bytes `[start, end)` of `url` (an HLS `EXT-X-BYTERANGE` segment).
+    #[serde(default)]
+    range: Option<(f64, f64)>,
+}
+
+/// A segment's place: `url`, or bytes `[start, end)` of it.
+fn segment_location(url: String, range: Option<(f64, f64)>) -> Result<SegmentLocation, ShoalError> {
+    let Some((start, end)) = range else { return Ok(SegmentLocation::whole(url)) };
+    let whole = |x: f64| x >= 0.0 && x.fract() == 0.0 && x <= 2f64.powi(53);
+    if !whole(start) || !whole(end) || end <= start {
+        return Err(ShoalError::InvalidArgument(format!(
+            "byte range [{start}, {end}) is not [start, end) with whole numbers 0 ≤ start < end"
+        )));
+    }
+    Ok(SegmentLocation { url, range: Some((start as u64, end as u64)) })
 }
 
 fn segment_id(id: f64) -> Result<u64, ShoalError> {
@@ -214,19 +229,24 @@ impl ShoalPeer {
         Ok(())
     }
 
-    /// The segments the playlist lists now: `[{id, url}]`.
+    /// The segments the playlist lists now: `[{id, url, range?}]`, `range` being
+    /// `[start, end)` of `url` for a byte-range segment.
     #[wasm_bindgen(js_name = setPlaylist)]
     pub fn set_playlist(&self, swarm: String, segments: JsValue) -> Result<(), ShoalError> {
         self.check_joined(&swarm)?;
         let entries: Vec<PlaylistEntry> =
             serde_wasm_bindgen::from_value(segments).map_err(|e| ShoalError::InvalidArgument(e.to_string()))?;
-        let segments = entries.into_iter().filter_map(|e| Some((segment_id(e.id).ok()?, e.url))).collect();
+        let segments = entries
+            .into_iter()
+            .filter_map(|e| Some((segment_id(e.id).ok()?, segment_location(e.url, e.range).ok()?)))
+            .collect();
         self.send(Command::SetPlaylist { swarm, segments })
     }
 
     /// Fetches segment `id` of `swarm` by `deadlineMs` (on `performance.now()`'s clock):
-    /// from peers when there is time, from `url` when not. Resolves to
-    /// `{data: Uint8Array, fromPeers, fromHttp}` once every byte is verified.
+    /// from peers when there is time, from `url` (bytes `[start, end)` of it if `range`
+    /// is given) when not. Resolves to `{data: Uint8Array, fromPeers, fromHttp}` once
+    /// every byte is verified.
     #[wasm_bindgen(js_name = fetchSegment)]
     pub async fn fetch_segment(
         &self,
@@ -234,14 +254,18 @@ impl ShoalPeer {
         id: f64,
         url: String,
         deadline_ms: f64,
+        range: JsValue,
     ) -> Result<JsValue, ShoalError> {
         let id = segment_id(id)?;
+        let range: Option<(f64, f64)> = serde_wasm_bindgen::from_value(range)
+            .map_err(|e| ShoalError::InvalidArgument(format!("byte range: {e}")))?;
+        let location = segment_location(url, range)?;
         if !deadline_ms.is_finite() {
             return Err(ShoalError::InvalidArgument("the deadline must be a finite performance.now() time".into()));
         }
         self.check_joined(&swarm)?;
         let deadline = Instant::from_millis_f64(deadline_ms.max(0.0));
-        let delivery = self.ask(|reply| Command::FetchSegment { swarm, id, url, deadline, reply }).await?;
+        let delivery = self.ask(|reply| Command::FetchSegment { swarm, id, location, deadline, reply }).await?;
         // The one copy out of wasm memory: chunk by chunk into the buffer the player gets.
         let data = js_sys::Uint8Array::new_with_length(delivery.size as u32);
         let mut offset = 0u32;

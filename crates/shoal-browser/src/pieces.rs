@@ -18,6 +18,7 @@ use shoal_core::{
     vecmap::{VecMap, VecSet},
     wire::FrameDecoder,
 };
+pub use shoal_proto::record_url;
 
 use crate::{
     error::ShoalError,
@@ -77,7 +78,7 @@ pub struct Pieces<P: PeerKey> {
     engine: Engine<P>,
     record_suffix: String,
     corrupt_uploads: bool,
-    urls: VecMap<SegmentId, String>,
+    urls: VecMap<SegmentId, SegmentLocation>,
     pending: VecMap<SegmentId, Vec<Reply>>,
     traffic: VecMap<P, PeerTraffic>,
     segments_failed: u64,
@@ -169,8 +170,9 @@ impl<P: PeerKey + Display> Pieces<P> {
         self.engine.set_uplink(backlog, rate);
     }
 
-    /// The playlist: segment ids and URLs (records come from peers or beside segments).
-    pub fn set_playlist(&mut self, segments: Vec<(u64, String)>, now: Instant) {
+    /// The playlist: segment ids and where they are (records come from peers or beside
+    /// segments).
+    pub fn set_playlist(&mut self, segments: Vec<(u64, SegmentLocation)>, now: Instant) {
         // A live playlist slides: forget the URLs of segments that left it (unless a
         // fetch still waits on one), or a day of viewing keeps tens of thousands.
         if let Some(oldest) = segments.iter().map(|(id, _)| *id).min() {
@@ -179,16 +181,16 @@ impl<P: PeerKey + Display> Pieces<P> {
         }
         let infos: Vec<SegmentInfo> = segments
             .into_iter()
-            .map(|(id, url)| {
-                self.urls.insert(SegmentId(id), url);
+            .map(|(id, location)| {
+                self.urls.insert(SegmentId(id), location);
                 SegmentInfo { id: SegmentId(id), record: None }
             })
             .collect();
         self.engine.update_playlist(infos, now);
     }
 
-    /// The player needs segment `id` (at `url`) by `deadline`; `reply` gets it.
-    pub fn fetch_segment(&mut self, id: u64, url: String, deadline: Instant, reply: Reply, now: Instant) {
+    /// The player needs segment `id` (at `location`) by `deadline`; `reply` gets it.
+    pub fn fetch_segment(&mut self, id: u64, location: SegmentLocation, deadline: Instant, reply: Reply, now: Instant) {
         let segment = SegmentId(id);
         let waiting = self.pending.get_or_default(segment);
         if waiting.len() >= MAX_PENDING_PER_SEGMENT {
@@ -196,7 +198,7 @@ impl<P: PeerKey + Display> Pieces<P> {
             return;
         }
         waiting.push(reply);
-        self.urls.insert(segment, url);
+        self.urls.insert(segment, location);
         self.engine.want(segment, deadline, now);
     }
 
@@ -299,13 +301,16 @@ impl<P: PeerKey + Display> Pieces<P> {
         match output {
             Output::Send { peer, message } => self.send(peer, message),
             Output::HttpFetch { id, segment, range } => {
-                let Some(url) = self.urls.get(&segment).cloned() else {
+                let Some(location) = self.urls.get(&segment) else {
                     // No URL known (a prefetch never asks): nothing to fetch.
                     let now = self.engine_now();
                     self.engine.http_failed(id, now);
                     return;
                 };
-                let record_url = (!self.engine.has_record(segment)).then(|| record_url(&url, &self.record_suffix));
+                let record_url = (!self.engine.has_record(segment))
+                    .then(|| record_url(&location.url, location.range, &self.record_suffix));
+                let range = location.file_range(range);
+                let url = location.url.clone();
                 self.effects.push_back(Effect::Fetch { id, url, range, record_url });
             }
             Output::CancelHttp { id } => self.effects.push_back(Effect::CancelFetch { id }),
@@ -426,10 +431,25 @@ pub fn decode_record(bytes: &[u8]) -> Option<Arc<SignedRecord>> {
     }
 }
 
-/// The record of a segment lives next to it: the URL with `suffix`, before any query.
-pub fn record_url(segment_url: &str, suffix: &str) -> String {
-    match segment_url.find('?') {
-        Some(q) => format!("{}{}{}", &segment_url[..q], suffix, &segment_url[q..]),
-        None => format!("{segment_url}{suffix}"),
+/// Where a segment's bytes are: a whole file, or bytes `start..end` of one (an HLS
+/// `EXT-X-BYTERANGE` segment).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SegmentLocation {
+    pub url: String,
+    pub range: Option<(u64, u64)>,
+}
+
+impl SegmentLocation {
+    pub fn whole(url: impl Into<String>) -> Self {
+        Self { url: url.into(), range: None }
+    }
+
+    /// The bytes of the file to fetch for bytes `part` of the segment (all of it if none).
+    pub fn file_range(&self, part: Option<(u64, u64)>) -> Option<(u64, u64)> {
+        match (self.range, part) {
+            (Some((base, _)), Some((start, end))) => Some((base + start, base + end)),
+            (Some(range), None) => Some(range),
+            (None, part) => part,
+        }
     }
 }

@@ -63,7 +63,7 @@ use crate::{
     load::{self, Starvation},
     node_choice::NodeChoice,
     outcomes::OutcomeLog,
-    pieces::{self, Effect, Pieces, PiecesOptions},
+    pieces::{self, Effect, Pieces, PiecesOptions, SegmentLocation},
     streams::{self, OpenError},
     swarm::{self, Behaviour, BehaviourEvent},
 };
@@ -114,12 +114,12 @@ pub(crate) enum Command {
     Leave(String),
     SetPlaylist {
         swarm: String,
-        segments: Vec<(u64, String)>,
+        segments: Vec<(u64, SegmentLocation)>,
     },
     FetchSegment {
         swarm: String,
         id: u64,
-        url: String,
+        location: SegmentLocation,
         deadline: Instant,
         reply: pieces::Reply,
     },
@@ -1182,14 +1182,14 @@ impl Runtime {
                     pieces.set_playlist(segments, now);
                 }
             }
-            Command::FetchSegment { swarm, id, url, deadline, reply } => {
+            Command::FetchSegment { swarm, id, location, deadline, reply } => {
                 if !self.load_matters(now) {
                     // Probing resumes from now, not from a probe due while it idled.
                     self.probe_at = now + load::probe_wait(js_sys::Math::random());
                 }
                 self.playing_until = Some(now + PLAYING_FOR);
                 match self.pieces_of(&swarm) {
-                    Ok(pieces) => pieces.fetch_segment(id, url, deadline, reply, now),
+                    Ok(pieces) => pieces.fetch_segment(id, location, deadline, reply, now),
                     Err(error) => {
                         let _ = reply.send(Err(error));
                     }

@@ -10,7 +10,7 @@ use futures::channel::oneshot;
 use shoal_browser::{
     error::ShoalError,
     events::Event,
-    pieces::{Effect, Pieces, PiecesOptions, record_url},
+    pieces::{Effect, Pieces, PiecesOptions, SegmentLocation, record_url},
 };
 use shoal_core::{
     Config as EngineConfig, Delivery, Instant, Message, Misbehaviour, Publisher, SegmentId, SegmentRecord,
@@ -29,12 +29,16 @@ struct Origin {
 
 struct World {
     now: Instant,
+    /// Where segment `n` is (`url(n)`, or a byte range of one file).
+    locations: Vec<SegmentLocation>,
     viewers: BTreeMap<u32, Pieces<u32>>,
     /// One decoder per (from, to, bulk) link: frames cross as bytes, as in the page.
     links: BTreeMap<(u32, u32, bool), FrameDecoder>,
     origin: Origin,
     /// HTTP fetches each viewer made: (viewer, url, record url).
     fetched: Vec<(u32, String, Option<String>)>,
+    /// The byte range of each of those fetches.
+    fetched_ranges: Vec<Option<(u64, u64)>>,
     events: Vec<(u32, Event)>,
     disconnects: Vec<(u32, u32, Misbehaviour)>,
 }
@@ -59,24 +63,59 @@ fn url(n: u64) -> String {
     format!("https://example.test/seg{n}.ts?token=abc")
 }
 
+fn segment_data(n: u64, size: usize) -> Vec<u8> {
+    (0..size).map(|i| (i as u64 * 7 + n) as u8).collect()
+}
+
+fn signed_record(n: u64, data: &[u8]) -> Bytes {
+    let publisher = Publisher::from_secret([9; 32]);
+    let stream = StreamId::from_name(SWARM);
+    let record: Arc<SignedRecord> =
+        Arc::new(publisher.sign(SegmentRecord::for_data(stream, SegmentId(n), data, CHUNK)));
+    Message::Record { record }.to_frame()
+}
+
+/// The single file of [`World::with_byte_ranges`].
+const SINGLE_FILE: &str = "https://example.test/all.mp4";
+
 impl World {
+    /// Segment `n` at `url(n)`, its record beside it.
     fn new(segments: u64, size: usize) -> Self {
-        let publisher = Publisher::from_secret([9; 32]);
-        let stream = StreamId::from_name(SWARM);
         let mut origin = Origin { segments: BTreeMap::new(), records: BTreeMap::new() };
         for n in 0..segments {
-            let data: Vec<u8> = (0..size).map(|i| (i as u64 * 7 + n) as u8).collect();
-            let record: Arc<SignedRecord> =
-                Arc::new(publisher.sign(SegmentRecord::for_data(stream, SegmentId(n), &data, CHUNK)));
-            origin.records.insert(record_url(&url(n), ".shoal"), Message::Record { record }.to_frame());
+            let data = segment_data(n, size);
+            origin.records.insert(record_url(&url(n), None, ".shoal"), signed_record(n, &data));
             origin.segments.insert(url(n), Bytes::from(data));
         }
+        Self::with_origin(origin, (0..segments).map(|n| SegmentLocation::whole(url(n))).collect())
+    }
+
+    /// The segments one after another in one file after a 1,000-byte header, as a
+    /// packager's `single_file` output is, each a byte range with its own record.
+    fn with_byte_ranges(segments: u64, size: usize) -> Self {
+        let mut origin = Origin { segments: BTreeMap::new(), records: BTreeMap::new() };
+        let mut file = vec![0xAB; 1000];
+        let mut locations = Vec::new();
+        for n in 0..segments {
+            let data = segment_data(n, size);
+            let range = (file.len() as u64, (file.len() + size) as u64);
+            origin.records.insert(record_url(SINGLE_FILE, Some(range), ".shoal"), signed_record(n, &data));
+            file.extend_from_slice(&data);
+            locations.push(SegmentLocation { url: SINGLE_FILE.into(), range: Some(range) });
+        }
+        origin.segments.insert(SINGLE_FILE.into(), Bytes::from(file));
+        Self::with_origin(origin, locations)
+    }
+
+    fn with_origin(origin: Origin, locations: Vec<SegmentLocation>) -> Self {
         Self {
+            locations,
             now: Instant::from_micros(5_000_000),
             viewers: BTreeMap::new(),
             links: BTreeMap::new(),
             origin,
             fetched: Vec::new(),
+            fetched_ranges: Vec::new(),
             events: Vec::new(),
             disconnects: Vec::new(),
         }
@@ -84,7 +123,8 @@ impl World {
 
     fn add(&mut self, id: u32, corrupt_uploads: bool) {
         let mut pieces = Pieces::new(options(corrupt_uploads), u64::from(id), self.now);
-        pieces.set_playlist((0..4).map(|n| (n, url(n))).collect(), self.now);
+        let playlist = self.locations.iter().take(4).enumerate().map(|(n, l)| (n as u64, l.clone())).collect();
+        pieces.set_playlist(playlist, self.now);
         self.viewers.insert(id, pieces);
     }
 
@@ -98,7 +138,8 @@ impl World {
     fn fetch(&mut self, viewer: u32, n: u64, due_in: Duration) -> Answer {
         let (reply, answer) = oneshot::channel();
         let now = self.now;
-        self.viewers.get_mut(&viewer).unwrap().fetch_segment(n, url(n), now + due_in, reply, now);
+        let location = self.locations[n as usize].clone();
+        self.viewers.get_mut(&viewer).unwrap().fetch_segment(n, location, now + due_in, reply, now);
         self.pump();
         answer
     }
@@ -151,6 +192,7 @@ impl World {
                     }
                     Effect::Fetch { id, url, range, record_url } => {
                         self.fetched.push((from, url.clone(), record_url.clone()));
+                        self.fetched_ranges.push(range);
                         let body = self.origin.segments.get(&url).cloned().ok_or_else(|| "404".to_owned());
                         let body = body.map(|b| match range {
                             Some((start, end)) => b.slice(start as usize..end as usize),
@@ -211,6 +253,55 @@ fn a_due_segment_comes_over_http_with_its_record_and_is_then_shared() {
 }
 
 #[test]
+fn byte_range_segments_come_from_their_range_with_their_own_record_and_are_shared() {
+    let mut world = World::with_byte_ranges(4, 100_000);
+    world.add(1, false);
+    world.add(2, false);
+    world.connect(1, 2);
+
+    let delivery = answer(world.fetch(1, 2, Duration::from_millis(100))).unwrap();
+    assert_eq!(delivery.concat(), segment_data(2, 100_000));
+    assert_eq!(delivery.from_http, 100_000);
+    let (_, fetched_url, record) = &world.fetched[0];
+    assert_eq!(fetched_url, SINGLE_FILE);
+    assert_eq!(world.fetched_ranges[0], Some((201_000, 301_000)), "segment 2's bytes of the file");
+    assert_eq!(record.as_deref(), Some("https://example.test/all.mp4.201000-301000.shoal"));
+
+    let second = world.fetch(2, 2, Duration::from_secs(10));
+    world.advance(Duration::from_secs(2));
+    let delivery = answer(second).unwrap();
+    assert_eq!((delivery.from_peers, delivery.from_http), (100_000, 0));
+    assert_eq!(delivery.concat(), segment_data(2, 100_000));
+}
+
+#[test]
+fn what_a_corrupting_uploader_left_missing_of_a_byte_range_comes_from_the_right_bytes() {
+    let mut world = World::with_byte_ranges(4, 100_000);
+    world.add(1, true);
+    world.add(2, false);
+    world.connect(1, 2);
+    answer(world.fetch(1, 1, Duration::from_millis(100))).unwrap();
+    let before = world.fetched.len();
+
+    let wanted = world.fetch(2, 1, Duration::from_secs(3));
+    world.advance(Duration::from_secs(4));
+    let delivery = answer(wanted).unwrap();
+    assert_eq!(delivery.concat(), segment_data(1, 100_000), "the player got segment 1's bytes");
+    assert!(delivery.from_http > 0);
+    // Part of a segment (what peers did not bring) is that part of the segment's range.
+    let location = &world.locations[1];
+    assert_eq!(location.file_range(Some((16_384, 32_768))), Some((117_384, 133_768)));
+    assert_eq!(location.file_range(None), Some((101_000, 201_000)));
+    assert_eq!(SegmentLocation::whole(url(1)).file_range(Some((5, 9))), Some((5, 9)));
+    let ranges = &world.fetched_ranges[before..];
+    assert!(!ranges.is_empty());
+    for range in ranges {
+        let (start, end) = range.expect("a byte-range segment is always fetched by range");
+        assert!((101_000..=201_000).contains(&start) && start < end && end <= 201_000, "{range:?} outside segment 1");
+    }
+}
+
+#[test]
 fn a_corrupting_uploader_is_cut_off_and_the_segment_still_arrives() {
     let mut world = World::new(4, 100_000);
     world.add(1, true);
@@ -234,7 +325,7 @@ fn a_segment_the_origin_lacks_fails_every_waiting_fetch() {
     world.add(1, false);
     let (reply, missing) = oneshot::channel();
     let now = world.now;
-    world.viewers.get_mut(&1).unwrap().fetch_segment(7, url(7), now, reply, now);
+    world.viewers.get_mut(&1).unwrap().fetch_segment(7, SegmentLocation::whole(url(7)), now, reply, now);
     world.pump();
     world.advance(Duration::from_secs(30));
     assert!(matches!(answer(missing), Err(ShoalError::SegmentUnavailable(_))));
@@ -278,12 +369,6 @@ fn bad_bytes_offered_by_the_page_are_refused() {
 }
 
 #[test]
-fn record_urls_keep_the_query_last() {
-    assert_eq!(record_url("https://a/b.ts", ".shoal"), "https://a/b.ts.shoal");
-    assert_eq!(record_url("https://a/b.ts?x=1&y=2", ".sig"), "https://a/b.ts.sig?x=1&y=2");
-}
-
-#[test]
 fn records_signed_for_another_swarm_id_are_refused_once_loudly_and_playback_goes_on() {
     let mut world = World::new(3, 50_000);
     // The publisher signed with `--swarm other/name`; the page joined SWARM.
@@ -292,7 +377,7 @@ fn records_signed_for_another_swarm_id_are_refused_once_loudly_and_playback_goes
     for n in 0..3 {
         let data = world.origin.segments[&url(n)].clone();
         let record = Arc::new(publisher.sign(SegmentRecord::for_data(other, SegmentId(n), &data, CHUNK)));
-        world.origin.records.insert(record_url(&url(n), ".shoal"), Message::Record { record }.to_frame());
+        world.origin.records.insert(record_url(&url(n), None, ".shoal"), Message::Record { record }.to_frame());
     }
     world.add(1, false);
     for n in 0..2 {

@@ -158,6 +158,7 @@ pub fn list(mpd: &str) -> Result<Vec<Representation>, String> {
                         Ok(ListedSegment {
                             sequence: number,
                             uri: format!("{base}{}", expand(media, &id, bandwidth, number)?),
+                            range: None,
                         })
                     })
                     .collect::<Result<_, String>>()
@@ -200,7 +201,7 @@ mod tests {
         assert_eq!(reps.len(), 2);
         assert_eq!(reps[0].id, "0");
         assert_eq!(reps[0].segments.len(), 30, "60 s of 2 s segments");
-        assert_eq!(reps[0].segments[0], ListedSegment { sequence: 1, uri: "seg-0-001.m4s".into() });
+        assert_eq!(reps[0].segments[0], ListedSegment { sequence: 1, uri: "seg-0-001.m4s".into(), range: None });
         assert_eq!(reps[0].segments[29].uri, "seg-0-030.m4s");
         // The set's template, the representation's BaseURL, a timeline of 3 + 1 segments.
         let audio: Vec<_> = reps[1].segments.iter().map(|s| (s.sequence, s.uri.as_str())).collect();

@@ -71,20 +71,47 @@ pub fn sign_segment(publisher: &Publisher, swarm: &str, sequence: u64, data: &[u
 pub struct ListedSegment {
     pub sequence: u64,
     pub uri: String,
+    /// Bytes `start..end` of `uri` (HLS `EXT-X-BYTERANGE`), or the whole file.
+    pub range: Option<(u64, u64)>,
 }
 
 /// The segments of an HLS media playlist: `EXT-X-MEDIA-SEQUENCE` (default 0) numbers
-/// the first, each URI line the next. Master playlists list no segments.
+/// the first, each URI line the next. Master playlists list no segments. A segment
+/// under `EXT-X-BYTERANGE:<length>[@<offset>]` is that range of its file; without an
+/// offset it starts where the previous range of the same file ended (RFC 8216 4.4.4.2);
+/// a range with no offset and no previous range of that file is skipped (the playlist
+/// is invalid there).
 pub fn parse_media_playlist(text: &str) -> Vec<ListedSegment> {
     let mut sequence = 0;
     let mut out = Vec::new();
+    let mut byte_range: Option<(u64, Option<u64>)> = None;
+    let mut previous_range_end: Option<(String, u64)> = None;
     for line in text.lines().map(str::trim).filter(|l| !l.is_empty()) {
         if let Some(value) = line.strip_prefix("#EXT-X-MEDIA-SEQUENCE:") {
             sequence = value.trim().parse().unwrap_or(0);
+        } else if let Some(value) = line.strip_prefix("#EXT-X-BYTERANGE:") {
+            let (length, offset) = match value.trim().split_once('@') {
+                Some((length, offset)) => (length.parse().ok(), offset.parse().ok().map(Some)),
+                None => (value.trim().parse().ok(), Some(None)),
+            };
+            byte_range = length.zip(offset);
         } else if line.starts_with("#EXT-X-STREAM-INF") {
             return Vec::new();
         } else if !line.starts_with('#') {
-            out.push(ListedSegment { sequence, uri: line.to_owned() });
+            let uri = line.to_owned();
+            let range = match byte_range.take() {
+                None => Some(None),
+                Some((length, offset)) => {
+                    let start = offset.or_else(|| {
+                        previous_range_end.as_ref().filter(|(previous, _)| *previous == uri).map(|(_, end)| *end)
+                    });
+                    start.and_then(|start| Some(Some((start, start.checked_add(length)?))))
+                }
+            };
+            if let Some(range) = range {
+                previous_range_end = range.map(|(_, end)| (uri.clone(), end));
+                out.push(ListedSegment { sequence, uri, range });
+            }
             sequence += 1;
         }
     }
@@ -163,18 +190,28 @@ fn sign_listed(
             continue;
         }
         let file = dir.join(path_part);
-        let record_path = PathBuf::from(format!("{}{RECORD_SUFFIX}", file.display()));
-        let modified = |p: &Path| fs::metadata(p).and_then(|m| m.modified()).ok();
-        let Some(segment_time) = modified(&file) else {
+        let record_path =
+            PathBuf::from(shoal_proto::record_url(&file.display().to_string(), segment.range, RECORD_SUFFIX));
+        let metadata = fs::metadata(&file).ok();
+        let Some(segment_time) = metadata.as_ref().and_then(|m| m.modified().ok()) else {
             report.skipped.push(segment.uri);
             continue;
         };
-        if modified(&record_path).is_some_and(|record_time| record_time >= segment_time) {
+        if segment.range.is_some_and(|(_, end)| metadata.is_some_and(|m| m.len() < end)) {
+            // The playlist lists bytes the file does not have (yet).
+            report.skipped.push(segment.uri);
+            continue;
+        }
+        let record_time = fs::metadata(&record_path).and_then(|m| m.modified()).ok();
+        if record_time.is_some_and(|record_time| record_time >= segment_time) {
             report.already_signed += 1;
             continue;
         }
-        let data = fs::read(&file)
-            .map_err(|source| NodeError::Io { context: format!("reading {}", file.display()), source })?;
+        let io = |source| NodeError::Io { context: format!("reading {}", file.display()), source };
+        let data = match segment.range {
+            None => fs::read(&file).map_err(io)?,
+            Some((start, end)) => read_range(&file, start, end).map_err(io)?,
+        };
         let frame = sign_segment(publisher, swarm, segment.sequence, &data, chunk_size);
         // Write then rename: a browser never fetches a half-written record.
         let tmp = record_path.with_extension("shoal.tmp");
@@ -184,6 +221,16 @@ fn sign_listed(
         report.signed.push(record_path);
     }
     Ok(())
+}
+
+/// Bytes `start..end` of the file at `path`.
+fn read_range(path: &Path, start: u64, end: u64) -> std::io::Result<Vec<u8>> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut file = fs::File::open(path)?;
+    file.seek(SeekFrom::Start(start))?;
+    let mut data = vec![0; usize::try_from(end - start).map_err(std::io::Error::other)?];
+    file.read_exact(&mut data)?;
+    Ok(data)
 }
 
 #[cfg(test)]
@@ -207,8 +254,8 @@ mod tests {
         assert_eq!(
             parse_media_playlist(text),
             vec![
-                ListedSegment { sequence: 41, uri: "a.ts".into() },
-                ListedSegment { sequence: 42, uri: "b.ts?x=1".into() }
+                ListedSegment { sequence: 41, uri: "a.ts".into(), range: None },
+                ListedSegment { sequence: 42, uri: "b.ts?x=1".into(), range: None }
             ]
         );
         assert!(parse_media_playlist("#EXTM3U\n#EXT-X-STREAM-INF:BANDWIDTH=1\nlow.m3u8\n").is_empty());
@@ -245,6 +292,51 @@ mod tests {
         // A second run finds everything signed.
         let again = sign_playlist(&publisher, "site/live", &playlist, Some(65536)).unwrap();
         assert_eq!((again.signed.len(), again.already_signed), (0, 2));
+    }
+
+    #[test]
+    fn byte_ranges_follow_the_previous_range_of_the_same_file() {
+        let text = "#EXTM3U\n#EXT-X-MAP:URI=\"all.mp4\",BYTERANGE=\"800@0\"\n#EXTINF:2,\n#EXT-X-BYTERANGE:1000@800\nall.mp4\n#EXTINF:2,\n#EXT-X-BYTERANGE:500\nall.mp4\n#EXTINF:2,\nwhole.ts\n#EXTINF:2,\n#EXT-X-BYTERANGE:10\nother.mp4\n#EXTINF:2,\n#EXT-X-BYTERANGE:7@3\nother.mp4\n";
+        let listed: Vec<_> = parse_media_playlist(text).into_iter().map(|s| (s.sequence, s.uri, s.range)).collect();
+        assert_eq!(
+            listed,
+            vec![
+                (0, "all.mp4".into(), Some((800, 1800))),
+                (1, "all.mp4".into(), Some((1800, 2300))),
+                (2, "whole.ts".into(), None),
+                // No offset and no earlier range of other.mp4: invalid, skipped (its
+                // number still counts).
+                (4, "other.mp4".into(), Some((3, 10))),
+            ]
+        );
+    }
+
+    #[test]
+    fn byte_range_segments_get_a_record_each_for_their_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let publisher = Publisher::from_secret([7; 32]);
+        let file: Vec<u8> = (0..30_000u32).map(|i| (i % 251) as u8).collect();
+        fs::write(dir.path().join("all.mp4"), &file).unwrap();
+        let playlist = dir.path().join("vod.m3u8");
+        fs::write(
+            &playlist,
+            "#EXTM3U\n#EXT-X-MEDIA-SEQUENCE:5\n#EXTINF:2,\n#EXT-X-BYTERANGE:10000@1000\nall.mp4\n#EXTINF:2,\n#EXT-X-BYTERANGE:19000\nall.mp4\n#EXTINF:2,\n#EXT-X-BYTERANGE:5000\nall.mp4\n",
+        )
+        .unwrap();
+        let report = sign_playlist(&publisher, "site/vod", &playlist, None).unwrap();
+        assert_eq!(report.signed.len(), 2);
+        assert_eq!(report.skipped, vec!["all.mp4".to_owned()], "bytes 30000..35000 are past the file's end");
+        let record = decode_record(&fs::read(dir.path().join("all.mp4.11000-30000.shoal")).unwrap());
+        publisher.public_key().verify(&StreamId::from_name("site/vod"), &record).unwrap();
+        assert_eq!((record.record.segment, record.record.size), (SegmentId(6), 19_000));
+        let expected = SegmentRecord::for_data(
+            StreamId::from_name("site/vod"),
+            SegmentId(6),
+            &file[11_000..],
+            record.record.chunk_size,
+        );
+        assert_eq!(record.record.chunk_hashes, expected.chunk_hashes, "the record hashes exactly the range's bytes");
+        assert!(dir.path().join("all.mp4.1000-11000.shoal").exists());
     }
 
     #[test]

@@ -201,6 +201,14 @@ mod tests {
     use super::*;
 
     #[test]
+    fn record_urls_keep_the_query_last_and_name_byte_ranges() {
+        assert_eq!(record_url("https://a/b.ts", None, ".shoal"), "https://a/b.ts.shoal");
+        assert_eq!(record_url("https://a/b.ts?x=1&y=2", None, ".sig"), "https://a/b.ts.sig?x=1&y=2");
+        assert_eq!(record_url("v/all.mp4", Some((1024, 4096)), ".shoal"), "v/all.mp4.1024-4096.shoal");
+        assert_eq!(record_url("all.mp4?t=1", Some((0, 10)), ".shoal"), "all.mp4.0-10.shoal?t=1");
+    }
+
+    #[test]
     fn requests_have_a_stable_json_shape() {
         let join = MembershipRequest::Join { swarm: "live/720p".into(), token: None };
         assert_eq!(serde_json::to_string(&join).unwrap(), r#"{"type":"join","swarm":"live/720p"}"#);
@@ -247,5 +255,18 @@ mod tests {
         assert_eq!(validate_swarm_id(""), Err(RefusalReason::BadSwarmId));
         assert_eq!(validate_swarm_id(&"x".repeat(MAX_SWARM_ID_LEN + 1)), Err(RefusalReason::BadSwarmId));
         assert!(validate_swarm_id("https://cdn.example/live/master.m3u8").is_ok());
+    }
+}
+
+/// Where a publisher's signed record of a segment is found: beside the segment, at its
+/// URL's path plus `suffix` (`.shoal` by default), any query kept last. A byte range of a
+/// file (an HLS `EXT-X-BYTERANGE` segment, bytes `start..end`, end exclusive) is a
+/// segment of its own: its record is at the file's path plus `.{start}-{end}` and the
+/// suffix, so a static host serves each range's record as a file of its own.
+pub fn record_url(segment_url: &str, range: Option<(u64, u64)>, suffix: &str) -> String {
+    let (path, query) = segment_url.split_at(segment_url.find('?').unwrap_or(segment_url.len()));
+    match range {
+        Some((start, end)) => format!("{path}.{start}-{end}{suffix}{query}"),
+        None => format!("{path}{suffix}{query}"),
     }
 }

@@ -100,7 +100,7 @@ fn run(command: Command) -> Result<(), shoal_node::NodeError> {
                     println!("signed {}", path.display());
                 }
                 for uri in &report.skipped {
-                    eprintln!("skipped {uri}: not a local file next to the playlist");
+                    eprintln!("skipped {uri}: not a local file next to the playlist, or a byte range past its end");
                 }
                 match watch {
                     Some(seconds) if seconds > 0.0 => std::thread::sleep(Duration::from_secs_f64(seconds)),
