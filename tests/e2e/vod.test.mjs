@@ -59,13 +59,27 @@ import { ShoalHls } from './pkg/hls.js';
 const params = new URLSearchParams(location.search);
 const vod = (window.vod = { started: false, waiting: 0, stalls: 0, fatal: [] });
 const shoal = await Shoal.create({ wellKnownUrl: params.get('wellKnown') });
-const integration = new ShoalHls(shoal, { publisherKey: params.get('key'), swarmId: '${SWARM}', live: false });
-const hls = new Hls({ ...integration.config(Hls), startPosition: Number(params.get('start')) });
+// One swarm per rendition: \`{rendition}\` in the swarm id stands for the directory of
+// the rendition's playlist (vod/low/stream.m3u8 -> low).
+const swarmTemplate = params.get('swarm');
+const swarmId = swarmTemplate.includes('{rendition}')
+  ? (url) => swarmTemplate.replace('{rendition}', new URL(url).pathname.split('/').slice(-2)[0])
+  : swarmTemplate;
+const integration = new ShoalHls(shoal, { publisherKey: params.get('key'), swarmId, live: false });
+const hls = new Hls({ ...integration.config(Hls), startPosition: Number(params.get('start')), startLevel: 0 });
 integration.attach(hls);
 const video = document.getElementById('video');
-hls.loadSource('./vod/stream.m3u8');
+hls.loadSource(params.get('src'));
 hls.attachMedia(video);
-hls.on(Hls.Events.MANIFEST_PARSED, () => video.play().catch(() => {}));
+hls.on(Hls.Events.MANIFEST_PARSED, () => {
+  // Renditions switch when the test says (at \`switchAt\` s of media), not when ABR would.
+  if (params.has('switchAt')) hls.loadLevel = 0;
+  video.play().catch(() => {});
+});
+const switchAt = Number(params.get('switchAt') ?? Infinity);
+video.addEventListener('timeupdate', () => {
+  if (video.currentTime >= switchAt && hls.loadLevel !== 1) hls.nextLevel = 1;
+});
 hls.on(Hls.Events.ERROR, (_e, data) => {
   if (data.details === Hls.ErrorDetails.BUFFER_STALLED_ERROR) vod.stalls += 1;
   if (data.fatal) vod.fatal.push(data.details);
@@ -73,39 +87,79 @@ hls.on(Hls.Events.ERROR, (_e, data) => {
 video.addEventListener('playing', () => { vod.started = true; });
 video.addEventListener('waiting', () => { if (vod.started) vod.waiting += 1; });
 vod.read = () => {
-  const swarm = shoal.stats().pieces['${SWARM}'] ?? {};
+  const swarms = Object.fromEntries(Object.entries(shoal.stats().pieces).map(([id, s]) => [id, {
+    fromPeers: s.bytesFromPeers, fromHttp: s.bytesFromHttp, rejected: s.chunksRejected,
+  }]));
+  const sum = (key) => Object.values(swarms).reduce((total, s) => total + s[key], 0);
   return {
     started: vod.started, waiting: vod.waiting, stalls: vod.stalls, fatal: vod.fatal,
-    currentTime: video.currentTime, fromPeers: swarm.bytesFromPeers ?? 0, fromHttp: swarm.bytesFromHttp ?? 0,
-    rejected: swarm.chunksRejected ?? 0, fallbacks: integration.segments.fallbacks,
+    currentTime: video.currentTime, fromPeers: sum('fromPeers'), fromHttp: sum('fromHttp'),
+    rejected: sum('rejected'), fallbacks: integration.segments.fallbacks, swarms,
+    level: hls.currentLevel, bandwidthEstimate: hls.bandwidthEstimate,
   };
 };
 window.vodReady = true;
 </script>
 `;
 
-async function vodTest(t, shape) {
+/**
+ * A static site with the player page and, under vod/, what `prepare(dir)` writes there;
+ * the publisher signs each playlist `sign` lists (`[path under vod/, swarm]`) with
+ * `shoal-sign`, as the README tells a site to. Then a node and a browser; `open(params)`
+ * opens a viewer.
+ */
+async function startSite(t, prepare, sign) {
   const site = mkdtempSync(join(tmpdir(), 'shoal-vod-'));
   t.after(() => rmSync(site, { recursive: true, force: true }));
-  let ranges = null;
-  if (shape === 'byte-range') {
-    ranges = writeSingleFile(join(ROOT, 'target/demo-media/fmp4'), join(site, 'vod'));
-  } else {
-    cpSync(join(ROOT, 'target/demo-media'), join(site, 'vod'), { recursive: true });
-  }
+  const prepared = prepare(join(site, 'vod'));
   cpSync(join(ROOT, 'pkg'), join(site, 'pkg'), { recursive: true });
   cpSync(join(ROOT, 'web/vendor/hls.min.js'), join(site, 'hls.min.js'));
   writeFileSync(join(site, 'index.html'), PAGE);
 
-  // The publisher side, as the README tells a site to do it.
   mkdirSync(join(site, 'keys'));
-  const sign = join(ROOT, 'target/release/shoal-sign');
+  const tool = join(ROOT, 'target/release/shoal-sign');
   const keyFile = join(site, 'keys/publisher.key');
-  const publicKey = execFileSync(sign, ['keygen', '--key', keyFile], { encoding: 'utf8' }).trim().split(/\s+/).pop();
+  const publicKey = execFileSync(tool, ['keygen', '--key', keyFile], { encoding: 'utf8' }).trim().split(/\s+/).pop();
   assert.match(publicKey, /^[0-9a-f]{64}$/, 'shoal-sign prints the public key');
-  const signed = execFileSync(sign, ['playlist', '--key', keyFile, '--swarm', SWARM, join(site, 'vod/stream.m3u8')], { encoding: 'utf8' });
-  assert.equal(signed.split('\n').filter((l) => l.startsWith('signed ')).length, 30, 'every segment of the rendition signed');
+  for (const [playlist, swarm] of sign) {
+    const signed = execFileSync(tool, ['playlist', '--key', keyFile, '--swarm', swarm, join(site, 'vod', playlist)], { encoding: 'utf8' });
+    assert.equal(signed.split('\n').filter((l) => l.startsWith('signed ')).length, 30, `every segment of ${playlist} signed`);
+  }
   rmSync(join(site, 'keys'), { recursive: true });
+
+  const origin = await serveDir(site);
+  const { node, browser } = await startNodeAndBrowser(t);
+  t.after(() => origin.close());
+  const context = await newContext(browser, node);
+  const open = async (params) => {
+    const page = await context.newPage();
+    page.on('pageerror', (error) => console.error(`[vod tab ${JSON.stringify(params)}] ${error.stack ?? error}`));
+    const query = new URLSearchParams({ wellKnown: `${node.url}/.well-known/shoal.json`, key: publicKey, ...params });
+    await page.goto(`${origin.url}/index.html?${query}`);
+    await page.waitForFunction(() => window.vodReady === true);
+    return page;
+  };
+  return { site, prepared, open };
+}
+
+const read = (page) => page.evaluate(() => window.vod.read());
+
+function assertPlayedClean(tabs) {
+  for (const [i, r] of tabs.entries()) {
+    assert.equal(r.waiting, 0, `tab ${i}: no waiting`);
+    assert.equal(r.stalls, 0, `tab ${i}: no buffer stall`);
+    assert.deepEqual(r.fatal, [], `tab ${i}: no fatal error`);
+    assert.equal(r.rejected, 0, `tab ${i}: every chunk matched the site's signatures`);
+  }
+}
+
+async function vodTest(t, shape) {
+  const prepare = (dir) => {
+    if (shape === 'byte-range') return writeSingleFile(join(ROOT, 'target/demo-media/fmp4'), dir);
+    cpSync(join(ROOT, 'target/demo-media'), dir, { recursive: true });
+    return null;
+  };
+  const { site, prepared: ranges, open } = await startSite(t, prepare, [['stream.m3u8', SWARM]]);
   if (ranges) {
     // One record per range, named by its bytes, and none for the file as a whole.
     for (const [start, end] of ranges) {
@@ -113,41 +167,23 @@ async function vodTest(t, shape) {
     }
     assert.equal(readdirSync(join(site, 'vod')).filter((f) => f.endsWith('.shoal')).length, ranges.length);
   }
-
-  const origin = await serveDir(site);
-  const { node, browser } = await startNodeAndBrowser(t);
-  t.after(() => origin.close());
-  const context = await newContext(browser, node);
-  const open = async (start) => {
-    const page = await context.newPage();
-    page.on('pageerror', (error) => console.error(`[vod tab @${start}s] ${error.stack ?? error}`));
-    const query = new URLSearchParams({ wellKnown: `${node.url}/.well-known/shoal.json`, key: publicKey, start: String(start) });
-    await page.goto(`${origin.url}/index.html?${query}`);
-    await page.waitForFunction(() => window.vodReady === true);
-    return page;
-  };
-  const read = (page) => page.evaluate(() => window.vod.read());
+  const viewer = (start) => open({ src: './vod/stream.m3u8', swarm: SWARM, start: String(start) });
 
   // The first viewer watches from the start and, with hls.js's 30 s forward buffer,
   // soon holds most of the first minute. (The first 6 s after any start position come
   // over HTTP; see ShoalHls.deadlineFor.)
-  const first = await open(0);
+  const first = await viewer(0);
   await waitFor(async () => (await read(first)).currentTime >= 20, { timeout: 60000, message: 'the first viewer to play 20 s' });
   // Two more: one from the start, one from 20 s in (inside what the first one holds).
-  const fromStart = await open(0);
-  const fromMiddle = await open(20);
+  const fromStart = await viewer(0);
+  const fromMiddle = await viewer(20);
   const later = [fromStart, fromMiddle];
   await waitFor(async () => (await Promise.all(later.map(read))).every((r) => r.started), { timeout: 30000, message: 'the later viewers to start' });
   await sleep(20000);
 
   const tabs = await Promise.all([first, ...later].map(read));
   console.log(tabs.map((r, i) => `tab ${i}: at ${r.currentTime.toFixed(1)} s, ${(r.fromPeers / 1e6).toFixed(2)} MB from peers, ${(r.fromHttp / 1e6).toFixed(2)} MB over HTTP`).join('\n'));
-  for (const [i, r] of tabs.entries()) {
-    assert.equal(r.waiting, 0, `tab ${i}: no waiting`);
-    assert.equal(r.stalls, 0, `tab ${i}: no buffer stall`);
-    assert.deepEqual(r.fatal, [], `tab ${i}: no fatal error`);
-    assert.equal(r.rejected, 0, `tab ${i}: every chunk matched the site's signatures`);
-  }
+  assertPlayedClean(tabs);
   assert.ok(tabs[1].currentTime >= 15 && tabs[2].currentTime >= 35, 'the later viewers played on from where they started');
   // What the first viewer already had reaches the viewer behind it mostly from peers.
   const behind = tabs[1];
@@ -158,3 +194,47 @@ async function vodTest(t, shape) {
 test('VOD from a site that signs its own segments: viewers at different positions share, no stall', (t) => vodTest(t, 'files'));
 
 test('VOD of byte-range segments in one fMP4 file: each range shares under its own record, no stall', (t) => vodTest(t, 'byte-range'));
+
+test('a master playlist with two renditions: a swarm each, viewers switching rendition share in both, no stall', async (t) => {
+  // Two renditions of the same media (a test needs two swarms and a switch between
+  // them, not two encodings), each signed for its own swarm.
+  const MASTER = [
+    '#EXTM3U',
+    '#EXT-X-STREAM-INF:BANDWIDTH=600000,RESOLUTION=640x360',
+    'low/stream.m3u8',
+    '#EXT-X-STREAM-INF:BANDWIDTH=1200000,RESOLUTION=640x360',
+    'high/stream.m3u8',
+    '',
+  ].join('\n');
+  const prepare = (dir) => {
+    const media = join(ROOT, 'target/demo-media');
+    for (const rendition of ['low', 'high']) {
+      mkdirSync(join(dir, rendition), { recursive: true });
+      for (const file of readdirSync(media).filter((f) => f.endsWith('.ts') || f.endsWith('.m3u8'))) {
+        cpSync(join(media, file), join(dir, rendition, file));
+      }
+    }
+    writeFileSync(join(dir, 'master.m3u8'), MASTER);
+  };
+  const swarms = { low: 'site.test/vod/low', high: 'site.test/vod/high' };
+  const { open } = await startSite(t, prepare, [['low/stream.m3u8', swarms.low], ['high/stream.m3u8', swarms.high]]);
+  // Each viewer plays the low rendition, then switches to the high one at 10 s.
+  const viewer = () => open({ src: './vod/master.m3u8', swarm: 'site.test/vod/{rendition}', start: '0', switchAt: '10' });
+
+  const first = await viewer();
+  await waitFor(async () => (await read(first)).currentTime >= 24, { timeout: 60000, message: 'the first viewer to play 24 s' });
+  const second = await viewer();
+  await waitFor(async () => (await read(second)).currentTime >= 22, { timeout: 60000, message: 'the second viewer to play 22 s' });
+
+  const tabs = await Promise.all([first, second].map(read));
+  console.log(tabs.map((r, i) => `tab ${i}: at ${r.currentTime.toFixed(1)} s, level ${r.level}, per swarm ${JSON.stringify(r.swarms)}, hls.js bandwidth estimate ${Math.round(r.bandwidthEstimate / 1000)} kbit/s`).join('\n'));
+  assertPlayedClean(tabs);
+  for (const [i, r] of tabs.entries()) {
+    assert.equal(r.level, 1, `tab ${i} plays the high rendition after the switch`);
+    assert.deepEqual(Object.keys(r.swarms).sort(), Object.values(swarms).sort(), `tab ${i} joined one swarm per rendition`);
+  }
+  // The second viewer got each rendition's segments from the first one.
+  for (const swarm of Object.values(swarms)) {
+    assert.ok(tabs[1].swarms[swarm].fromPeers > 0, `the second viewer got ${swarm} segments from peers: ${JSON.stringify(tabs[1].swarms)}`);
+  }
+});
