@@ -51,12 +51,17 @@ const PAGE = `<!doctype html>
 <meta charset="utf-8">
 <link rel="icon" href="data:,">
 <video id="video" muted playsinline></video>
-<script src="./hls.min.js"></script>
 <script type="module">
 import { Shoal } from './pkg/index.js';
 import { ShoalHls } from './pkg/hls.js';
 
 const params = new URLSearchParams(location.search);
+// The newest hls.js, or the oldest the package's peerDependencies admit.
+await new Promise((resolve, reject) => {
+  const script = Object.assign(document.createElement('script'), { onload: resolve, onerror: reject });
+  script.src = params.get('hls') === 'oldest' ? './hls-oldest.min.js' : './hls.min.js';
+  document.head.append(script);
+});
 const vod = (window.vod = { started: false, waiting: 0, stalls: 0, fatal: [] });
 const shoal = await Shoal.create({ wellKnownUrl: params.get('wellKnown') });
 // One swarm per rendition: \`{rendition}\` in the swarm id stands for the directory of
@@ -114,6 +119,7 @@ async function startSite(t, prepare, sign) {
   const prepared = prepare(join(site, 'vod'));
   cpSync(join(ROOT, 'pkg'), join(site, 'pkg'), { recursive: true });
   cpSync(join(ROOT, 'web/vendor/hls.min.js'), join(site, 'hls.min.js'));
+  cpSync(join(ROOT, 'web/vendor/hls-oldest.min.js'), join(site, 'hls-oldest.min.js'));
   writeFileSync(join(site, 'index.html'), PAGE);
 
   mkdirSync(join(site, 'keys'));
@@ -153,12 +159,15 @@ function assertPlayedClean(tabs) {
   }
 }
 
+/** Writes one rendition of the demo media under `dir` in `shape`; the byte ranges if any. */
+function writeShape(shape, dir) {
+  if (shape === 'byte-range') return writeSingleFile(join(ROOT, 'target/demo-media/fmp4'), dir);
+  cpSync(join(ROOT, shape === 'fmp4' ? 'target/demo-media/fmp4' : 'target/demo-media'), dir, { recursive: true });
+  return null;
+}
+
 async function vodTest(t, shape) {
-  const prepare = (dir) => {
-    if (shape === 'byte-range') return writeSingleFile(join(ROOT, 'target/demo-media/fmp4'), dir);
-    cpSync(join(ROOT, 'target/demo-media'), dir, { recursive: true });
-    return null;
-  };
+  const prepare = (dir) => writeShape(shape, dir);
   const { site, prepared: ranges, open } = await startSite(t, prepare, [['stream.m3u8', SWARM]]);
   if (ranges) {
     // One record per range, named by its bytes, and none for the file as a whole.
@@ -238,3 +247,25 @@ test('a master playlist with two renditions: a swarm each, viewers switching ren
     assert.ok(tabs[1].swarms[swarm].fromPeers > 0, `the second viewer got ${swarm} segments from peers: ${JSON.stringify(tabs[1].swarms)}`);
   }
 });
+
+// The rest of the matrix of player versions and stream shapes, as VOD: two viewers from
+// the start, the second while the first is 16 s in; the second gets segments from the
+// first. (Live: the newest hls.js plays MPEG-TS and fMP4 in video.test.mjs, the oldest
+// fMP4 there too; live byte-range streams are not covered.)
+for (const [hls, shape] of [['oldest', 'ts'], ['oldest', 'fmp4'], ['oldest', 'byte-range'], ['newest', 'fmp4']]) {
+  const version = hls === 'oldest' ? 'hls.js 1.5.0' : 'hls.js 1.7';
+  test(`VOD matrix: ${version} x ${shape}: starts, plays with no stall, shares`, async (t) => {
+    const { open } = await startSite(t, (dir) => writeShape(shape, dir), [['stream.m3u8', SWARM]]);
+    const viewer = () => open({ src: './vod/stream.m3u8', swarm: SWARM, start: '0', hls });
+    const first = await viewer();
+    await waitFor(async () => (await read(first)).currentTime >= 16, { timeout: 60000, message: 'the first viewer to play 16 s' });
+    const second = await viewer();
+    await waitFor(async () => (await read(second)).currentTime >= 14, { timeout: 60000, message: 'the second viewer to play 14 s' });
+    const tabs = await Promise.all([first, second].map(read));
+    const version = await second.evaluate(() => window.Hls.version);
+    console.log(`hls.js ${version}, ${shape}: ` + tabs.map((r, i) => `tab ${i} at ${r.currentTime.toFixed(1)} s, ${(r.fromPeers / 1e6).toFixed(2)} MB from peers, ${(r.fromHttp / 1e6).toFixed(2)} MB over HTTP`).join('; '));
+    if (hls === 'oldest') assert.equal(version, '1.5.0', 'the oldest hls.js peerDependencies admit');
+    assertPlayedClean(tabs);
+    assert.ok(tabs[1].fromPeers > 0, `the second viewer got segments from the first: ${JSON.stringify(tabs[1])}`);
+  });
+}
