@@ -1,11 +1,11 @@
-// End-to-end: the packed npm package, installed the way a user installs it, works from a
-// Vite production build and from a plain `<script type="module">` page. One tab of each
-// joins the same swarm; they connect directly and exchange gossip.
+// End-to-end: the packed npm package, installed the way a user installs it, works from
+// Vite, webpack and esbuild production builds and from a plain `<script type="module">`
+// page. A tab of each joins the same swarm; they connect directly and exchange gossip.
 
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
-import { mkdtempSync, mkdirSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { copyFileSync, mkdtempSync, mkdirSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { ROOT, serveDir, startNodeAndBrowser, newContext, waitFor } from './harness.mjs';
@@ -28,7 +28,7 @@ window.app = {
 window.appReady = true;
 `;
 
-test('the packed npm package works from a Vite build and from a plain page', async (t) => {
+test('the packed npm package works from Vite, webpack and esbuild builds and from a plain page', async (t) => {
   const work = mkdtempSync(join(tmpdir(), 'shoal-package-'));
   t.after(() => rmSync(work, { recursive: true, force: true }));
 
@@ -56,6 +56,27 @@ test('the packed npm package works from a Vite build and from a plain page', asy
   const assets = readdirSync(join(app, 'vite-dist/assets'));
   assert.ok(assets.some((f) => f.endsWith('.wasm')), `Vite emitted the wasm module as an asset (${assets.join(', ')})`);
 
+  // webpack 5 production build: it turns `new URL('shoal_bg.wasm', import.meta.url)` in
+  // the package into an emitted asset, as Vite does.
+  writeFileSync(join(app, 'webpack-main.js'), appSource('shoal'));
+  const { default: webpack } = await import('webpack');
+  const stats = await new Promise((resolve, reject) => webpack({
+    mode: 'production', context: app, entry: './webpack-main.js',
+    output: { path: join(app, 'webpack-dist'), filename: 'main.js', publicPath: 'auto', clean: true },
+  }, (error, result) => (error ? reject(error) : resolve(result))));
+  assert.ok(!stats.hasErrors(), `webpack built the app: ${stats.toString('errors-only')}`);
+  const webpackAssets = readdirSync(join(app, 'webpack-dist'));
+  assert.ok(webpackAssets.some((f) => f.endsWith('.wasm')), `webpack emitted the wasm module (${webpackAssets.join(', ')})`);
+  writeFileSync(join(app, 'webpack-dist/index.html'), '<!doctype html><link rel="icon" href="data:,"><script src="./main.js"></script>');
+
+  // esbuild bundles the JS and leaves `import.meta.url` alone: the wasm is copied next to
+  // the bundle, as the README says.
+  writeFileSync(join(app, 'esbuild-main.js'), appSource('shoal'));
+  const esbuild = await import('esbuild');
+  await esbuild.build({ entryPoints: [join(app, 'esbuild-main.js')], bundle: true, format: 'esm', minify: true, outfile: join(app, 'esbuild-dist/main.js'), logLevel: 'silent' });
+  copyFileSync(join(app, 'node_modules/shoal/shoal_bg.wasm'), join(app, 'esbuild-dist/shoal_bg.wasm'));
+  writeFileSync(join(app, 'esbuild-dist/index.html'), '<!doctype html><link rel="icon" href="data:,"><script type="module" src="./main.js"></script>');
+
   // The plain page imports the installed files directly, no bundler.
   writeFileSync(join(app, 'plain.html'), `<!doctype html><link rel="icon" href="data:,"><script type="module">${appSource('./node_modules/shoal/index.js')}</script>`);
 
@@ -63,8 +84,9 @@ test('the packed npm package works from a Vite build and from a plain page', asy
   const { node, browser } = await startNodeAndBrowser(t);
   t.after(() => site.close());
   const context = await newContext(browser, node);
+  const paths = ['/vite-dist/index.html', '/webpack-dist/index.html', '/esbuild-dist/index.html', '/plain.html'];
   const pages = [];
-  for (const path of ['/vite-dist/index.html', '/plain.html']) {
+  for (const path of paths) {
     const page = await context.newPage();
     page.on('pageerror', (error) => console.error(`[${path}] ${error.stack ?? error}`));
     page.on('console', (msg) => msg.type() === 'error' && console.error(`[${path}] ${msg.text()}`));
@@ -79,17 +101,22 @@ test('the packed npm package works from a Vite build and from a plain page', asy
   const wellKnownUrl = `${node.url}/.well-known/shoal.json`;
   const ids = [];
   for (const page of pages) ids.push(await page.evaluate((url) => window.app.start(url), wellKnownUrl));
+  // Every build's page reaches the plain page directly.
+  const plain = pages.length - 1;
   await waitFor(async () => {
-    const [a, b] = await Promise.all(pages.map((p) => p.evaluate(() => window.app.peers())));
-    return a.includes(ids[1]) && b.includes(ids[0]);
-  }, { timeout: 20000, message: 'the Vite page and the plain page to connect directly' });
+    const peers = await Promise.all(pages.map((p) => p.evaluate(() => window.app.peers())));
+    return pages.every((_, i) => i === plain || (peers[i].includes(ids[plain]) && peers[plain].includes(ids[i])));
+  }, { timeout: 30000, message: 'the Vite, webpack and esbuild pages to connect directly to the plain page' });
 
-  // Both directions, retried until the subscriptions have propagated.
-  for (const [from, to] of [[0, 1], [1, 0]]) {
-    const text = `hello from ${from}`;
-    await waitFor(async () => {
-      await pages[from].evaluate((text) => window.app.publish(text).catch(() => {}), text);
-      return (await pages[to].evaluate(() => window.app.received)).includes(text);
-    }, { timeout: 15000, interval: 500, message: `gossip from page ${from} to page ${to}` });
+  // Both directions between each build and the plain page, retried until the
+  // subscriptions have propagated.
+  for (let built = 0; built < plain; built += 1) {
+    for (const [from, to] of [[built, plain], [plain, built]]) {
+      const text = `hello from ${paths[from]} to ${paths[to]}`;
+      await waitFor(async () => {
+        await pages[from].evaluate((text) => window.app.publish(text).catch(() => {}), text);
+        return (await pages[to].evaluate(() => window.app.received)).includes(text);
+      }, { timeout: 15000, interval: 500, message: `gossip from ${paths[from]} to ${paths[to]}` });
+    }
   }
 });
