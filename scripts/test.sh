@@ -21,7 +21,7 @@ cargo_status=${PIPESTATUS[0]}
 
 # The browser crates only fully compile for wasm32: lint them there too (warnings fail).
 echo "== cargo clippy (wasm32)"
-cargo clippy --release -p shoal-browser -p shoal-webrtc --target wasm32-unknown-unknown -- -D warnings
+cargo clippy --release -p shoal-browser -p shoal-webrtc -p shoal-sign-wasm --target wasm32-unknown-unknown -- -D warnings
 clippy_status=$?
 
 # The engine under hostile input, built for wasm32 (32-bit usize) and run in Node.

@@ -41,9 +41,27 @@ test('the packed npm package works from Vite, webpack and esbuild builds and fro
   writeFileSync(join(app, 'package.json'), JSON.stringify({ name: 'app', private: true, type: 'module', dependencies: { shoal: `file:../${tarball}` } }));
   execFileSync('npm', ['install', '--offline', '--no-audit', '--no-fund', '--silent'], { cwd: app, stdio: 'pipe' });
   const installed = readdirSync(join(app, 'node_modules/shoal')).sort();
-  for (const file of ['index.js', 'index.d.ts', 'integration.js', 'hls.js', 'shaka.js', 'shaka.d.ts', 'shoal.js', 'shoal_bg.wasm', 'package.json']) {
+  for (const file of ['index.js', 'index.d.ts', 'integration.js', 'hls.js', 'shaka.js', 'shaka.d.ts', 'shoal.js', 'shoal_bg.wasm', 'sign.js', 'sign.d.ts', 'shoal_sign.js', 'shoal_sign_bg.wasm', 'package.json']) {
     assert.ok(installed.includes(file), `the package ships ${file} (has ${installed.join(', ')})`);
   }
+
+  // `shoal/sign` from Node.js, as a packager imports it: a record, the public key, a
+  // record URL, and a clear error for bad input.
+  const signScript = `
+    import { generateSecretKey, publicKey, recordUrl, signSegment } from 'shoal/sign';
+    const secretKey = generateSecretKey();
+    const record = signSegment({ secretKey, swarm: 'site.test/live', sequence: 7, data: new Uint8Array(50000).fill(3) });
+    let error = null;
+    try { signSegment({ secretKey: secretKey.subarray(1), swarm: 'x', sequence: 1, data: new Uint8Array(9) }); } catch (e) { error = { code: e.code, message: e.message }; }
+    console.log(JSON.stringify({ key: publicKey(secretKey), recordBytes: record.length, url: recordUrl('seg7.m4s?t=1'), ranged: recordUrl('all.mp4', { range: [100, 200] }), error }));
+  `;
+  const signed = JSON.parse(execFileSync('node', ['--input-type=module', '-e', signScript], { cwd: app, encoding: 'utf8' }));
+  assert.match(signed.key, /^[0-9a-f]{64}$/);
+  assert.ok(signed.recordBytes > 100, `a record frame (${signed.recordBytes} bytes)`);
+  assert.equal(signed.url, 'seg7.m4s.shoal?t=1');
+  assert.equal(signed.ranged, 'all.mp4.100-200.shoal');
+  assert.equal(signed.error?.code, 'invalid-argument');
+  assert.match(signed.error?.message, /32 bytes/);
 
   // Vite production build of an app that imports 'shoal' (and 'shoal/hls', which must
   // resolve through the package's exports map).

@@ -7,6 +7,7 @@
 //! thousands of peers).
 //!
 //! - [`integrity`]: publisher-signed segment records with per-chunk BLAKE3 hashes;
+//! - [`publish`]: the record frame a publisher serves beside each segment;
 //! - [`availability`]: compact sets of segment ids;
 //! - [`codec`]: the length-prefixed framing every Shoal stream protocol uses;
 //! - [`wire`]: the piece-exchange messages and their bounded binary encoding;
@@ -20,6 +21,7 @@ pub mod config;
 pub mod engine;
 pub mod gossip;
 pub mod integrity;
+pub mod publish;
 pub mod time;
 pub mod vecmap;
 pub mod wire;

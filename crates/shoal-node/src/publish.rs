@@ -9,12 +9,10 @@
 use std::{
     fs,
     path::{Path, PathBuf},
-    sync::Arc,
 };
 
-use bytes::{Bytes, BytesMut};
-use shoal_core::integrity::chunk_size_for;
-use shoal_core::{Message, Publisher, PublisherKey, SegmentId, SegmentRecord, StreamId};
+use bytes::Bytes;
+use shoal_core::{Publisher, PublisherKey};
 
 use crate::NodeError;
 
@@ -58,12 +56,7 @@ pub fn unix_ms_now() -> u64 {
 /// `chunk_size` is the unit peers verify and exchange; `None` picks it from the
 /// segment's size ([`chunk_size_for`]).
 pub fn sign_segment(publisher: &Publisher, swarm: &str, sequence: u64, data: &[u8], chunk_size: Option<u32>) -> Bytes {
-    let chunk_size = chunk_size.unwrap_or_else(|| chunk_size_for(data.len() as u64));
-    let record = SegmentRecord::for_data(StreamId::from_name(swarm), SegmentId(sequence), data, chunk_size)
-        .published_at(unix_ms_now());
-    let mut frame = BytesMut::new();
-    Message::Record { record: Arc::new(publisher.sign(record)) }.encode(&mut frame);
-    frame.freeze()
+    shoal_core::publish::record_frame(publisher, swarm, sequence, data, chunk_size, unix_ms_now())
 }
 
 /// A media segment listed by a playlist, with its media sequence number.
@@ -235,7 +228,9 @@ fn read_range(path: &Path, start: u64, end: u64) -> std::io::Result<Vec<u8>> {
 
 #[cfg(test)]
 mod tests {
-    use shoal_core::wire::FrameDecoder;
+    use std::sync::Arc;
+
+    use shoal_core::{Message, SegmentId, SegmentRecord, StreamId, wire::FrameDecoder};
 
     use super::*;
 
