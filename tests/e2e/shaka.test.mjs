@@ -11,6 +11,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { ROOT, newContext, serveDir, startNodeAndBrowser, waitFor } from './harness.mjs';
+import { writeSingleFile } from './media.mjs';
 import { describe, measurePlayback, openViewers, readTab } from './video-harness.mjs';
 
 function assertClean(result) {
@@ -91,7 +92,8 @@ const vod = (window.vod = { started: false, startedAt: 0, waiting: 0, stalls: 0,
 const plain = params.get('shoal') === '0';
 const shoal = plain ? null : await Shoal.create({ wellKnownUrl: params.get('wellKnown') });
 const player = new shaka.Player();
-const integration = plain ? { segments: { fallbacks: 0 } } : new ShoalShaka(shoal, { publisherKey: params.get('key'), swarmId: '${DASH_SWARM}', live: false }).attach(player, shaka);
+const swarmId = params.get('swarm') ?? '${DASH_SWARM}';
+const integration = plain ? { segments: { fallbacks: 0 } } : new ShoalShaka(shoal, { publisherKey: params.get('key'), swarmId, live: false }).attach(player, shaka);
 const video = document.getElementById('video');
 player.addEventListener('error', (e) => vod.errors.push(e.detail?.code));
 player.addEventListener('buffering', (e) => {
@@ -103,7 +105,7 @@ player.addEventListener('buffering', (e) => {
 video.addEventListener('playing', () => { if (!vod.started) vod.startedAt = performance.now(); vod.started = true; });
 video.addEventListener('waiting', () => { if (vod.started) vod.waiting += 1; });
 await player.attach(video);
-await player.load('./dash/stream.mpd', Number(params.get('start')));
+await player.load(params.get('src') ?? './dash/stream.mpd', Number(params.get('start')));
 video.play().catch(() => {});
 vod.read = () => {
   const pieces = shoal ? shoal.stats().pieces : {};
@@ -178,4 +180,50 @@ test('Shaka Player, DASH VOD signed with shoal-sign mpd: one swarm per represent
   }
   assert.ok(tabs[1].fromPeers > tabs[1].fromHttp, `the viewer behind got most of its bytes from peers: ${JSON.stringify(tabs[1])}`);
   assert.ok(tabs[2].fromPeers > 0, 'the viewer in the middle got some from peers');
+});
+
+test('Shaka Player, HLS VOD of byte-range segments (one fMP4 file): each range shared under its own record, no stall', async (t) => {
+  const site = mkdtempSync(join(tmpdir(), 'shoal-shaka-ranges-'));
+  t.after(() => rmSync(site, { recursive: true, force: true }));
+  const ranges = writeSingleFile(join(ROOT, 'target/demo-media/fmp4'), join(site, 'vod'));
+  cpSync(join(ROOT, 'pkg'), join(site, 'pkg'), { recursive: true });
+  cpSync(join(ROOT, 'web/vendor/shaka-player.compiled.js'), join(site, 'shaka-player.compiled.js'));
+  writeFileSync(join(site, 'index.html'), DASH_PAGE);
+  const swarm = 'site.test/vod/ranges';
+  const sign = join(ROOT, 'target/release/shoal-sign');
+  const keyFile = join(site, 'publisher.key');
+  const publicKey = execFileSync(sign, ['keygen', '--key', keyFile], { encoding: 'utf8' }).trim().split(/\s+/).pop();
+  const signed = execFileSync(sign, ['playlist', '--key', keyFile, '--swarm', swarm, join(site, 'vod/stream.m3u8')], { encoding: 'utf8' });
+  assert.equal(signed.split('\n').filter((l) => l.startsWith('signed ')).length, ranges.length, 'a record per range');
+  rmSync(keyFile);
+
+  const origin = await serveDir(site);
+  const { node, browser } = await startNodeAndBrowser(t);
+  t.after(() => origin.close());
+  const context = await newContext(browser, node);
+  const open = async () => {
+    const page = await context.newPage();
+    page.on('pageerror', (error) => console.error(`[shaka ranges] ${error.stack ?? error}`));
+    const query = new URLSearchParams({ wellKnown: `${node.url}/.well-known/shoal.json`, key: publicKey, start: '0', src: './vod/stream.m3u8', swarm });
+    await page.goto(`${origin.url}/index.html?${query}`);
+    await page.waitForFunction(() => window.vodReady === true, { timeout: 30000 });
+    return page;
+  };
+  const read = (page) => page.evaluate(() => window.vod.read());
+  const first = await open();
+  await waitFor(async () => (await read(first)).currentTime >= 16, { timeout: 60000, message: 'the first viewer to play 16 s' });
+  const second = await open();
+  await waitFor(async () => (await read(second)).currentTime >= 14, { timeout: 60000, message: 'the second viewer to play 14 s' });
+  const tabs = await Promise.all([first, second].map(read));
+  console.log(tabs.map((r, i) => `Shaka byte ranges, tab ${i}: at ${r.currentTime.toFixed(1)} s, ${(r.fromPeers / 1e6).toFixed(2)} MB from peers, ${(r.fromHttp / 1e6).toFixed(2)} MB over HTTP, stalls ${r.stalls}`).join('\n'));
+  for (const [i, r] of tabs.entries()) {
+    const detail = `tab ${i}: ${JSON.stringify(r)}`;
+    assert.deepEqual(r.swarms, [swarm], detail);
+    assert.equal(r.stalls + r.waiting, 0, detail);
+    assert.deepEqual(r.errors, [], detail);
+    assert.equal(r.rejected + r.recordsRefused, 0, detail);
+    assert.equal(r.fallbacks, 0, detail);
+  }
+  assert.ok(tabs[0].fromHttp > 0, 'the first viewer fetched the ranges through Shoal');
+  assert.ok(tabs[1].fromPeers > tabs[1].fromHttp, `the second viewer got most of its bytes from the first: ${JSON.stringify(tabs[1])}`);
 });

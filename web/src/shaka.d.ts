@@ -43,7 +43,7 @@ export class ShoalShaka {
 }
 
 /** Each media segment of an HLS media playlist; null if `text` is not one. */
-export function parseMediaPlaylist(text: string, url: string): { id: number; url: string; byteRange: boolean }[] | null;
+export function parseMediaPlaylist(text: string, url: string): { id: number; url: string; range?: [number, number] }[] | null;
 
 /**
  * Each representation of a DASH manifest whose `SegmentTemplate` numbers segments: a

@@ -53,15 +53,18 @@ function httpPlugin(shaka) {
 }
 
 /**
- * Each media segment of an HLS media playlist: its media sequence number and absolute
- * URL, and whether it is a byte range (those stay on HTTP). Null if `text` is not a
- * media playlist.
+ * Each media segment of an HLS media playlist: its media sequence number, absolute URL,
+ * and for a byte-range segment (`EXT-X-BYTERANGE:<length>[@<offset>]`) its `range`,
+ * `[start, end)` of that URL (without an offset it follows the previous range of the
+ * same URL; with neither, it is left out). Null if `text` is not a media playlist.
+ * The same listing as `shoal-sign playlist` (crates/shoal-node/src/publish.rs).
  */
 export function parseMediaPlaylist(text, url) {
   if (!text.startsWith('#EXTM3U') || !text.includes('#EXTINF')) return null;
   let sequence = 0;
   let inSegment = false;
-  let byteRange = false;
+  let byteRange = null;
+  let previousEnd = null;
   const segments = [];
   for (const raw of text.split('\n')) {
     const line = raw.trim();
@@ -70,16 +73,38 @@ export function parseMediaPlaylist(text, url) {
       sequence = Number.parseInt(line.slice('#EXT-X-MEDIA-SEQUENCE:'.length), 10) || 0;
     } else if (line.startsWith('#EXTINF')) {
       inSegment = true;
-    } else if (line.startsWith('#EXT-X-BYTERANGE')) {
-      byteRange = true;
+    } else if (line.startsWith('#EXT-X-BYTERANGE:')) {
+      const [length, offset] = line.slice('#EXT-X-BYTERANGE:'.length).split('@');
+      byteRange = { length: Number(length), offset: offset === undefined ? null : Number(offset) };
     } else if (!line.startsWith('#') && inSegment) {
-      segments.push({ id: sequence, url: new URL(line, url).href, byteRange });
+      const href = new URL(line, url).href;
+      if (!byteRange) {
+        segments.push({ id: sequence, url: href });
+      } else {
+        const start = byteRange.offset ?? (previousEnd?.url === href ? previousEnd.end : null);
+        if (start !== null && Number.isSafeInteger(start) && Number.isSafeInteger(byteRange.length) && byteRange.length > 0) {
+          const range = [start, start + byteRange.length];
+          segments.push({ id: sequence, url: href, range });
+          previousEnd = { url: href, end: range[1] };
+        }
+      }
       sequence += 1;
       inSegment = false;
-      byteRange = false;
+      byteRange = null;
     }
   }
   return segments;
+}
+
+/** How a segment is known: its URL, and `start-end` for a byte range of it. */
+const segmentKey = (url, range) => (range ? `${url} ${range[0]}-${range[1]}` : url);
+
+/** A request's `Range: bytes=a-b` header as `[a, b + 1)`, null without one, undefined if unreadable. */
+function requestRange(headers) {
+  const value = headers?.Range ?? headers?.range;
+  if (!value) return null;
+  const m = /^bytes=(\d+)-(\d+)$/.exec(value);
+  return m ? [Number(m[1]), Number(m[2]) + 1] : undefined;
 }
 
 /** The first child element of `node` named `name`. */
@@ -216,7 +241,7 @@ export class ShoalShaka extends PlayerIntegration {
     const url = response.uri;
     const segments = parseMediaPlaylist(text, url);
     if (segments) {
-      this.#remember(url, null, segments.filter((s) => !s.byteRange));
+      this.#remember(url, null, segments);
       return;
     }
     const representations = parseMpd(text, url);
@@ -232,9 +257,10 @@ export class ShoalShaka extends PlayerIntegration {
   #remember(url, rep, segments) {
     const playlist = [];
     for (const segment of segments) {
-      this.#known.delete(segment.url);
-      this.#known.set(segment.url, { playlist: url, rep, id: segment.id });
-      playlist.push({ id: segment.id, url: segment.url });
+      const key = segmentKey(segment.url, segment.range);
+      this.#known.delete(key);
+      this.#known.set(key, { playlist: url, rep, id: segment.id, range: segment.range ?? null });
+      playlist.push(segment.range ? { id: segment.id, url: segment.url, range: segment.range } : { id: segment.id, url: segment.url });
     }
     while (this.#known.size > MAX_KNOWN_SEGMENTS) this.#known.delete(this.#known.keys().next().value);
     this.#playlists.set(`${url}#${rep ?? ''}`, { url, rep, playlist });
@@ -244,13 +270,13 @@ export class ShoalShaka extends PlayerIntegration {
     this.shoal.setPlaylist(swarm, playlist);
   }
 
-  /** What a segment URL is, if a playlist or manifest named it. */
-  #lookup(url) {
-    const known = this.#known.get(url);
-    if (known) return known;
+  /** What a segment URL (bytes `range` of it) is, if a playlist or manifest named it. */
+  #lookup(url, range) {
+    const known = this.#known.get(segmentKey(url, range));
+    if (known || range) return known ?? null;
     for (const { playlist, rep, pattern } of this.#patterns) {
       const m = pattern.exec(url);
-      if (m) return { playlist, rep, id: Number(m[1]) };
+      if (m) return { playlist, rep, id: Number(m[1]), range: null };
     }
     return null;
   }
@@ -258,16 +284,18 @@ export class ShoalShaka extends PlayerIntegration {
   /** Marks a known media segment for Shoal; leaves the rest to Shaka. */
   #route(request, context) {
     delete request.shoalFetch;
-    const known = this.#lookup(request.uris[request.attempt % request.uris.length]);
+    // A byte-range segment is known by its URL and range; an open or odd range stays on HTTP.
+    const range = requestRange(request.headers);
+    if (range === undefined) return;
+    const known = this.#lookup(request.uris[request.attempt % request.uris.length], range);
     if (!known || context?.type === this.shakaLib.net.NetworkingEngine.AdvancedRequestType?.INIT_SEGMENT) return;
-    if (request.headers?.Range || request.headers?.range) return;
     // The first media segment starts the clock for Shoal's own start.
     this.scheduleStart(this.player.getMediaElement());
     if (!this.shoal || !this.options.publisherKey) return;
     const bypass = this.shedding;
     const start = context?.segment?.startTime;
     const deadline = typeof start === 'number' ? this.deadlineFor(start) : performance.now();
-    request.shoalFetch = { integration: this, swarm: this.swarmFor(known.playlist, known.rep), id: known.id, start, deadline, bypass };
+    request.shoalFetch = { integration: this, swarm: this.swarmFor(known.playlist, known.rep), id: known.id, range: known.range, start, deadline, bypass };
     // Shoal's deadline, and its HTTP fallback, decide when a segment is late; Shaka's
     // timers would abort a peer fetch that is on time. (While shedding, Shaka's own.)
     if (!bypass) request.retryParameters = { ...request.retryParameters, connectionTimeout: 0, stallTimeout: 0 };
@@ -290,7 +318,7 @@ export class ShoalShaka extends PlayerIntegration {
     const started = performance.now();
     let aborted = false;
     let fallback = null;
-    const promise = shoal.fetchSegment(job.swarm, job.id, uri, job.deadline).then(
+    const promise = shoal.fetchSegment(job.swarm, job.id, uri, job.deadline, job.range ?? undefined).then(
       (result) => {
         if (aborted) throw abortedError(shaka);
         const end = performance.now();
