@@ -1,7 +1,8 @@
 // End-to-end: the demo's live stream played by Shaka Player (5.x, its own HLS parser and
 // transmuxer) through `shoal/shaka`, segments shared over real WebRTC, integrity checked
-// against the node's signatures; Shaka and hls.js viewers sharing one swarm; and a DASH
-// VOD stream a site signed with `shoal-sign mpd`, served by a static server.
+// against the node's signatures; the demo's live DASH stream (video and audio, a swarm
+// each); Shaka and hls.js viewers sharing one swarm; a DASH VOD stream a site signed
+// with `shoal-sign mpd`, and an HLS stream of byte ranges, served by a static server.
 
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -52,6 +53,25 @@ test('Shaka Player plays the MPEG-TS rendition through Shoal (its own transmuxer
   console.log(describe(result));
   assertClean(result);
   assert.ok(result.offload >= 0.5, describe(result));
+});
+
+test('Shaka Player plays the live DASH stream (video and audio, a swarm each) and shares both', async (t) => {
+  const { node, browser } = await startNodeAndBrowser(t);
+  const { pages } = await openViewers(browser, node, { tabs: 4, query: 'format=dash' });
+  const result = await measurePlayback(pages, { warmup: 15000, measure: 20000 });
+  console.log(describe(result));
+  assertClean(result);
+  assert.ok(result.offload >= 0.6, describe(result));
+  // Every tab joined the two representations' swarms, and each swarm's segments crossed
+  // between tabs.
+  const swarms = await Promise.all(pages.map((p) => p.evaluate(() => window.shoalDemo.shoal.stats().pieces)));
+  for (const [i, pieces] of swarms.entries()) {
+    assert.deepEqual(Object.keys(pieces).sort(), ['shoal-demo/dash/0', 'shoal-demo/dash/1'], `tab ${i}: a swarm per representation`);
+    assert.equal(Object.values(pieces).reduce((n, s) => n + s.chunksRejected + s.recordsRefused, 0), 0, `tab ${i}: every chunk and record verified`);
+  }
+  for (const swarm of ['shoal-demo/dash/0', 'shoal-demo/dash/1']) {
+    assert.ok(swarms.some((pieces) => pieces[swarm].bytesFromPeers > 0), `${swarm}: segments from peers`);
+  }
 });
 
 test('Shaka Player and hls.js viewers of one stream share segments with each other', async (t) => {

@@ -34,9 +34,9 @@ use shoal_core::Publisher;
 use crate::{NodeError, fmp4, publish};
 
 /// Segments listed in the live playlist.
-const WINDOW: u64 = 6;
+pub(crate) const WINDOW: u64 = 6;
 /// Records kept signed.
-const RECORD_CACHE: usize = 64;
+pub(crate) const RECORD_CACHE: usize = 64;
 
 struct Segment {
     data: Bytes,

@@ -204,6 +204,8 @@ fn stamps(segment: &[u8], trex: &BTreeMap<u32, (u32, u32)>) -> Result<(Vec<Fragm
 pub struct Looped {
     /// Per track: the length of one pass over all segments, in its timescale.
     loop_length: BTreeMap<u32, u64>,
+    /// Per track: the decode time its first segment starts at, in its timescale.
+    first: BTreeMap<u32, u64>,
     /// Per segment, in loop order.
     stamps: Vec<Vec<Stamp>>,
 }
@@ -227,7 +229,12 @@ impl Looped {
         }
         let loop_length =
             end.iter().map(|(track, e)| (*track, e.saturating_sub(first.get(track).copied().unwrap_or(0)))).collect();
-        Ok(Self { loop_length, stamps: all })
+        Ok(Self { loop_length, first, stamps: all })
+    }
+
+    /// Where track `track`'s first segment starts (its decode time in pass 0).
+    pub fn first_decode_time(&self, track: u32) -> Option<u64> {
+        self.first.get(&track).copied()
     }
 
     /// Segment `index` of the loop (`segment`, as given to [`Looped::new`]) as it plays

@@ -15,6 +15,7 @@
 
 pub mod config;
 pub mod dash;
+mod dash_live;
 mod demo;
 mod federation;
 mod fmp4;
@@ -174,6 +175,13 @@ impl Node {
                 let demo = Arc::new(demo::DemoStream::load(&dir, &key, egress.clone())?);
                 tracing::info!(segments_dir = %dir.display(), publisher = %demo.public_key_hex(), "serving a demo live stream at {}", demo.playlist_path());
                 extra_routes = extra_routes.merge(demo.router());
+            }
+            // The same content as live DASH (video and audio), from `dir/dash` when present.
+            let dash = dir.join("dash");
+            if dash.join("stream.mpd").exists() {
+                let live = Arc::new(dash_live::DashLive::load(&dash, &key, egress.clone())?);
+                tracing::info!(segments_dir = %dash.display(), "serving a demo live DASH stream at /demo/dash/stream.mpd");
+                extra_routes = extra_routes.merge(live.router());
             }
         }
         let well_known = Arc::new(RwLock::new(WellKnown {
