@@ -88,6 +88,9 @@ export async function measurePlayback(pages, { warmup, measure, onMeasureStart =
     fromHttp,
     waiting: after.reduce((n, t) => n + t.waiting, 0),
     stalls: after.reduce((n, t) => n + t.stalls, 0),
+    // The same over the measured part only (after the warm-up).
+    waitingMeasured: after.reduce((n, t, i) => n + t.waiting - before[i].waiting, 0),
+    stallsMeasured: after.reduce((n, t, i) => n + t.stalls - before[i].stalls, 0),
     fatal: after.flatMap((t) => t.fatal),
     errors: after.flatMap((t) => t.errors),
     fallbacks: after.reduce((n, t) => n + t.fallbacks, 0),

@@ -21,7 +21,7 @@ export interface ShoalHlsOptions {
 export class ShoalHls {
   /**
    * @param shoal a started `Shoal`, a promise of one, or a function returning one (or a
-   *   promise of one) that is called once playback has started (or 3 s after hls.js
+   *   promise of one) that is called once playback has started with 3 s of media buffered ahead (or 3 s after hls.js
    *   buffered its first fragment, if it has not), so that Shoal's download, compile and
    *   connection never compete with the start of playback.
    */

@@ -21,6 +21,22 @@ const PROCESSING_DECAY = 0.9;
 const MAX_PROCESSING_MS = 4000;
 /** A factory waits for playback this long after the first segment, at most. */
 const START_FALLBACK_MS = 3000;
+/**
+ * Once playing, the factory waits until this much media is buffered ahead (or
+ * START_FALLBACK_MS has passed): the wasm compile and the node connection take the main
+ * thread for a moment, which a player holding one segment may not survive.
+ */
+const START_BUFFER_S = 3;
+
+/** Seconds of media buffered ahead of the playhead. */
+function bufferedAhead(media) {
+  const ranges = media?.buffered;
+  if (!ranges) return 0;
+  for (let i = 0; i < ranges.length; i++) {
+    if (ranges.start(i) <= media.currentTime + 0.1 && media.currentTime < ranges.end(i)) return ranges.end(i) - media.currentTime;
+  }
+  return 0;
+}
 /** Deliveries remembered while they wait to be buffered (aborted ones never are). */
 const MAX_DELIVERIES = 16;
 
@@ -53,7 +69,7 @@ export class PlayerIntegration {
 
   /**
    * @param shoal a started `Shoal`; a promise of one; or a function returning one (or a
-   *   promise of one), called once playback has started (or 3 s after the first segment,
+   *   promise of one), called once playback has started with 3 s of media buffered ahead (or 3 s after the first segment,
    *   if it has not), so that the wasm download and compile and the node connection
    *   never compete with the first frame.
    * @param options `publisherKey` (required to exchange segments), `swarmId`, `live`,
@@ -86,9 +102,9 @@ export class PlayerIntegration {
   onShoalReady(_shoal) {}
 
   /**
-   * Calls the factory, once, when playback has started on `media` (or after
-   * START_FALLBACK_MS if it has not by then: autoplay blocked, nothing to compete with).
-   * Subclasses call it when the first segment is in.
+   * Calls the factory, once, when playback has started on `media` with START_BUFFER_S
+   * buffered ahead (or after START_FALLBACK_MS if not by then: autoplay blocked, nothing
+   * to compete with). Subclasses call it when the first segment is in.
    */
   scheduleStart(media) {
     if (!this.#factory || this.#startScheduled) return;
@@ -99,11 +115,16 @@ export class PlayerIntegration {
       this.#factory = null;
       this.#adopt(Promise.resolve().then(factory));
     };
-    if (typeof media?.addEventListener !== 'function' || (!media.paused && media.readyState >= 3)) {
+    if (typeof media?.addEventListener !== 'function') {
       start();
       return;
     }
-    media.addEventListener('playing', start, { once: true });
+    const whenBuffered = () => {
+      if (!this.#factory) return;
+      if (!media.paused && media.readyState >= 3 && bufferedAhead(media) >= START_BUFFER_S) start();
+      else setTimeout(whenBuffered, 250);
+    };
+    whenBuffered();
     setTimeout(start, START_FALLBACK_MS);
   }
 
