@@ -177,28 +177,10 @@ impl<P: PeerKey> Engine<P> {
             _ => self.typical_segment_size(),
         };
         // Room for the slowest recent fetch and a retry, and for a hedge to go out when
-        // the first copy is late and still arrive. What other HTTP fetches still bring
-        // shares our downlink with it: at worst it arrives after them; and a hedge shares
-        // it with the late copy it duplicates.
-        let shared = missing + self.http_backlog(id);
-        let retry = self.http.worst_time(shared) + self.http.expected_time(missing);
-        let hedged = self.http.hedge_delay(missing) + self.http.worst_time(shared + missing);
+        // the first copy is late and still arrive.
+        let retry = self.http.worst_time(missing) + self.http.expected_time(missing);
+        let hedged = self.http.hedge_delay(missing) + self.http.worst_time(missing);
         deadline - self.config.urgent_window.max(retry).max(hedged)
-    }
-
-    /// Bytes HTTP fetches of segments other than `id` are bringing now (whole, as if none
-    /// had begun: the engine does not see a fetch's progress).
-    fn http_backlog(&self, id: SegmentId) -> u64 {
-        let typical = self.typical_segment_size();
-        self.http
-            .inflight
-            .values()
-            .filter(|f| f.segment != id)
-            .map(|f| {
-                let size = self.segments.get(f.segment).and_then(|s| s.record.as_ref()).map_or(typical, |r| r.record.size);
-                f.bytes(size)
-            })
-            .sum()
     }
 
     /// Size of the segments seen so far (for planning before a record is known).
