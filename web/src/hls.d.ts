@@ -21,9 +21,9 @@ export interface ShoalHlsOptions {
 export class ShoalHls {
   /**
    * @param shoal a started `Shoal`, a promise of one, or a function returning one (or a
-   *   promise of one) that is called once playback has started with 3 s of media buffered ahead (or 3 s after hls.js
-   *   buffered its first fragment, if it has not), so that Shoal's download, compile and
-   *   connection never compete with the start of playback.
+   *   promise of one) that is called once playback has started with 3 s of media
+   *   buffered ahead (or 3 s after hls.js buffered its first fragment, if it has not), so
+   *   that Shoal's download, compile and connection never compete with the start.
    */
   constructor(shoal: Shoal | Promise<Shoal> | (() => Shoal | Promise<Shoal>) | null, options?: ShoalHlsOptions);
   /** The Shoal in use; null until it is ready (and if it failed to start). */

@@ -29,9 +29,9 @@ export class ShoalHls extends PlayerIntegration {
 
   /**
    * @param shoal a started `Shoal`; a promise of one; or a function returning one (or a
-   *   promise of one), called once playback has started with 3 s of media buffered ahead (or 3 s after hls.js buffered
-   *   its first fragment, if it has not), so that the wasm download and compile and the
-   *   node connection never compete with the first frame.
+   *   promise of one), called once playback has started with 3 s of media buffered
+   *   ahead (or 3 s after hls.js buffered its first fragment, if it has not), so that the
+   *   wasm download and compile and the node connection never compete with the start.
    *   Until it is ready, fragments come over HTTP through hls.js's own loader.
    * @param options `publisherKey` (required to exchange segments), `swarmId` (string, or
    *   function of the level playlist URL; default: that URL without query), `live`,

@@ -69,9 +69,9 @@ export class PlayerIntegration {
 
   /**
    * @param shoal a started `Shoal`; a promise of one; or a function returning one (or a
-   *   promise of one), called once playback has started with 3 s of media buffered ahead (or 3 s after the first segment,
-   *   if it has not), so that the wasm download and compile and the node connection
-   *   never compete with the first frame.
+   *   promise of one), called once playback has started with 3 s of media buffered
+   *   ahead (or 3 s after the first segment, if it has not), so that the wasm download
+   *   and compile and the node connection never compete with the start.
    * @param options `publisherKey` (required to exchange segments), `swarmId`, `live`,
    *   `recordSuffix`, `urgentWindowMs`
    */

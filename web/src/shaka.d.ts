@@ -17,8 +17,8 @@ export type ShoalShakaOptions = Omit<ShoalHlsOptions, 'swarmId'> & {
 export class ShoalShaka {
   /**
    * @param shoal a started `Shoal`, a promise of one, or a function returning one (or a
-   *   promise of one) that is called once playback has started with 3 s of media buffered ahead (or 3 s after the first
-   *   media segment arrived, if it has not).
+   *   promise of one) that is called once playback has started with 3 s of media
+   *   buffered ahead (or 3 s after the first media segment arrived, if it has not).
    */
   constructor(shoal: Shoal | Promise<Shoal> | (() => Shoal | Promise<Shoal>) | null, options?: ShoalShakaOptions);
   readonly shoal: Shoal | null;

@@ -197,9 +197,9 @@ export class ShoalShaka extends PlayerIntegration {
 
   /**
    * @param shoal a started `Shoal`; a promise of one; or a function returning one (or a
-   *   promise of one), called once playback has started with 3 s of media buffered ahead (or 3 s after the first media
-   *   segment arrived, if it has not), so the wasm download and compile and the node
-   *   connection never compete with the first frame.
+   *   promise of one), called once playback has started with 3 s of media buffered
+   *   ahead (or 3 s after the first media segment arrived, if it has not), so the wasm
+   *   download and compile and the node connection never compete with the start.
    * @param options `publisherKey` (required to exchange segments), `swarmId` (string, or
    *   function of the media playlist URL; default: that URL without query), `live`,
    *   `recordSuffix`, `urgentWindowMs` — as `ShoalHls`.
