@@ -72,12 +72,13 @@ pub struct ListedSegment {
 /// the first, each URI line the next. Master playlists list no segments. A segment
 /// under `EXT-X-BYTERANGE:<length>[@<offset>]` is that range of its file; without an
 /// offset it starts where the previous range of the same file ended (RFC 8216 4.4.4.2);
-/// a range with no offset and no previous range of that file is skipped (the playlist
-/// is invalid there).
+/// a range with no offset and no previous range of that file, or one that does not parse
+/// or is empty, is skipped (the playlist is invalid there).
 pub fn parse_media_playlist(text: &str) -> Vec<ListedSegment> {
     let mut sequence = 0;
     let mut out = Vec::new();
-    let mut byte_range: Option<(u64, Option<u64>)> = None;
+    // The `EXT-X-BYTERANGE` of the next segment: (length, offset), or `None` if invalid.
+    let mut byte_range: Option<Option<(u64, Option<u64>)>> = None;
     let mut previous_range_end: Option<(String, u64)> = None;
     for line in text.lines().map(str::trim).filter(|l| !l.is_empty()) {
         if let Some(value) = line.strip_prefix("#EXT-X-MEDIA-SEQUENCE:") {
@@ -87,14 +88,15 @@ pub fn parse_media_playlist(text: &str) -> Vec<ListedSegment> {
                 Some((length, offset)) => (length.parse().ok(), offset.parse().ok().map(Some)),
                 None => (value.trim().parse().ok(), Some(None)),
             };
-            byte_range = length.zip(offset);
+            byte_range = Some(length.filter(|l: &u64| *l > 0).zip(offset));
         } else if line.starts_with("#EXT-X-STREAM-INF") {
             return Vec::new();
         } else if !line.starts_with('#') {
             let uri = line.to_owned();
             let range = match byte_range.take() {
                 None => Some(None),
-                Some((length, offset)) => {
+                Some(None) => None,
+                Some(Some((length, offset))) => {
                     let start = offset.or_else(|| {
                         previous_range_end.as_ref().filter(|(previous, _)| *previous == uri).map(|(_, end)| *end)
                     });
@@ -291,7 +293,7 @@ mod tests {
 
     #[test]
     fn byte_ranges_follow_the_previous_range_of_the_same_file() {
-        let text = "#EXTM3U\n#EXT-X-MAP:URI=\"all.mp4\",BYTERANGE=\"800@0\"\n#EXTINF:2,\n#EXT-X-BYTERANGE:1000@800\nall.mp4\n#EXTINF:2,\n#EXT-X-BYTERANGE:500\nall.mp4\n#EXTINF:2,\nwhole.ts\n#EXTINF:2,\n#EXT-X-BYTERANGE:10\nother.mp4\n#EXTINF:2,\n#EXT-X-BYTERANGE:7@3\nother.mp4\n";
+        let text = "#EXTM3U\n#EXT-X-MAP:URI=\"all.mp4\",BYTERANGE=\"800@0\"\n#EXTINF:2,\n#EXT-X-BYTERANGE:1000@800\nall.mp4\n#EXTINF:2,\n#EXT-X-BYTERANGE:500\nall.mp4\n#EXTINF:2,\nwhole.ts\n#EXTINF:2,\n#EXT-X-BYTERANGE:10\nother.mp4\n#EXTINF:2,\n#EXT-X-BYTERANGE:7@3\nother.mp4\n#EXTINF:2,\n#EXT-X-BYTERANGE:x@1\nall.mp4\n#EXTINF:2,\n#EXT-X-BYTERANGE:0@5\nall.mp4\n#EXTINF:2,\nlast.ts\n";
         let listed: Vec<_> = parse_media_playlist(text).into_iter().map(|s| (s.sequence, s.uri, s.range)).collect();
         assert_eq!(
             listed,
@@ -302,6 +304,8 @@ mod tests {
                 // No offset and no earlier range of other.mp4: invalid, skipped (its
                 // number still counts).
                 (4, "other.mp4".into(), Some((3, 10))),
+                // Unreadable and empty ranges are skipped too, never taken as whole files.
+                (7, "last.ts".into(), None),
             ]
         );
     }
