@@ -80,8 +80,8 @@ window.vodReady = true;
 
 /**
  * Signs every segment of the media playlist at `path` for `swarm` from Node.js, as a
- * packager written in JS would (`shoal/sign`): reads the playlist, signs each segment (or
- * byte range) with its media sequence number, writes each record at its record URL.
+ * packager written in JS would (`shoal/sign`): reads the playlist, signs each segment (a
+ * whole file here) with its media sequence number, writes each record at its record URL.
  */
 async function signFromNode(secretKey, swarm, path) {
   const { signSegment, recordUrl } = await import('../../pkg/sign.js');
