@@ -54,21 +54,17 @@ struct PlaylistEntry {
 /// A segment's place: `url`, or bytes `[start, end)` of it.
 fn segment_location(url: String, range: Option<(f64, f64)>) -> Result<SegmentLocation, ShoalError> {
     let Some((start, end)) = range else { return Ok(SegmentLocation::whole(url)) };
-    let whole = |x: f64| x >= 0.0 && x.fract() == 0.0 && x <= 2f64.powi(53);
-    if !whole(start) || !whole(end) || end <= start {
-        return Err(ShoalError::InvalidArgument(format!(
+    match (shoal_proto::js_whole_number(start), shoal_proto::js_whole_number(end)) {
+        (Some(start), Some(end)) if start < end => Ok(SegmentLocation { url, range: Some((start, end)) }),
+        _ => Err(ShoalError::InvalidArgument(format!(
             "byte range [{start}, {end}) is not [start, end) with whole numbers 0 ≤ start < end"
-        )));
+        ))),
     }
-    Ok(SegmentLocation { url, range: Some((start as u64, end as u64)) })
 }
 
 fn segment_id(id: f64) -> Result<u64, ShoalError> {
-    if id >= 0.0 && id.fract() == 0.0 && id <= 2f64.powi(53) {
-        Ok(id as u64)
-    } else {
-        Err(ShoalError::InvalidArgument(format!("segment id {id} is not a whole number ≥ 0")))
-    }
+    shoal_proto::js_whole_number(id)
+        .ok_or_else(|| ShoalError::InvalidArgument(format!("segment id {id} is not a whole number ≥ 0")))
 }
 
 #[wasm_bindgen]

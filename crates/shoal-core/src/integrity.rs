@@ -196,6 +196,11 @@ impl PublisherKey {
         self.0.to_bytes()
     }
 
+    /// The key as pages are given it (`publisherKey`): 64 lower-case hex characters.
+    pub fn to_hex(&self) -> String {
+        self.to_bytes().iter().map(|b| format!("{b:02x}")).collect()
+    }
+
     /// Checks a record: consistent, for `stream`, signed by this publisher.
     pub fn verify(&self, stream: &StreamId, signed: &SignedRecord) -> Result<(), IntegrityError> {
         if signed.record.stream != *stream {

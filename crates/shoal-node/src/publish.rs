@@ -12,7 +12,7 @@ use std::{
 };
 
 use bytes::Bytes;
-use shoal_core::{Publisher, PublisherKey};
+use shoal_core::Publisher;
 
 use crate::NodeError;
 
@@ -36,11 +36,6 @@ pub fn load_or_create_secret(path: &Path) -> Result<[u8; 32], NodeError> {
     let secret: [u8; 32] = rand::random();
     crate::identity::write_private(path, &secret)?;
     Ok(secret)
-}
-
-/// The public key pages pass as `publisherKey`, as 64 hex characters.
-pub fn public_key_hex(key: &PublisherKey) -> String {
-    key.to_bytes().iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Milliseconds since the Unix epoch, now: what a record is stamped with.

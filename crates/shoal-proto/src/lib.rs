@@ -196,6 +196,26 @@ pub const WELL_KNOWN_VERSION: u32 = 1;
 /// Path of the well-known document.
 pub const WELL_KNOWN_PATH: &str = "/.well-known/shoal.json";
 
+/// Where a publisher's signed record of a segment is found: beside the segment, at its
+/// URL's path plus `suffix` (`.shoal` by default), any query kept last. A byte range of a
+/// file (an HLS `EXT-X-BYTERANGE` segment, bytes `start..end`, end exclusive) is a
+/// segment of its own: its record is at the file's path plus `.{start}-{end}` and the
+/// suffix, so a static host serves each range's record as a file of its own.
+pub fn record_url(segment_url: &str, range: Option<(u64, u64)>, suffix: &str) -> String {
+    let (path, query) = segment_url.split_at(segment_url.find('?').unwrap_or(segment_url.len()));
+    match range {
+        Some((start, end)) => format!("{path}.{start}-{end}{suffix}{query}"),
+        None => format!("{path}{suffix}{query}"),
+    }
+}
+
+/// A number from JavaScript as a `u64`, if it is one exactly: a whole number from 0 to
+/// 2^53 (beyond that, JS numbers skip integers). Segment ids, byte offsets and
+/// timestamps that pages and Node.js scripts pass are checked with it.
+pub fn js_whole_number(value: f64) -> Option<u64> {
+    (value >= 0.0 && value.fract() == 0.0 && value <= 2f64.powi(53)).then_some(value as u64)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -251,22 +271,18 @@ mod tests {
     }
 
     #[test]
+    fn js_whole_numbers_are_exact_u64s() {
+        assert_eq!(js_whole_number(0.0), Some(0));
+        assert_eq!(js_whole_number(2f64.powi(53)), Some(1 << 53));
+        for bad in [-1.0, 0.5, f64::NAN, f64::INFINITY, 2f64.powi(54)] {
+            assert_eq!(js_whole_number(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
     fn swarm_ids_are_bounded() {
         assert_eq!(validate_swarm_id(""), Err(RefusalReason::BadSwarmId));
         assert_eq!(validate_swarm_id(&"x".repeat(MAX_SWARM_ID_LEN + 1)), Err(RefusalReason::BadSwarmId));
         assert!(validate_swarm_id("https://cdn.example/live/master.m3u8").is_ok());
-    }
-}
-
-/// Where a publisher's signed record of a segment is found: beside the segment, at its
-/// URL's path plus `suffix` (`.shoal` by default), any query kept last. A byte range of a
-/// file (an HLS `EXT-X-BYTERANGE` segment, bytes `start..end`, end exclusive) is a
-/// segment of its own: its record is at the file's path plus `.{start}-{end}` and the
-/// suffix, so a static host serves each range's record as a file of its own.
-pub fn record_url(segment_url: &str, range: Option<(u64, u64)>, suffix: &str) -> String {
-    let (path, query) = segment_url.split_at(segment_url.find('?').unwrap_or(segment_url.len()));
-    match range {
-        Some((start, end)) => format!("{path}.{start}-{end}{suffix}{query}"),
-        None => format!("{path}{suffix}{query}"),
     }
 }

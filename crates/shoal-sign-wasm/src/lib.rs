@@ -21,11 +21,8 @@ fn publisher(secret_key: &[u8]) -> Result<Publisher, JsError> {
 }
 
 fn whole_number(name: &str, value: f64) -> Result<u64, JsError> {
-    if value >= 0.0 && value.fract() == 0.0 && value <= 2f64.powi(53) {
-        Ok(value as u64)
-    } else {
-        Err(JsError::new(&format!("{name} must be a whole number ≥ 0, not {value}")))
-    }
+    shoal_proto::js_whole_number(value)
+        .ok_or_else(|| JsError::new(&format!("{name} must be a whole number ≥ 0, not {value}")))
 }
 
 /// The record frame to serve at segment `sequence`'s record URL: see
@@ -65,7 +62,7 @@ pub fn sign_segment(
 /// The public key pages pass as `publisherKey` (64 hex characters) for a secret key.
 #[wasm_bindgen(js_name = publicKeyOf)]
 pub fn public_key_of(secret_key: &[u8]) -> Result<String, JsError> {
-    Ok(publisher(secret_key)?.public_key().to_bytes().iter().map(|b| format!("{b:02x}")).collect())
+    Ok(publisher(secret_key)?.public_key().to_hex())
 }
 
 /// Where a segment's record is served (see `shoal_proto::record_url`); `range_end` 0

@@ -86,11 +86,11 @@ fn run(command: Command) -> Result<(), shoal_node::NodeError> {
     match command {
         Command::Keygen { key } => {
             let publisher = Publisher::from_secret(publish::load_or_create_secret(&key)?);
-            println!("{}", publish::public_key_hex(&publisher.public_key()));
+            println!("{}", publisher.public_key().to_hex());
         }
         Command::PublicKey { key } => {
             let publisher = Publisher::from_secret(publish::load_secret(&key)?);
-            println!("{}", publish::public_key_hex(&publisher.public_key()));
+            println!("{}", publisher.public_key().to_hex());
         }
         Command::Playlist { sign: SignArgs { key, swarm, chunk_size }, watch, playlist } => {
             let publisher = Publisher::from_secret(publish::load_secret(&key)?);
