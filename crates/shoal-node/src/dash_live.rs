@@ -15,8 +15,8 @@ use std::{
     fmt::Write as _,
     fs,
     path::Path,
-    sync::{Arc, Mutex},
-    time::{Duration, Instant, SystemTime},
+    sync::Arc,
+    time::{Duration, SystemTime},
 };
 
 use axum::{
@@ -28,10 +28,13 @@ use axum::{
 };
 use bytes::Bytes;
 use prometheus_client::metrics::counter::Counter;
-use shoal_core::Publisher;
 use time::{OffsetDateTime, format_description::well_known::Rfc3339};
 
-use crate::{NodeError, dash, demo, fmp4, publish};
+use crate::{
+    NodeError, dash, fmp4,
+    live_loop::{LiveClock, LiveRecords, WINDOW},
+    publish,
+};
 
 /// The swarm of each representation; `$RepresentationID$` stands for its id (the same
 /// template pages give `ShoalShaka` as `swarmId`).
@@ -63,11 +66,9 @@ struct LiveAdaptationSet {
 /// The live DASH demo. See the module docs.
 pub struct DashLive {
     sets: Vec<LiveAdaptationSet>,
-    segment: Duration,
-    started: Instant,
+    clock: LiveClock,
     started_wall: SystemTime,
-    publisher: Publisher,
-    records: Mutex<BTreeMap<(String, u64), Bytes>>,
+    records: LiveRecords,
     egress: Counter,
 }
 
@@ -180,21 +181,19 @@ impl DashLive {
         if !(0.1..=60.0).contains(&segment_secs) {
             return Err(invalid(format!("segment duration {segment_secs} s")));
         }
-        let secret = publish::load_or_create_secret(key_path)?;
+        let representations = sets.iter().map(|s| s.representations.len()).sum();
         Ok(Self {
             sets,
-            segment: Duration::from_secs_f64(segment_secs),
-            started: Instant::now(),
+            clock: LiveClock::start(Duration::from_secs_f64(segment_secs)),
             started_wall: SystemTime::now(),
-            publisher: Publisher::from_secret(secret),
-            records: Mutex::new(BTreeMap::new()),
+            records: LiveRecords::load(key_path, representations)?,
             egress,
         })
     }
 
     /// The newest segment number available (as the HLS demo: a full window from the start).
     fn latest(&self) -> u64 {
-        (self.started.elapsed().as_secs_f64() / self.segment.as_secs_f64()) as u64 + demo::WINDOW
+        self.clock.latest()
     }
 
     fn representation(&self, id: &str) -> Option<&LiveRepresentation> {
@@ -211,9 +210,9 @@ impl DashLive {
 
     /// The dynamic MPD as of now.
     pub fn mpd(&self) -> String {
-        let seg = self.segment.as_secs_f64();
+        let seg = self.clock.segment().as_secs_f64();
         // Segment n is available once it ends: at availabilityStartTime + (n + 1) segments.
-        let available_from = self.started_wall - self.segment * (demo::WINDOW as u32 + 1);
+        let available_from = self.started_wall - self.clock.segment() * (WINDOW as u32 + 1);
         let now = iso_time(SystemTime::now());
         let mut out = String::from("<?xml version=\"1.0\" encoding=\"utf-8\"?>\n");
         let _ = write!(
@@ -223,7 +222,7 @@ impl DashLive {
              timeShiftBufferDepth=\"PT{}S\" suggestedPresentationDelay=\"PT{}S\" maxSegmentDuration=\"PT{seg}S\" \
              minBufferTime=\"PT{}S\">\n  <Period id=\"0\" start=\"PT0S\">\n",
             iso_time(available_from),
-            seg * demo::WINDOW as f64,
+            seg * WINDOW as f64,
             seg * 3.0,
             seg * 2.0,
         );
@@ -267,21 +266,7 @@ impl DashLive {
 
     /// The signed record of live segment `n` of `rep`, as one wire frame.
     fn record(&self, rep: &LiveRepresentation, n: u64) -> Bytes {
-        let key = (rep.id.clone(), n);
-        let mut cache = self.records.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(bytes) = cache.get(&key) {
-            return bytes.clone();
-        }
-        let bytes = publish::sign_segment(&self.publisher, &Self::swarm(&rep.id), n, &Self::segment_data(rep, n), None);
-        cache.insert(key, bytes.clone());
-        while cache.len() > demo::RECORD_CACHE * self.sets.len().max(1) {
-            cache.pop_first();
-        }
-        bytes
-    }
-
-    pub fn public_key_hex(&self) -> String {
-        publish::public_key_hex(&self.publisher.public_key())
+        self.records.record(&Self::swarm(&rep.id), n, || Self::segment_data(rep, n))
     }
 
     /// Routes under `/demo/dash/`.
@@ -300,9 +285,8 @@ async fn mpd(State(live): State<DashState>) -> impl IntoResponse {
     ([(header::CONTENT_TYPE, "application/dash+xml"), (header::CACHE_CONTROL, "no-cache")], live.mpd())
 }
 
-async fn publisher(State(live): State<DashState>) -> impl IntoResponse {
-    let body = serde_json::json!({ "publicKey": live.public_key_hex(), "swarm": SWARM_TEMPLATE });
-    ([(header::CACHE_CONTROL, "no-cache")], axum::Json(body))
+async fn publisher(State(live): State<DashState>) -> Response {
+    live.records.publisher_json(SWARM_TEMPLATE)
 }
 
 async fn file(State(live): State<DashState>, UrlPath(file): UrlPath<String>) -> Response {
@@ -375,7 +359,7 @@ mod tests {
         let mut decoder = FrameDecoder::new();
         decoder.extend(&live.record(rep, n));
         let Some(Message::Record { record }) = decoder.next_frame().unwrap() else { panic!("not a record") };
-        live.publisher.public_key().verify(&StreamId::from_name("shoal-demo/dash/0"), &record).unwrap();
+        live.records.publisher().public_key().verify(&StreamId::from_name("shoal-demo/dash/0"), &record).unwrap();
         assert_eq!(record.record.size, data.len() as u64);
         assert_ne!(data, rep.segments[2], "the second pass is renumbered onto the live timeline");
     }

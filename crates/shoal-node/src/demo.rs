@@ -11,13 +11,7 @@
 //! live sequence number (the record names the segment), on demand, and cached. The init
 //! segment has no record: it is small, fetched once per page, and stays on HTTP.
 
-use std::{
-    collections::BTreeMap,
-    fs,
-    path::Path,
-    sync::{Arc, Mutex},
-    time::{Duration, Instant},
-};
+use std::{fs, path::Path, sync::Arc, time::Duration};
 
 use axum::{
     Router,
@@ -29,14 +23,11 @@ use axum::{
 };
 use bytes::Bytes;
 use prometheus_client::metrics::counter::Counter;
-use shoal_core::Publisher;
 
-use crate::{NodeError, fmp4, publish};
-
-/// Segments listed in the live playlist.
-pub(crate) const WINDOW: u64 = 6;
-/// Records kept signed.
-pub(crate) const RECORD_CACHE: usize = 64;
+use crate::{
+    NodeError, fmp4,
+    live_loop::{LiveClock, LiveRecords, WINDOW},
+};
 
 struct Segment {
     data: Bytes,
@@ -93,10 +84,8 @@ pub struct DemoStream {
     /// fMP4 whose loops are renumbered onto one timeline (no discontinuities).
     looped: Option<fmp4::Looped>,
     target_duration: u64,
-    /// Live sequence 0 became available this long after `started`.
-    started: Instant,
-    publisher: Publisher,
-    records: Mutex<BTreeMap<u64, Bytes>>,
+    clock: LiveClock,
+    records: LiveRecords,
     egress: Counter,
 }
 
@@ -144,28 +133,21 @@ impl DemoStream {
                 .map_err(|e| tracing::warn!(error = %e, "demo fMP4 loops will be marked as discontinuities"))
                 .ok()
         });
-        let secret = publish::load_or_create_secret(key_path)?;
         Ok(Self {
             format: if init.is_some() { Format::Fmp4 } else { Format::MpegTs },
             init,
             segments,
             looped,
             target_duration,
-            started: Instant::now(),
-            publisher: Publisher::from_secret(secret),
-            records: Mutex::new(BTreeMap::new()),
+            clock: LiveClock::start(Duration::from_secs(target_duration)),
+            records: LiveRecords::load(key_path, 1)?,
             egress,
         })
     }
 
-    fn segment_duration(&self) -> Duration {
-        Duration::from_secs(self.target_duration)
-    }
-
     /// The newest live sequence number whose segment is complete.
     fn latest(&self) -> u64 {
-        // A full window exists from the start, so players can begin 3 segments back.
-        (self.started.elapsed().as_secs_f64() / self.segment_duration().as_secs_f64()) as u64 + WINDOW
+        self.clock.latest()
     }
 
     fn segment(&self, n: u64) -> &Segment {
@@ -208,16 +190,7 @@ impl DemoStream {
 
     /// The signed record of live segment `n`, as one wire frame.
     fn record(&self, n: u64) -> Bytes {
-        let mut cache = self.records.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(bytes) = cache.get(&n) {
-            return bytes.clone();
-        }
-        let bytes = publish::sign_segment(&self.publisher, self.format.swarm(), n, &self.segment_data(n), None);
-        cache.insert(n, bytes.clone());
-        while cache.len() > RECORD_CACHE {
-            cache.pop_first();
-        }
-        bytes
+        self.records.record(self.format.swarm(), n, || self.segment_data(n))
     }
 
     /// Routes under `/demo/live/` (MPEG-TS) or `/demo/fmp4/`.
@@ -236,7 +209,7 @@ impl DemoStream {
     }
 
     pub fn public_key_hex(&self) -> String {
-        publish::public_key_hex(&self.publisher.public_key())
+        self.records.publisher().public_key().to_hex()
     }
 }
 
@@ -249,12 +222,8 @@ async fn playlist(State(demo): State<DemoState>) -> impl IntoResponse {
     ([(header::CONTENT_TYPE, "application/vnd.apple.mpegurl"), (header::CACHE_CONTROL, "no-cache")], demo.playlist())
 }
 
-async fn publisher(State(demo): State<DemoState>) -> impl IntoResponse {
-    let body = serde_json::json!({
-        "publicKey": demo.public_key_hex(),
-        "swarm": demo.format.swarm(),
-    });
-    ([(header::CACHE_CONTROL, "no-cache")], axum::Json(body))
+async fn publisher(State(demo): State<DemoState>) -> Response {
+    demo.records.publisher_json(demo.format.swarm())
 }
 
 async fn segment_or_record(
@@ -355,7 +324,7 @@ mod tests {
         let mut decoder = shoal_core::wire::FrameDecoder::new();
         decoder.extend(&frame);
         let Some(Message::Record { record }) = decoder.next_frame().unwrap() else { panic!("not a record") };
-        let key = demo.publisher.public_key();
+        let key = demo.records.publisher().public_key();
         key.verify(&StreamId::from_name(SWARM), &record).unwrap();
         record.record.verify_chunk(0, &demo.segment(5).data).unwrap();
     }
@@ -381,6 +350,6 @@ mod tests {
         let mut decoder = shoal_core::wire::FrameDecoder::new();
         decoder.extend(&frame);
         let Some(Message::Record { record }) = decoder.next_frame().unwrap() else { panic!("not a record") };
-        demo.publisher.public_key().verify(&StreamId::from_name(Format::Fmp4.swarm()), &record).unwrap();
+        demo.records.publisher().public_key().verify(&StreamId::from_name(Format::Fmp4.swarm()), &record).unwrap();
     }
 }

@@ -23,6 +23,7 @@ mod http;
 mod ice;
 mod identity;
 mod ip_limits;
+mod live_loop;
 pub mod membership;
 mod metrics;
 mod outcome_reports;
