@@ -521,9 +521,10 @@ impl<P: PeerKey> Engine<P> {
         }
         self.stats.http_fetches += 1;
         let now = self.now;
+        let deadline = self.wants.get(&id).copied();
         let Some(record) = entry.record.clone() else {
             let size = self.typical_segment_size();
-            let fetch = self.http.start(Fetch::new(id, why, now, None), size);
+            let fetch = self.http.start(Fetch::new(id, why, now, None), size, deadline);
             if let Some(e) = self.segments.get_mut(id) {
                 e.http.push(fetch);
             }
@@ -535,7 +536,7 @@ impl<P: PeerKey> Engine<P> {
             let start = record.record.chunk_offset(first);
             let end = record.record.chunk_offset(last) + record.record.chunk_len(last) as u64;
             let range = (start > 0 || end < record.record.size).then_some((start, end));
-            let fetch = self.http.start(Fetch::new(id, why, now, range), record.record.size);
+            let fetch = self.http.start(Fetch::new(id, why, now, range), record.record.size, deadline);
             let Some(entry) = self.segments.get_mut(id) else { return false };
             entry.http.push(fetch);
             for index in first..=last {
