@@ -7,12 +7,12 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
-import { cpSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { cpSync } from 'node:fs';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { ROOT, newContext, serveDir, startNodeAndBrowser, waitFor } from './harness.mjs';
+import { ROOT, startNodeAndBrowser, waitFor } from './harness.mjs';
 import { writeSingleFile } from './media.mjs';
+import { SHOAL_SIGN, signWithCli, startSite } from './site.mjs';
 import { describe, measurePlayback, openViewers, readTab } from './video-harness.mjs';
 
 function assertClean(result) {
@@ -156,39 +156,25 @@ window.vodReady = true;
 `;
 
 test('Shaka Player, DASH VOD signed with shoal-sign mpd: one swarm per representation, viewers share, no stall plain Shaka lacks', async (t) => {
-  const site = mkdtempSync(join(tmpdir(), 'shoal-dash-'));
-  t.after(() => rmSync(site, { recursive: true, force: true }));
-  cpSync(join(ROOT, 'target/demo-media/dash'), join(site, 'dash'), { recursive: true });
-  cpSync(join(ROOT, 'pkg'), join(site, 'pkg'), { recursive: true });
-  cpSync(join(ROOT, 'web/vendor/shaka-player.compiled.js'), join(site, 'shaka-player.compiled.js'));
-  writeFileSync(join(site, 'index.html'), DASH_PAGE);
-
-  const sign = join(ROOT, 'target/release/shoal-sign');
-  const keyFile = join(site, 'publisher.key');
-  const publicKey = execFileSync(sign, ['keygen', '--key', keyFile], { encoding: 'utf8' }).trim().split(/\s+/).pop();
-  // One swarm per representation: without $RepresentationID$ the two would collide.
-  assert.throws(() => execFileSync(sign, ['mpd', '--key', keyFile, '--swarm', 'site.test/dash', join(site, 'dash/stream.mpd')], { stdio: 'pipe' }),
-    /RepresentationID/);
-  const signed = execFileSync(sign, ['mpd', '--key', keyFile, '--swarm', DASH_SWARM, join(site, 'dash/stream.mpd')], { encoding: 'utf8' });
-  assert.equal(signed.split('\n').filter((l) => l.startsWith('signed ')).length, 60, 'every segment of video and audio signed');
-  rmSync(keyFile);
-
-  const origin = await serveDir(site);
-  const { node, browser } = await startNodeAndBrowser(t);
-  t.after(() => origin.close());
+  const { newViewers } = await startSite(t, {
+    page: DASH_PAGE,
+    vendor: ['shaka-player.compiled.js'],
+    label: 'dash',
+    prepare: (dir) => cpSync(join(ROOT, 'target/demo-media/dash'), join(dir, 'dash'), { recursive: true }),
+    sign: (keyFile, dir) => {
+      const mpd = join(dir, 'dash/stream.mpd');
+      // One swarm per representation: without $RepresentationID$ the two would collide.
+      assert.throws(() => execFileSync(SHOAL_SIGN, ['mpd', '--key', keyFile, '--swarm', 'site.test/dash', mpd], { stdio: 'pipe' }),
+        /RepresentationID/);
+      assert.equal(signWithCli(['mpd', '--key', keyFile, '--swarm', DASH_SWARM, mpd]), 60, 'every segment of video and audio signed');
+    },
+  });
   // The same three viewers twice: plain Shaka (`shoal=0`, the HTTP-only baseline), then
   // with Shoal. The first watches from the start; once it is 20 s in, one more starts from
   // the start and one from 15 s (inside what the first holds).
   const watch = async (shoal) => {
-    const context = await newContext(browser, node);
-    const open = async (start) => {
-      const page = await context.newPage();
-      page.on('pageerror', (error) => console.error(`[dash tab @${start}s] ${error.stack ?? error}`));
-      const query = new URLSearchParams({ wellKnown: `${node.url}/.well-known/shoal.json`, key: publicKey, start: String(start), shoal: shoal ? '1' : '0' });
-      await page.goto(`${origin.url}/index.html?${query}`);
-      await page.waitForFunction(() => window.vodReady === true, { timeout: 30000 });
-      return page;
-    };
+    const viewers = await newViewers();
+    const open = (start) => viewers.open({ start: String(start), shoal: shoal ? '1' : '0' });
     const read = (page) => page.evaluate(() => window.vod.read());
     const first = await open(0);
     await waitFor(async () => (await read(first)).currentTime >= 20, { timeout: 60000, message: 'the first viewer to play 20 s' });
@@ -196,7 +182,7 @@ test('Shaka Player, DASH VOD signed with shoal-sign mpd: one swarm per represent
     await waitFor(async () => (await Promise.all(later.map(read))).every((r) => r.started), { timeout: 30000, message: 'the later viewers to start' });
     await sleep(15000);
     const tabs = await Promise.all([first, ...later].map(read));
-    await context.close();
+    await viewers.close();
     return tabs;
   };
   const plain = await watch(false);
@@ -223,32 +209,19 @@ test('Shaka Player, DASH VOD signed with shoal-sign mpd: one swarm per represent
 });
 
 test('Shaka Player, HLS VOD of byte-range segments (one fMP4 file): each range shared under its own record, no stall', async (t) => {
-  const site = mkdtempSync(join(tmpdir(), 'shoal-shaka-ranges-'));
-  t.after(() => rmSync(site, { recursive: true, force: true }));
-  const ranges = writeSingleFile(join(ROOT, 'target/demo-media/fmp4'), join(site, 'vod'));
-  cpSync(join(ROOT, 'pkg'), join(site, 'pkg'), { recursive: true });
-  cpSync(join(ROOT, 'web/vendor/shaka-player.compiled.js'), join(site, 'shaka-player.compiled.js'));
-  writeFileSync(join(site, 'index.html'), DASH_PAGE);
   const swarm = 'site.test/vod/ranges';
-  const sign = join(ROOT, 'target/release/shoal-sign');
-  const keyFile = join(site, 'publisher.key');
-  const publicKey = execFileSync(sign, ['keygen', '--key', keyFile], { encoding: 'utf8' }).trim().split(/\s+/).pop();
-  const signed = execFileSync(sign, ['playlist', '--key', keyFile, '--swarm', swarm, join(site, 'vod/stream.m3u8')], { encoding: 'utf8' });
-  assert.equal(signed.split('\n').filter((l) => l.startsWith('signed ')).length, ranges.length, 'a record per range');
-  rmSync(keyFile);
-
-  const origin = await serveDir(site);
-  const { node, browser } = await startNodeAndBrowser(t);
-  t.after(() => origin.close());
-  const context = await newContext(browser, node);
-  const open = async () => {
-    const page = await context.newPage();
-    page.on('pageerror', (error) => console.error(`[shaka ranges] ${error.stack ?? error}`));
-    const query = new URLSearchParams({ wellKnown: `${node.url}/.well-known/shoal.json`, key: publicKey, start: '0', src: './vod/stream.m3u8', swarm });
-    await page.goto(`${origin.url}/index.html?${query}`);
-    await page.waitForFunction(() => window.vodReady === true, { timeout: 30000 });
-    return page;
-  };
+  let ranges = [];
+  const { open: openAt } = await startSite(t, {
+    page: DASH_PAGE,
+    vendor: ['shaka-player.compiled.js'],
+    label: 'shaka ranges',
+    prepare: (dir) => { ranges = writeSingleFile(join(ROOT, 'target/demo-media/fmp4'), join(dir, 'vod')); },
+    sign: (keyFile, dir) => {
+      const signed = signWithCli(['playlist', '--key', keyFile, '--swarm', swarm, join(dir, 'vod/stream.m3u8')]);
+      assert.equal(signed, ranges.length, 'a record per range');
+    },
+  });
+  const open = () => openAt({ start: '0', src: './vod/stream.m3u8', swarm });
   const read = (page) => page.evaluate(() => window.vod.read());
   const first = await open();
   await waitFor(async () => (await read(first)).currentTime >= 16, { timeout: 60000, message: 'the first viewer to play 16 s' });

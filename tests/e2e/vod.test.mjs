@@ -7,13 +7,12 @@
 
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { execFileSync } from 'node:child_process';
-import { cpSync, existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { cpSync, existsSync, mkdirSync, readFileSync, readdirSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { ROOT, newContext, serveDir, startNodeAndBrowser, waitFor } from './harness.mjs';
+import { ROOT, waitFor } from './harness.mjs';
 import { writeSingleFile } from './media.mjs';
+import { signWithCli, startSite } from './site.mjs';
 
 const SWARM = 'site.test/vod/360p';
 
@@ -100,47 +99,28 @@ async function signFromNode(secretKey, swarm, path) {
 }
 
 /**
- * A static site with the player page and, under vod/, what `prepare(dir)` writes there;
- * the publisher signs each playlist `sign` lists (`[path under vod/, swarm]`) with
+ * The site (`startSite`) with the player page and, under vod/, what `prepare(dir)` writes
+ * there; the publisher signs each playlist `sign` lists (`[path under vod/, swarm]`) with
  * `shoal-sign`, as the README tells a site to (or, with `signer: 'node'`, from Node.js
- * with `shoal/sign`). Then a node and a browser; `open(params)` opens a viewer.
+ * with `shoal/sign`). `open(params)` opens a viewer.
  */
-async function startSite(t, prepare, sign, { signer = 'cli' } = {}) {
-  const site = mkdtempSync(join(tmpdir(), 'shoal-vod-'));
-  t.after(() => rmSync(site, { recursive: true, force: true }));
-  const prepared = prepare(join(site, 'vod'));
-  cpSync(join(ROOT, 'pkg'), join(site, 'pkg'), { recursive: true });
-  cpSync(join(ROOT, 'web/vendor/hls.min.js'), join(site, 'hls.min.js'));
-  cpSync(join(ROOT, 'web/vendor/hls-oldest.min.js'), join(site, 'hls-oldest.min.js'));
-  writeFileSync(join(site, 'index.html'), PAGE);
-
-  mkdirSync(join(site, 'keys'));
-  const tool = join(ROOT, 'target/release/shoal-sign');
-  const keyFile = join(site, 'keys/publisher.key');
-  const publicKey = execFileSync(tool, ['keygen', '--key', keyFile], { encoding: 'utf8' }).trim().split(/\s+/).pop();
-  assert.match(publicKey, /^[0-9a-f]{64}$/, 'shoal-sign prints the public key');
-  for (const [playlist, swarm] of sign) {
-    const path = join(site, 'vod', playlist);
-    const signed = signer === 'node'
-      ? await signFromNode(readFileSync(keyFile), swarm, path)
-      : execFileSync(tool, ['playlist', '--key', keyFile, '--swarm', swarm, path], { encoding: 'utf8' }).split('\n').filter((l) => l.startsWith('signed ')).length;
-    assert.equal(signed, 30, `every segment of ${playlist} signed`);
-  }
-  rmSync(join(site, 'keys'), { recursive: true });
-
-  const origin = await serveDir(site);
-  const { node, browser } = await startNodeAndBrowser(t);
-  t.after(() => origin.close());
-  const context = await newContext(browser, node);
-  const open = async (params) => {
-    const page = await context.newPage();
-    page.on('pageerror', (error) => console.error(`[vod tab ${JSON.stringify(params)}] ${error.stack ?? error}`));
-    const query = new URLSearchParams({ wellKnown: `${node.url}/.well-known/shoal.json`, key: publicKey, ...params });
-    await page.goto(`${origin.url}/index.html?${query}`);
-    await page.waitForFunction(() => window.vodReady === true);
-    return page;
-  };
-  return { site, prepared, open };
+async function startVodSite(t, prepare, sign, { signer = 'cli' } = {}) {
+  const { dir, prepared, open } = await startSite(t, {
+    page: PAGE,
+    vendor: ['hls.min.js', 'hls-oldest.min.js'],
+    label: 'vod',
+    prepare: (dir) => prepare(join(dir, 'vod')),
+    sign: async (keyFile, dir) => {
+      for (const [playlist, swarm] of sign) {
+        const path = join(dir, 'vod', playlist);
+        const signed = signer === 'node'
+          ? await signFromNode(readFileSync(keyFile), swarm, path)
+          : signWithCli(['playlist', '--key', keyFile, '--swarm', swarm, path]);
+        assert.equal(signed, 30, `every segment of ${playlist} signed`);
+      }
+    },
+  });
+  return { site: dir, prepared, open };
 }
 
 const read = (page) => page.evaluate(() => window.vod.read());
@@ -163,7 +143,7 @@ function writeShape(shape, dir) {
 
 async function vodTest(t, shape) {
   const prepare = (dir) => writeShape(shape, dir);
-  const { site, prepared: ranges, open } = await startSite(t, prepare, [['stream.m3u8', SWARM]]);
+  const { site, prepared: ranges, open } = await startVodSite(t, prepare, [['stream.m3u8', SWARM]]);
   if (ranges) {
     // One record per range, named by its bytes, and none for the file as a whole.
     for (const [start, end] of ranges) {
@@ -221,7 +201,7 @@ test('a master playlist with two renditions: a swarm each, viewers switching ren
     writeFileSync(join(dir, 'master.m3u8'), MASTER);
   };
   const swarms = { low: 'site.test/vod/low', high: 'site.test/vod/high' };
-  const { open } = await startSite(t, prepare, [['low/stream.m3u8', swarms.low], ['high/stream.m3u8', swarms.high]]);
+  const { open } = await startVodSite(t, prepare, [['low/stream.m3u8', swarms.low], ['high/stream.m3u8', swarms.high]]);
   // Each viewer plays the low rendition, then switches to the high one at 10 s.
   const viewer = () => open({ src: './vod/master.m3u8', swarm: 'site.test/vod/{rendition}', start: '0', switchAt: '10' });
 
@@ -252,7 +232,7 @@ for (const [hls, shape, signer] of [['oldest', 'ts', 'cli'], ['oldest', 'fmp4', 
   const version = hls === 'oldest' ? 'hls.js 1.5.0' : 'hls.js 1.7';
   const signedBy = signer === 'node' ? ', records signed from Node.js (shoal/sign)' : '';
   test(`VOD matrix: ${version} x ${shape}${signedBy}: starts, plays with no stall, shares`, async (t) => {
-    const { open } = await startSite(t, (dir) => writeShape(shape, dir), [['stream.m3u8', SWARM]], { signer });
+    const { open } = await startVodSite(t, (dir) => writeShape(shape, dir), [['stream.m3u8', SWARM]], { signer });
     const viewer = () => open({ src: './vod/stream.m3u8', swarm: SWARM, start: '0', hls });
     const first = await viewer();
     await waitFor(async () => (await read(first)).currentTime >= 16, { timeout: 60000, message: 'the first viewer to play 16 s' });
