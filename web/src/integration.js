@@ -119,13 +119,16 @@ export class PlayerIntegration {
       start();
       return;
     }
-    const whenBuffered = () => {
-      if (!this.#factory) return;
-      if (!media.paused && media.readyState >= 3 && bufferedAhead(media) >= START_BUFFER_S) start();
-      else setTimeout(whenBuffered, 250);
+    // The media element says when playback or the buffer moves: no timer polls it.
+    const events = ['playing', 'progress', 'timeupdate'];
+    const stop = () => { for (const type of events) media.removeEventListener(type, check); };
+    const check = () => {
+      if (!this.#factory) stop();
+      else if (!media.paused && media.readyState >= 3 && bufferedAhead(media) >= START_BUFFER_S) { stop(); start(); }
     };
-    whenBuffered();
-    setTimeout(start, START_FALLBACK_MS);
+    for (const type of events) media.addEventListener(type, check);
+    check();
+    setTimeout(() => { stop(); start(); }, START_FALLBACK_MS);
   }
 
   /** Follows `shoal`'s load shedding (segments bypass it meanwhile). */
