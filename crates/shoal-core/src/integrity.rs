@@ -212,6 +212,72 @@ impl PublisherKey {
     }
 }
 
+/// Checks that passed, shared by engines that see the same bytes.
+///
+/// The simulator runs thousands of engines on one set of segment buffers: checking each
+/// chunk and record once, instead of once per viewer, saves most of its CPU. It is
+/// sound for any input: a `Bytes` never changes, and the memo keeps every buffer it
+/// remembers alive, so the same address and length always hold the same content; a
+/// record is only taken as checked when it equals, field for field, one that passed
+/// for the same stream and key. Anything not remembered gets the full check. A browser
+/// runs one engine and has no use for it.
+#[derive(Default)]
+pub struct CheckMemo {
+    inner: std::sync::Mutex<MemoEntries>,
+}
+
+#[derive(Default)]
+struct MemoEntries {
+    /// (address, length) of a chunk that matched, with its bytes (kept alive) and hash.
+    chunks: std::collections::HashMap<(usize, usize), (bytes::Bytes, [u8; 32])>,
+    /// Records that verified, by signature, with the stream and key they verified for.
+    records: std::collections::HashMap<[u8; 64], (std::sync::Arc<SignedRecord>, StreamId, [u8; 32])>,
+}
+
+impl CheckMemo {
+    /// Entries kept at most, of each kind; past that, checks run in full.
+    const CAPACITY: usize = 1 << 20;
+
+    /// [`SegmentRecord::verify_chunk`], remembering chunks that pass.
+    pub fn verify_chunk(&self, record: &SegmentRecord, index: u32, data: &bytes::Bytes) -> Result<(), IntegrityError> {
+        let expected = *record.chunk_hashes.get(index as usize).ok_or(IntegrityError::NoSuchChunk { index })?;
+        let key = (data.as_ptr() as usize, data.len());
+        let mut entries = self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if data.len() == record.chunk_len(index) && entries.chunks.get(&key).is_some_and(|(_, hash)| *hash == expected)
+        {
+            return Ok(());
+        }
+        record.verify_chunk(index, data)?;
+        if entries.chunks.len() < Self::CAPACITY && !data.is_empty() {
+            entries.chunks.insert(key, (data.clone(), expected));
+        }
+        Ok(())
+    }
+
+    /// [`PublisherKey::verify`], remembering records that pass.
+    pub fn verify_record(
+        &self,
+        key: &PublisherKey,
+        stream: &StreamId,
+        signed: &std::sync::Arc<SignedRecord>,
+    ) -> Result<(), IntegrityError> {
+        let key_bytes = key.to_bytes();
+        let mut entries = self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some((known, known_stream, known_key)) = entries.records.get(&signed.signature)
+            && *known_stream == *stream
+            && *known_key == key_bytes
+            && (std::sync::Arc::ptr_eq(known, signed) || **known == **signed)
+        {
+            return Ok(());
+        }
+        key.verify(stream, signed)?;
+        if entries.records.len() < Self::CAPACITY {
+            entries.records.insert(signed.signature, (signed.clone(), *stream, key_bytes));
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -250,6 +316,38 @@ mod tests {
         assert_eq!(signed.record.verify_chunk(0, &bad), Err(IntegrityError::ChunkMismatch { index: 0 }));
         assert_eq!(signed.record.verify_chunk(0, &data[..100]), Err(IntegrityError::ChunkMismatch { index: 0 }));
         assert_eq!(signed.record.verify_chunk(7, &[]), Err(IntegrityError::NoSuchChunk { index: 7 }));
+    }
+
+    #[test]
+    fn the_check_memo_answers_as_the_full_check_does() {
+        let (publisher, stream, data) = setup();
+        let key = publisher.public_key();
+        let memo = CheckMemo::default();
+        let signed =
+            std::sync::Arc::new(publisher.sign(SegmentRecord::for_data(stream, SegmentId(1), &data, 16 * 1024)));
+        let data = bytes::Bytes::from(data);
+        let chunk = data.slice(0..16 * 1024);
+        for _ in 0..2 {
+            memo.verify_chunk(&signed.record, 0, &chunk).unwrap();
+            memo.verify_record(&key, &stream, &signed).unwrap();
+        }
+        // The remembered bytes under another index, or other bytes of the same length.
+        assert_eq!(memo.verify_chunk(&signed.record, 1, &chunk), Err(IntegrityError::ChunkMismatch { index: 1 }));
+        let mut bad = chunk.to_vec();
+        bad[7] ^= 1;
+        let bad = bytes::Bytes::from(bad);
+        assert_eq!(memo.verify_chunk(&signed.record, 0, &bad), Err(IntegrityError::ChunkMismatch { index: 0 }));
+        assert_eq!(
+            memo.verify_chunk(&signed.record, 0, &chunk.slice(..100)),
+            Err(IntegrityError::ChunkMismatch { index: 0 })
+        );
+        // The remembered signature on a changed record, or for another stream or key.
+        let mut forged = (*signed).clone();
+        forged.record.size += 1;
+        assert!(memo.verify_record(&key, &stream, &std::sync::Arc::new(forged)).is_err());
+        assert_eq!(memo.verify_record(&key, &StreamId::from_name("other"), &signed), Err(IntegrityError::WrongStream));
+        let stranger = Publisher::from_secret([3; 32]).public_key();
+        assert_eq!(memo.verify_record(&stranger, &stream, &signed), Err(IntegrityError::BadSignature));
     }
 
     #[test]

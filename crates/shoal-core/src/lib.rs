@@ -28,6 +28,6 @@ pub mod wire;
 
 pub use config::Config;
 pub use engine::{Delivery, Engine, Event, Misbehaviour, Output, SegmentInfo, Stats, TokenBucket};
-pub use integrity::{Publisher, PublisherKey, SegmentId, SegmentRecord, SignedRecord, StreamId};
+pub use integrity::{CheckMemo, Publisher, PublisherKey, SegmentId, SegmentRecord, SignedRecord, StreamId};
 pub use time::Instant;
 pub use wire::Message;

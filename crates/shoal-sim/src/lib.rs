@@ -26,6 +26,7 @@
 //!   playback reaches it (what the hls.js loader does), starts after its first segment,
 //!   and stalls when playback reaches a segment it does not have.
 
+mod queue;
 mod world;
 
 use std::{fmt, str::FromStr, time::Duration};

@@ -64,7 +64,7 @@ use self::{
 use crate::{
     availability::{ChunkSet, SegmentSet},
     config::Config,
-    integrity::{IntegrityError, PublisherKey, SegmentId, SignedRecord, StreamId},
+    integrity::{CheckMemo, IntegrityError, PublisherKey, SegmentId, SegmentRecord, SignedRecord, StreamId},
     time::Instant,
     vecmap::VecMap,
     wire::{Message, PROTOCOL_VERSION},
@@ -269,6 +269,8 @@ pub struct Engine<P: PeerKey> {
     ask: Vec<(P, SegmentId)>,
     stats: Stats,
     next_wake: Option<Instant>,
+    /// Checks shared with other engines of this process (the simulator), if any.
+    checks: Option<Arc<CheckMemo>>,
 }
 
 impl<P: PeerKey> Engine<P> {
@@ -303,7 +305,14 @@ impl<P: PeerKey> Engine<P> {
             ask: Vec::new(),
             stats: Stats::default(),
             next_wake: None,
+            checks: None,
         }
+    }
+
+    /// Shares chunk and record checks with other engines of this process that see the
+    /// same buffers (see [`CheckMemo`]); results are the same, only cheaper.
+    pub fn share_checks(&mut self, memo: Arc<CheckMemo>) {
+        self.checks = Some(memo);
     }
 
     // ---- getters -------------------------------------------------------------------
@@ -583,7 +592,7 @@ impl<P: PeerKey> Engine<P> {
         if known.is_some_and(|k| Arc::ptr_eq(k, &record) || **k == *record) {
             return Ok(());
         }
-        self.publisher.verify(&self.stream, &record)?;
+        verify_record(self.checks.as_deref(), &self.publisher, &self.stream, &record)?;
         self.freshness.anchor(id, record.record.published_at_ms);
         if self.segments.contains(id) {
             self.accept_record(record);
@@ -647,7 +656,7 @@ impl<P: PeerKey> Engine<P> {
         for index in 0..record.record.chunk_count() {
             let start = record.record.chunk_offset(index) as usize;
             let chunk = data.slice(start..start + record.record.chunk_len(index));
-            record.record.verify_chunk(index, &chunk)?;
+            verify_chunk(self.checks.as_deref(), &record.record, index, &chunk)?;
             chunks.push(chunk);
         }
         self.ensure_segment(segment);
@@ -807,7 +816,7 @@ impl<P: PeerKey> Engine<P> {
     }
 
     fn on_record(&mut self, peer: P, record: Arc<SignedRecord>) {
-        if self.publisher.verify(&self.stream, &record).is_err() {
+        if verify_record(self.checks.as_deref(), &self.publisher, &self.stream, &record).is_err() {
             self.stats.chunks_rejected += 1;
             return self.cut_off(peer, Misbehaviour::ForgedRecord);
         }
@@ -911,7 +920,7 @@ impl<P: PeerKey> Engine<P> {
             }
             return self.cut_off(peer, Misbehaviour::ProtocolViolation);
         };
-        if record.record.verify_chunk(chunk, &data).is_err() {
+        if verify_chunk(self.checks.as_deref(), &record.record, chunk, &data).is_err() {
             self.stats.chunks_rejected += 1;
             return self.cut_off(peer, Misbehaviour::CorruptChunk);
         }
@@ -1062,5 +1071,31 @@ impl<P: PeerKey> Engine<P> {
         for peer in peers {
             self.send(peer, message.clone());
         }
+    }
+}
+
+/// A chunk's check, through `memo` when the engine shares one.
+pub(crate) fn verify_chunk(
+    memo: Option<&CheckMemo>,
+    record: &SegmentRecord,
+    index: u32,
+    data: &Bytes,
+) -> Result<(), IntegrityError> {
+    match memo {
+        Some(memo) => memo.verify_chunk(record, index, data),
+        None => record.verify_chunk(index, data),
+    }
+}
+
+/// A record's check, through `memo` when the engine shares one.
+fn verify_record(
+    memo: Option<&CheckMemo>,
+    key: &PublisherKey,
+    stream: &StreamId,
+    record: &Arc<SignedRecord>,
+) -> Result<(), IntegrityError> {
+    match memo {
+        Some(memo) => memo.verify_record(key, stream, record),
+        None => key.verify(stream, record),
     }
 }

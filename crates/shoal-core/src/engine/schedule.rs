@@ -604,7 +604,7 @@ impl<P: PeerKey> Engine<P> {
                 continue;
             }
             let chunk = body.slice((offset - start) as usize..(offset - start + len) as usize);
-            if record.record.verify_chunk(index, &chunk).is_err() {
+            if super::verify_chunk(self.checks.as_deref(), &record.record, index, &chunk).is_err() {
                 bad = true;
             } else {
                 pieces.push((index, chunk));
