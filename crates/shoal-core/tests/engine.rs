@@ -534,3 +534,42 @@ fn a_late_origin_fetch_is_hedged() {
     assert!(outputs.contains(&Output::CancelHttp { id: 0 }), "{outputs:?}");
     assert!(outputs.iter().any(|o| matches!(o, Output::Deliver(d) if d.segment == seg)));
 }
+
+#[test]
+fn chunks_a_neighbour_holds_are_not_announced_to_it() {
+    use shoal_core::availability::ChunkSet;
+    let mut net = Net::new();
+    let seg = net.publish(0, 100_000);
+    let record = net.records[&seg].clone();
+    let data = net.data[&seg].clone();
+    let stream = net.stream;
+    net.add(1, config());
+    let now = net.now;
+    let engine = net.engine(1);
+    engine.update_playlist(vec![SegmentInfo { id: seg, record: Some(record) }], now);
+    // Peer 2 and 3 hold chunks 0 and 1; peer 4 holds nothing.
+    for peer in [2, 3, 4] {
+        engine.peer_connected(peer, now);
+        engine.handle_message(peer, Message::Hello { version: shoal_core::wire::PROTOCOL_VERSION, stream }, now);
+    }
+    for peer in [2, 3] {
+        engine.handle_message(peer, Message::HaveChunks { segment: seg, chunks: ChunkSet::from_chunks([0, 1]) }, now);
+    }
+    engine.want(seg, now + Duration::from_secs(30), now);
+    let requests: Vec<(u32, u32, u32)> = std::iter::from_fn(|| engine.poll_output())
+        .filter_map(|o| match o {
+            Output::Send { peer, message: Message::Request { id, chunk, .. } } => Some((peer, id, chunk)),
+            _ => None,
+        })
+        .collect();
+    let &(from, id, _) = requests.iter().find(|(_, _, chunk)| *chunk == 0).expect("chunk 0 asked of peer 2 or 3");
+    let chunk = data.slice(0..CHUNK as usize);
+    engine.handle_message(from, Message::Data { id, segment: seg, chunk: 0, data: chunk }, now);
+    let told: Vec<u32> = std::iter::from_fn(|| engine.poll_output())
+        .filter_map(|o| match o {
+            Output::Send { peer, message: Message::HaveChunks { chunks, .. } } if chunks.contains(0) => Some(peer),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(told, vec![4], "only the neighbour without chunk 0 hears of it");
+}

@@ -15,17 +15,34 @@ use shoal_core::Instant;
 /// Milliseconds the ring covers (a power of two).
 const RING_MS: u64 = 8192;
 
-/// A pending event: when, its scheduling order, and where its payload waits.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub struct Scheduled {
+/// A pending event: when, its scheduling order, and the event.
+#[derive(Debug)]
+pub struct Scheduled<T> {
     pub at: Instant,
     pub seq: u64,
-    pub slot: u32,
+    pub event: T,
 }
 
-impl Scheduled {
+impl<T> Scheduled<T> {
     fn key(&self) -> (Instant, u64) {
         (self.at, self.seq)
+    }
+}
+
+impl<T> PartialEq for Scheduled<T> {
+    fn eq(&self, other: &Self) -> bool {
+        self.key() == other.key()
+    }
+}
+impl<T> Eq for Scheduled<T> {}
+impl<T> PartialOrd for Scheduled<T> {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl<T> Ord for Scheduled<T> {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.key().cmp(&other.key())
     }
 }
 
@@ -33,21 +50,21 @@ fn millisecond(at: Instant) -> u64 {
     at.as_micros() / 1000
 }
 
-pub struct EventQueue {
+pub struct EventQueue<T> {
     /// Bucket `m % RING_MS` holds the events of millisecond `m`, for
     /// `current_ms < m < current_ms + RING_MS`, unsorted.
-    ring: Vec<Vec<Scheduled>>,
+    ring: Vec<Vec<Scheduled<T>>>,
     /// Events in the ring.
     in_ring: usize,
     /// The millisecond being drained.
     current_ms: u64,
     /// Its events, sorted latest first (the next one is at the end).
-    current: Vec<Scheduled>,
+    current: Vec<Scheduled<T>>,
     /// Events at or beyond the ring's end when scheduled.
-    later: BinaryHeap<Reverse<Scheduled>>,
+    later: BinaryHeap<Reverse<Scheduled<T>>>,
 }
 
-impl Default for EventQueue {
+impl<T> Default for EventQueue<T> {
     fn default() -> Self {
         Self {
             ring: (0..RING_MS).map(|_| Vec::new()).collect(),
@@ -59,10 +76,10 @@ impl Default for EventQueue {
     }
 }
 
-impl EventQueue {
+impl<T> EventQueue<T> {
     /// Adds an event. `event.seq` must grow with every call, and `event.at` must not be
     /// earlier than the last event popped.
-    pub fn push(&mut self, event: Scheduled) {
+    pub fn push(&mut self, event: Scheduled<T>) {
         let ms = millisecond(event.at).max(self.current_ms);
         if ms == self.current_ms {
             let key = event.key();
@@ -77,7 +94,7 @@ impl EventQueue {
     }
 
     /// The earliest event, if any.
-    pub fn pop(&mut self) -> Option<Scheduled> {
+    pub fn pop(&mut self) -> Option<Scheduled<T>> {
         loop {
             if let Some(event) = self.current.pop() {
                 return Some(event);
@@ -128,20 +145,20 @@ mod tests {
                     2 => rng.gen_range(0..60_000_000),
                     _ => rng.gen_range(0..50_000),
                 };
-                let event = Scheduled { at: Instant::from_micros(now + ahead), seq, slot: round };
-                queue.push(event);
-                heap.push(Reverse(event));
+                let at = Instant::from_micros(now + ahead);
+                queue.push(Scheduled { at, seq, event: round });
+                heap.push(Reverse((at, seq, round)));
             } else {
                 let expected = heap.pop().map(|Reverse(e)| e);
-                assert_eq!(queue.pop(), expected);
-                if let Some(e) = expected {
-                    now = e.at.as_micros();
+                assert_eq!(queue.pop().map(|e| (e.at, e.seq, e.event)), expected);
+                if let Some((at, _, _)) = expected {
+                    now = at.as_micros();
                 }
             }
         }
         while let Some(Reverse(expected)) = heap.pop() {
-            assert_eq!(queue.pop(), Some(expected));
+            assert_eq!(queue.pop().map(|e| (e.at, e.seq, e.event)), Some(expected));
         }
-        assert_eq!(queue.pop(), None);
+        assert!(queue.pop().is_none());
     }
 }

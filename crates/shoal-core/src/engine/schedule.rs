@@ -404,6 +404,10 @@ impl<P: PeerKey> Engine<P> {
         if !self.config.p2p_download_enabled || self.requests.len() >= self.config.max_inflight_total {
             return;
         }
+        // Most announcements are of segments we hold already: nothing to plan.
+        if self.segments.get(segment).is_some_and(|e| e.complete()) {
+            return;
+        }
         let cutoff = match self.wants.get(&segment) {
             Some(deadline) => Some(self.http_start(segment, *deadline)),
             None => {
