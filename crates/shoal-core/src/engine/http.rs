@@ -85,6 +85,10 @@ pub(crate) struct Http {
     /// plans for (an origin's tail, not its average, is what makes a viewer stall).
     recent_latency: std::collections::VecDeque<Duration>,
     recent_throughput: std::collections::VecDeque<f64>,
+    /// The slowest of each, kept as samples come: the scheduler asks for it on every
+    /// input, samples come a few times per segment.
+    slowest_latency: Duration,
+    slowest_throughput: f64,
 }
 
 /// Samples remembered for [`Http::worst_time`].
@@ -101,6 +105,8 @@ impl Default for Http {
             large: 0,
             recent_latency: std::collections::VecDeque::new(),
             recent_throughput: std::collections::VecDeque::new(),
+            slowest_latency: Duration::ZERO,
+            slowest_throughput: f64::INFINITY,
         }
     }
 }
@@ -210,6 +216,7 @@ impl Http {
     pub fn finished(&mut self, bytes: u64, took: Duration) {
         if bytes <= SMALL {
             push_recent(&mut self.recent_latency, took);
+            self.slowest_latency = self.recent_latency.iter().copied().max().unwrap_or(Duration::ZERO);
             self.latency = if self.small == 0 || took > self.latency {
                 took
             } else {
@@ -220,6 +227,7 @@ impl Http {
             let transfer = took.saturating_sub(self.latency).max(took / 4).as_secs_f64().max(1e-3);
             let sample = bytes as f64 / transfer;
             push_recent(&mut self.recent_throughput, sample);
+            self.slowest_throughput = self.recent_throughput.iter().copied().fold(f64::INFINITY, f64::min);
             self.throughput = if self.large == 0 || sample < self.throughput {
                 sample
             } else {
@@ -237,8 +245,8 @@ impl Http {
     /// How long fetching `bytes` took at worst lately: the slowest recent time to first
     /// byte plus the slowest recent throughput (no better than the estimates).
     pub fn worst_time(&self, bytes: u64) -> Duration {
-        let latency = self.recent_latency.iter().copied().max().unwrap_or(self.latency).max(self.latency);
-        let throughput = self.recent_throughput.iter().copied().fold(self.throughput, f64::min).max(1.0);
+        let latency = self.slowest_latency.max(self.latency);
+        let throughput = self.slowest_throughput.min(self.throughput).max(1.0);
         latency + Duration::from_secs_f64(bytes as f64 / throughput)
     }
 }

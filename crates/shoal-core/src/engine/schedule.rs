@@ -178,8 +178,9 @@ impl<P: PeerKey> Engine<P> {
         };
         // Room for the slowest recent fetch and a retry, and for a hedge to go out when
         // the first copy is late and still arrive.
-        let retry = self.http.worst_time(missing) + self.http.expected_time(missing);
-        let hedged = self.http.hedge_delay(missing) + self.http.worst_time(missing);
+        let worst = self.http.worst_time(missing);
+        let retry = worst + self.http.expected_time(missing);
+        let hedged = self.http.hedge_delay(missing) + worst;
         deadline - self.config.urgent_window.max(retry).max(hedged)
     }
 
