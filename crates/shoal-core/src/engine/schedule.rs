@@ -79,6 +79,7 @@ impl<P: PeerKey> Engine<P> {
             let cooldown = self.config.peer_cooldown;
             if let Some(p) = self.peers.get_mut(&request.peer) {
                 p.timed_out(now, cooldown);
+                self.cooldowns_end = self.cooldowns_end.max(p.cooldown_until);
                 if p.failed(now) {
                     self.cut_off(request.peer, Misbehaviour::Unhelpful);
                 }
@@ -855,6 +856,7 @@ impl<P: PeerKey> Engine<P> {
             waiting_on_peers = true;
         }
         if waiting_on_peers
+            && self.cooldowns_end > now
             && let Some(cooldown) = self.peers.values().map(|p| p.cooldown_until).filter(|c| *c > now).min()
         {
             consider(cooldown);
