@@ -359,11 +359,6 @@ impl ChunkSet {
         self.words.iter().all(|w| *w == 0)
     }
 
-    /// Every chunk of `self` is in `other`.
-    pub fn is_subset_of(&self, other: &ChunkSet) -> bool {
-        self.words.iter().enumerate().all(|(i, w)| w & !other.words.get(i).copied().unwrap_or(0) == 0)
-    }
-
     pub fn len(&self) -> usize {
         self.words.iter().map(|w| w.count_ones() as usize).sum()
     }
@@ -392,17 +387,6 @@ mod chunk_set_tests {
             for c in 0..2000 {
                 prop_assert_eq!(back.contains(c), chunks.contains(&c));
             }
-        }
-
-        #[test]
-        fn subset_is_inclusion(
-            a in proptest::collection::btree_set(0u32..300, 0..20),
-            b in proptest::collection::btree_set(0u32..300, 0..20),
-        ) {
-            let (set_a, set_b) = (ChunkSet::from_chunks(a.iter().copied()), ChunkSet::from_chunks(b.iter().copied()));
-            prop_assert_eq!(set_a.is_subset_of(&set_b), a.is_subset(&b));
-            let union = ChunkSet::from_chunks(a.union(&b).copied());
-            prop_assert!(set_a.is_subset_of(&union) && set_b.is_subset_of(&union));
         }
     }
 

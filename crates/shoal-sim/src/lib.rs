@@ -20,8 +20,10 @@
 //! - the origin answers each request after its time to first byte, at its per-request
 //!   throughput (never faster than the viewer's downlink);
 //! - messages are passed as decoded values; the codec is tested on its own;
-//! - payload bytes are real and every chunk is hashed and checked by every receiver, but
-//!   honest copies share one buffer (`Bytes`) so ten thousand viewers fit in memory;
+//! - payload bytes are real and every chunk and record is checked by every receiver;
+//!   honest copies share one buffer (`Bytes`) so ten thousand viewers fit in memory, and
+//!   each distinct buffer is hashed once for all of them (`shoal_core::CheckMemo`):
+//!   corrupt copies are other buffers and get the full check;
 //! - the player requests every segment in its buffer window with the deadline at which
 //!   playback reaches it (what the hls.js loader does), starts after its first segment,
 //!   and stalls when playback reaches a segment it does not have.

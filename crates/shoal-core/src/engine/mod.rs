@@ -1073,15 +1073,8 @@ impl<P: PeerKey> Engine<P> {
     /// segment, most of a page's announcements would otherwise go to peers that need
     /// nothing).
     fn announce(&mut self, segment: SegmentId, message: Message) {
-        // Chunks a neighbour told us it holds already are no news to it.
-        let news_to = |p: &Peer| match &message {
-            Message::HaveChunks { chunks, .. } => {
-                !p.partial.get(&segment).is_some_and(|theirs| chunks.is_subset_of(theirs))
-            }
-            _ => true,
-        };
         let peers: Vec<P> =
-            self.peers.iter().filter(|(_, p)| !p.have.contains(segment) && news_to(p)).map(|(peer, _)| *peer).collect();
+            self.peers.iter().filter(|(_, p)| !p.have.contains(segment)).map(|(peer, _)| *peer).collect();
         for peer in peers {
             self.send(peer, message.clone());
         }
