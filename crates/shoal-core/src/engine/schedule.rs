@@ -406,7 +406,7 @@ impl<P: PeerKey> Engine<P> {
         if !self.config.p2p_download_enabled || self.requests.len() >= self.config.max_inflight_total {
             return;
         }
-        // Most announcements are of segments we hold already: nothing to plan.
+        // An announcement of a segment we hold already needs no plan.
         if self.segments.get(segment).is_some_and(|e| e.complete()) {
             return;
         }
